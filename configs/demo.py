@@ -1,0 +1,23 @@
+"""The CPU demo: MNIST-5k digits (32x32, 8x8 codes at downsampling 4), captioning + generation.
+
+  python -m synergen_jax.train --config configs/demo.py --workdir workdirs/demo
+
+Shapes were chosen so one step is well under a second on 2 CPU cores (see bench/forward_backward.py)
+and the 8x8 code grid folds 1x1, 2x2, 2x4 and 4x4 (`configs/demo.py:fold=2x4`). Text vocabulary 512 is
+a small SentencePiece model over the captions plus special tokens; the codebook has 512 codes.
+"""
+
+from synergen_jax.config import base_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, fold=(2, 2), scan=False, remat="none")
+  config = base_config(
+      model=dict(text_vocab=512, num_layers=4, d_model=256, num_heads=4, num_kv_heads=2,
+                 head_dim=64, mlp_dim=688, codebook_size=512, code_embed_dim=64, code_grid=(8, 8),
+                 fold_mlp_hidden=256, scan_layers=arg.scan, remat_policy=arg.remat),
+      unfold=dict(num_layers=2, d_model=128, num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=352),
+      seq_len=128, fold=arg.fold)
+  config.data.name = "mnist5k"
+  config.train.batch_size = 16
+  return config

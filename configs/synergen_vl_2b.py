@@ -1,0 +1,38 @@
+"""SynerGen-VL at paper scale (arXiv 2412.09604): InternLM2-1.8B + vision experts, 3.6B / 2.4B params.
+
+  python -m synergen_jax.train --config configs/synergen_vl_2b.py:stage=1 --workdir gs://BUCKET/s1
+
+From the paper / InternLM2-1.8B: 24 layers, d_model 2048, 16 heads, 8 kv heads, head_dim 128, SwiGLU
+8192, RMSNorm eps 1e-5, RoPE theta 1e6, text vocab 92,544 (untied head), vision experts on every layer
+initialised from the text FFN, Emu3 tokenizer (K = 32,768, 512x512 -> 64x64 codes), fold 2x8 (256 slots
+per image), a 4-layer unfold head of the same block, lambda = 2, stage-1 sequence length 4,096.
+Our choices where the paper is silent: code embedding width 2048 (= d_model); fold MLP
+Linear(16*2048 -> 2048) -> GELU -> Linear(2048 -> 2048); the unfold head has the LLM's exact block
+shape and reads the LLM state through a 2048 -> 2048 projection as a prefix; losses are means over
+targets (see synergen_jax/model/losses.py). Parameter count: 3.62B total, 2.41B activated per token
+(`python -m bench.param_count`), matching the paper's 3.6B / 2.4B.
+"""
+
+from synergen_jax.config import base_config, parse_arg
+
+STAGE_SEQ_LEN = {"1": 4096, "2": 8192, "sft": 16384}   # paper Tab. 8
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, fold=(2, 8), stage="1", scan=True, remat="full")
+  internlm2_1p8b = dict(text_vocab=92_544, num_layers=24, d_model=2048, num_heads=16,
+                        num_kv_heads=8, head_dim=128, mlp_dim=8192, norm_eps=1e-5,
+                        rope_theta=1_000_000.0)
+  block = {k: internlm2_1p8b[k] for k in ("d_model", "num_heads", "num_kv_heads", "head_dim",
+                                          "mlp_dim")}
+  config = base_config(
+      model=dict(**internlm2_1p8b, codebook_size=32_768, code_embed_dim=2048, code_grid=(64, 64),
+                 fold_mlp_hidden=2048, scan_layers=arg.scan, remat_policy=arg.remat,
+                 dtype="bfloat16"),
+      unfold=dict(num_layers=4, **block),
+      seq_len=STAGE_SEQ_LEN[arg.stage], fold=arg.fold)
+  config.stage = arg.stage
+  config.data.name = "jsonl"   # your pre-tokenized corpus: --config.data.path=...
+  config.train.batch_size = 256
+  config.train.steps = {"1": 95_000, "2": 35_000, "sft": 12_000}[arg.stage]
+  return config

@@ -1,0 +1,32 @@
+"""synergen_jax: a JAX/Flax framework for SynerGen-VL-style unified image understanding + generation.
+
+Versions are pinned to a set seen working together on Python 3.11 (CPU). GPU hosts bring their own
+jax + CUDA plugin: install this package there with `pip install --no-deps -e .`.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="synergen_jax",
+    version="0.1.0",
+    description="Unified discrete-token image understanding and generation (SynerGen-VL) in JAX/Flax",
+    packages=find_packages(include=["synergen_jax", "synergen_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "ml_collections==1.1.0",
+        "einops==0.8.2",
+        "chex==0.1.92",
+        "absl-py==2.5.1",
+        "numpy>=2.0,<3",
+    ],
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        "tpu": ["jax[tpu]==0.10.2"],
+        "hf": ["torch==2.13.0", "safetensors", "transformers"],
+    },
+)

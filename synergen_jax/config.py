@@ -1,0 +1,276 @@
+"""Config helpers: `get_config(arg)` argument parsing, the typed model config, and validation.
+
+Configs live in `configs/*.py` as ml_collections `get_config(arg)` functions (big_vision style). The
+model never reads a ConfigDict directly: `ModelConfig.from_config(config.model)` turns it into frozen,
+hashable dataclasses, so Flax modules can hold them and a typo in a key fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+from typing import Any
+
+import ml_collections
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+
+
+class ConfigError(ValueError):
+  """An inconsistent or unknown config value; the message names the key and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# `get_config(arg)` arguments: "fold=2x4,scan=True" -> ConfigDict(fold=(2, 4), scan=True).
+# ---------------------------------------------------------------------------------------------------
+
+def parse_fold(value: Any) -> tuple[int, int]:
+  """Accepts "2x4", "2,4", (2, 4) or [2, 4] and returns (fh, fw)."""
+  if isinstance(value, str):
+    parts = value.lower().replace(",", "x").split("x")
+  else:
+    parts = list(value)
+  try:
+    fh, fw = (int(p) for p in parts)
+  except (TypeError, ValueError):
+    raise ConfigError(f"fold={value!r} is not a pair: write it as FHxFW, e.g. fold=2x4") from None
+  return fh, fw
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses a config argument string `k1=v1,k2=v2` against typed defaults.
+
+  Every key must be one of `defaults`; values are converted to the default's type (bool accepts
+  true/false/1/0, tuples accept 2x4). Unknown keys raise a ConfigError listing the valid ones.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ConfigError(f"config argument {item!r} is not key=value (valid keys: {sorted(defaults)})")
+    key, value = item.split("=", 1)
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; valid keys: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config argument {key}={value!r} must be true or false")
+      out[key] = value.lower() in ("true", "1")
+    elif isinstance(default, tuple):
+      out[key] = parse_fold(value)
+    elif default is None:
+      out[key] = value
+    else:
+      try:
+        out[key] = type(default)(value)
+      except ValueError:
+        raise ConfigError(f"config argument {key}={value!r} is not a {type(default).__name__}") from None
+  return ml_collections.ConfigDict(out)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config` does: runs its get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Typed model config.
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+  """Shape and execution options of one stack of decoder blocks (the LLM, or the unfold head)."""
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_experts: int = 1          # 2 = text FFN + vision FFN, hard-routed by modality.
+  norm_eps: float = 1e-5
+  rope_theta: float = 10_000.0
+  qkv_bias: bool = False        # Qwen2 has q/k/v biases; Llama and InternLM2 do not.
+  dtype: str = "float32"        # compute dtype
+  param_dtype: str = "float32"  # master weights
+  attention_impl: str = "auto"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  copy_expert_init: bool = False  # every expert starts as a copy of expert 0 (vision FFN = text FFN)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything the SynerGen-VL modules need; built from `config.model` by `from_config`."""
+  llm: StackConfig
+  unfold: StackConfig
+  text_vocab: int
+  tie_embeddings: bool
+  codebook_size: int
+  code_embed_dim: int
+  code_grid: tuple[int, int]
+  fold: tuple[int, int]
+  fold_mlp_hidden: int
+  init_vision_from_text: bool
+  unfold_capacity: int | None   # image windows per row sent through the unfold head (None = all slots)
+
+  @property
+  def fold_ratio(self) -> int:
+    return self.fold[0] * self.fold[1]
+
+  @property
+  def windows_per_image(self) -> int:
+    return (self.code_grid[0] // self.fold[0]) * (self.code_grid[1] // self.fold[1])
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> "ModelConfig":
+    known = {"text_vocab", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+             "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings", "vision_experts",
+             "init_vision_from_text", "codebook_size", "code_embed_dim", "code_grid", "fold",
+             "fold_mlp_hidden", "unfold", "scan_layers", "remat_policy", "dtype", "param_dtype",
+             "attention_impl", "unfold_capacity"}
+    unknown = sorted(set(m.keys()) - known)
+    if unknown:
+      raise ConfigError(f"unknown config.model keys {unknown}; valid keys: {sorted(known)}")
+    missing = sorted(known - set(m.keys()))
+    if missing:
+      raise ConfigError(f"config.model is missing keys {missing}")
+    common = dict(norm_eps=m.norm_eps, rope_theta=m.rope_theta, dtype=m.dtype,
+                  param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                  remat_policy=m.remat_policy)
+    llm = StackConfig(num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads,
+                      num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, mlp_dim=m.mlp_dim,
+                      num_experts=2 if m.vision_experts else 1, qkv_bias=m.qkv_bias,
+                      scan_layers=m.scan_layers, copy_expert_init=m.init_vision_from_text,
+                      **common)
+    u = m.unfold
+    unknown = sorted(set(u.keys()) - {"num_layers", "d_model", "num_heads", "num_kv_heads",
+                                      "head_dim", "mlp_dim"})
+    if unknown:
+      raise ConfigError(f"unknown config.model.unfold keys {unknown}")
+    unfold = StackConfig(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
+                         num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim,
+                         num_experts=1, qkv_bias=False, scan_layers=False, **common)
+    return cls(llm=llm, unfold=unfold, text_vocab=m.text_vocab, tie_embeddings=m.tie_embeddings,
+               codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
+               code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
+               fold_mlp_hidden=m.fold_mlp_hidden, init_vision_from_text=m.init_vision_from_text,
+               unfold_capacity=m.unfold_capacity)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation: one function, run before any device work.
+# ---------------------------------------------------------------------------------------------------
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _check_stack(name: str, s: StackConfig) -> None:
+  for field in ("num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+    value = getattr(s, field)
+    _check(isinstance(value, int) and value > 0, f"{name}.{field}={value!r} must be a positive int")
+  _check(s.num_heads % s.num_kv_heads == 0,
+         f"{name}.num_heads={s.num_heads} is not divisible by {name}.num_kv_heads={s.num_kv_heads}: "
+         f"grouped-query attention needs whole groups; pick num_kv_heads among "
+         f"{[d for d in range(1, s.num_heads + 1) if s.num_heads % d == 0]}")
+  _check(s.head_dim % 2 == 0, f"{name}.head_dim={s.head_dim} must be even for rotary embeddings")
+  _check(s.dtype in DTYPES, f"{name.rsplit('.', 1)[0]}.dtype={s.dtype!r}; choose one of {DTYPES}")
+  _check(s.param_dtype in DTYPES, f"config.model.param_dtype={s.param_dtype!r}; choose one of {DTYPES}")
+  _check(s.remat_policy in REMAT_POLICIES,
+         f"config.model.remat_policy={s.remat_policy!r}; choose one of {REMAT_POLICIES}")
+  _check(s.attention_impl in ATTENTION_IMPLS,
+         f"config.model.attention_impl={s.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+  _check(s.norm_eps > 0, f"config.model.norm_eps={s.norm_eps} must be > 0")
+  _check(s.rope_theta > 0, f"config.model.rope_theta={s.rope_theta} must be > 0")
+
+
+def validate_model(mc: ModelConfig) -> None:
+  """Raises ConfigError naming the first inconsistent `config.model` value."""
+  _check_stack("config.model", mc.llm)
+  _check_stack("config.model.unfold", mc.unfold)
+  gh, gw = mc.code_grid
+  fh, fw = mc.fold
+  _check(gh > 0 and gw > 0, f"config.model.code_grid={mc.code_grid} must be positive")
+  _check(fh > 0 and fw > 0, f"config.model.fold={mc.fold} must be positive")
+  if gh % fh or gw % fw:
+    raise ConfigError(
+        f"config.model.fold={fh}x{fw} does not divide config.model.code_grid={gh}x{gw}: fold rows must "
+        f"divide {gh} and fold columns must divide {gw} (valid rows {_divisors(gh)}, "
+        f"columns {_divisors(gw)}), e.g. --config.model.fold='(2, 2)'")
+  for field in ("text_vocab", "codebook_size", "code_embed_dim", "fold_mlp_hidden"):
+    value = getattr(mc, field)
+    _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
+  _check(mc.unfold_capacity is None or mc.unfold_capacity > 0,
+         f"config.model.unfold_capacity={mc.unfold_capacity} must be None (all slots) or > 0")
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Validates a whole experiment config and returns its typed ModelConfig.
+
+  Checks the model (see `validate_model`) and the cross-section constraints: the sequence length must
+  hold at least one image plus its <boi>/<eoi>, the unfold capacity fits the row, the loss weights and
+  the training section are sane, and the stage is known.
+  """
+  mc = ModelConfig.from_config(config.model)
+  validate_model(mc)
+  seq_len = config.data.seq_len
+  _check(isinstance(seq_len, int) and seq_len > 0, f"config.data.seq_len={seq_len!r} must be > 0")
+  needed = mc.windows_per_image + 2
+  _check(seq_len >= needed,
+         f"config.data.seq_len={seq_len} cannot hold one image: {mc.code_grid[0]}x{mc.code_grid[1]} "
+         f"codes folded {mc.fold[0]}x{mc.fold[1]} take {mc.windows_per_image} slots plus <boi>/<eoi> "
+         f"= {needed}; raise seq_len or the fold ratio")
+  _check(mc.unfold_capacity is None or mc.unfold_capacity <= seq_len,
+         f"config.model.unfold_capacity={mc.unfold_capacity} exceeds config.data.seq_len={seq_len}")
+  _check(config.loss.image_weight >= 0, f"config.loss.image_weight={config.loss.image_weight} < 0")
+  _check(config.train.batch_size > 0, f"config.train.batch_size={config.train.batch_size} must be > 0")
+  _check(config.train.steps >= 0, f"config.train.steps={config.train.steps} must be >= 0")
+  _check(str(config.stage) in ("1", "2", "sft"), f"config.stage={config.stage!r}; choose 1, 2 or sft")
+  return mc
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The skeleton every experiment config fills in.
+# ---------------------------------------------------------------------------------------------------
+
+def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collections.ConfigDict:
+  """A full experiment config with framework defaults; `configs/*.py` call this and adjust.
+
+  The names under `train`, `model.fold`, `stage`, `mesh` and `data.name` are used by other tools
+  (launch scripts, sweeps) and must keep their spelling.
+  """
+  m = dict(
+      norm_eps=1e-5, rope_theta=10_000.0, qkv_bias=False, tie_embeddings=False,
+      vision_experts=True, init_vision_from_text=True, scan_layers=False, remat_policy="none",
+      dtype="float32", param_dtype="float32", attention_impl="auto", unfold_capacity=None,
+      fold=parse_fold(fold))
+  m.update(model)
+  m["unfold"] = ml_collections.ConfigDict(unfold)
+  config = ml_collections.ConfigDict(dict(
+      model=ml_collections.ConfigDict(m),
+      loss=ml_collections.ConfigDict(dict(image_weight=2.0)),
+      data=ml_collections.ConfigDict(dict(name="mnist5k", seq_len=seq_len)),
+      train=ml_collections.ConfigDict(dict(steps=1000, batch_size=32, seed=0, log_every=10,
+                                           checkpoint_every=500)),
+      stage="1",
+      mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+  ))
+  # unfold_capacity may be None or an int: declare its type so `--config.model.unfold_capacity=64`
+  # overrides work on the locked config.
+  config.model.unfold_capacity = ml_collections.FieldReference(m["unfold_capacity"], field_type=int)
+  config.data.path = ml_collections.FieldReference(None, field_type=str)
+  return config

@@ -1,0 +1,90 @@
+"""The one attention entry point of the framework.
+
+`attention(q, k, v, segment_ids=..., causal=..., impl=...)` with layout [batch, length, heads,
+head_dim]; k/v may have fewer heads than q (grouped-query attention, never materialised as repeated
+heads). Implementations:
+
+* `xla`: the reference. Plain einsums in float32 softmax; builds the [B, K, G, T, S] score tensor, so it
+  is for tests, CPUs and short sequences.
+* `pallas_gpu`, `pallas_tpu`, `cudnn`: fused kernels (tracked in the Pallas kernels issue). Asking for one
+  that is not built raises a clear error; nothing falls back silently.
+
+`auto` picks the best implementation available for the platform and logs its choice once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+_AVAILABLE = ("xla",)
+_logged_auto_choice: set[str] = set()
+
+
+def _choose_auto() -> str:
+  platform = jax.default_backend()
+  choice = "xla"  # the only implementation built so far on every platform
+  if platform not in _logged_auto_choice:
+    _logged_auto_choice.add(platform)
+    logging.info("attention impl=auto on %s: using %r", platform, choice)
+  return choice
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
+              causal: bool = True, impl: str = "auto") -> jax.Array:
+  """Scaled dot-product attention.
+
+  Args:
+    q: [batch, q_len, heads, head_dim].
+    k, v: [batch, kv_len, kv_heads, head_dim]; heads must be a multiple of kv_heads.
+    segment_ids: optional [batch, length] ints (q_len == kv_len); a query only sees keys of its own
+      segment. Padding should carry its own id (0) so every query sees at least itself.
+    causal: mask keys after the query. With q_len < kv_len the queries are the last q_len positions
+      (the KV-cache decoding case).
+    impl: one of IMPLS.
+  Returns:
+    [batch, q_len, heads, head_dim] in q's dtype.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl={impl!r} is unknown; choose one of {IMPLS}")
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(f"attention expects [batch, length, heads, head_dim]; got q{q.shape} k{k.shape} "
+                     f"v{v.shape}")
+  if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+    raise ValueError(f"attention shapes disagree: q{q.shape} k{k.shape} v{v.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"attention: {q.shape[2]} query heads are not a multiple of {k.shape[2]} kv heads")
+  if segment_ids is not None and (segment_ids.shape != q.shape[:2] or q.shape[1] != k.shape[1]):
+    raise ValueError(f"attention: segment_ids{segment_ids.shape} must be [batch, length] with "
+                     f"q_len == kv_len; got q{q.shape} k{k.shape}")
+  if impl == "auto":
+    impl = _choose_auto()
+  if impl not in _AVAILABLE:
+    raise NotImplementedError(
+        f"attention impl={impl!r} is not built yet (available: {_AVAILABLE}); "
+        f"set --config.model.attention_impl=xla")
+  return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+
+
+def xla_attention(q, k, v, *, segment_ids=None, causal=True):
+  """Reference attention; GQA by grouping query heads, softmax in float32."""
+  batch, q_len, heads, head_dim = q.shape
+  kv_len, kv_heads = k.shape[1], k.shape[2]
+  groups = heads // kv_heads
+  qg = q.reshape(batch, q_len, kv_heads, groups, head_dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (head_dim ** -0.5)
+  mask = jnp.ones((batch, 1, 1, q_len, kv_len), dtype=bool)
+  if causal:
+    q_pos = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+    mask = mask & (q_pos >= jnp.arange(kv_len)[None, :])[None, None, None]
+  if segment_ids is not None:
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    mask = mask & same[:, None, None]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)

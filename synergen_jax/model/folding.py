@@ -1,0 +1,118 @@
+"""Token folding (paper Eq. 1) and unfolding (paper Eq. 3).
+
+Layout. An image's h x w code grid is cut into non-overlapping fh x fw windows (fh rows, fw columns,
+r = fh*fw codes each). Windows are ordered in raster order and the r codes inside a window row-major;
+`grid_to_windows` / `windows_to_grid` are the only place that knows this order (the data pipeline and
+the decoder both use them).
+
+Fold (input side): x = MLP(concat_r(CodeEmbed(code) + PosEmbed(cell))) -> one d_model vector per
+window. The 2-D position embedding has one entry per grid cell and is added *before* folding.
+
+Unfold (output side): a small causal transformer of the LLM's block design. For the window predicted at
+slot i it reads [P(h_i), E(v_1), ..., E(v_{r-1})] (+ its own position table over the r positions) and
+predicts v_1 .. v_r. P is a linear projection from the LLM width to the head width; the LLM hidden
+state entering as a prefix is our documented choice (the paper does not say how h_i enters).
+"""
+
+from __future__ import annotations
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from synergen_jax.config import ModelConfig
+from synergen_jax.model.layers import constrain, dtype_of, normal_init, zeros_init
+from synergen_jax.model.transformer import DecoderStack
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout helpers (numpy or jax arrays).
+# ---------------------------------------------------------------------------------------------------
+
+def grid_to_windows(codes, fold):
+  """[..., h, w] -> [..., (h/fh)*(w/fw), fh*fw]: windows in raster order, codes row-major inside."""
+  fh, fw = fold
+  return einops.rearrange(codes, "... (nh fh) (nw fw) -> ... (nh nw) (fh fw)", fh=fh, fw=fw)
+
+
+def windows_to_grid(windows, code_grid, fold):
+  """Inverse of grid_to_windows: [..., N, r] -> [..., h, w]."""
+  fh, fw = fold
+  return einops.rearrange(windows, "... (nh nw) (fh fw) -> ... (nh fh) (nw fw)",
+                          nh=code_grid[0] // fh, fh=fh, fw=fw)
+
+
+def window_cell_ids(code_grid, fold) -> np.ndarray:
+  """[N, r] grid-cell index (row * w + col) of every code of every window."""
+  cells = np.arange(code_grid[0] * code_grid[1], dtype=np.int32).reshape(code_grid)
+  return np.asarray(grid_to_windows(cells, fold))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Modules.
+# ---------------------------------------------------------------------------------------------------
+
+class FoldEmbed(nn.Module):
+  """Image codes of one window -> one LLM input vector.
+
+  The MLP is Linear(r*code_dim -> fold_mlp_hidden) -> GELU -> Linear(-> d_model), the shape of the
+  InternVL projector the paper's lineage uses (the paper only says "MLP").
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, codes: jax.Array, window_ids: jax.Array) -> jax.Array:
+    """codes: [..., r] ints; window_ids: [...] window index within its image -> [..., d_model]."""
+    cfg = self.cfg
+    pdt, cdt = dtype_of(cfg.llm.param_dtype), dtype_of(cfg.llm.dtype)
+    grid_cells = cfg.code_grid[0] * cfg.code_grid[1]
+    code_embed = nn.Embed(cfg.codebook_size, cfg.code_embed_dim, dtype=cdt, param_dtype=pdt,
+                          embedding_init=normal_init(("codebook", "code_embed")), name="code_embed")
+    pos_embed = self.param("pos_embed", normal_init(("grid", "code_embed")),
+                           (grid_cells, cfg.code_embed_dim), pdt)
+    cells = jnp.asarray(window_cell_ids(cfg.code_grid, cfg.fold))[window_ids]     # [..., r]
+    e = code_embed(codes) + pos_embed.astype(cdt)[cells]                            # [..., r, dc]
+    e = e.reshape(e.shape[:-2] + (cfg.fold_ratio * cfg.code_embed_dim,))            # row-major concat
+    h = nn.Dense(cfg.fold_mlp_hidden, dtype=cdt, param_dtype=pdt,
+                 kernel_init=normal_init(("fold_in", "mlp")), bias_init=zeros_init(("mlp",)),
+                 name="mlp_in")(e)
+    h = nn.gelu(h)
+    return nn.Dense(cfg.llm.d_model, dtype=cdt, param_dtype=pdt,
+                    kernel_init=normal_init(("mlp", "embed")), bias_init=zeros_init(("embed",)),
+                    name="mlp_out")(h)
+
+
+class UnfoldHead(nn.Module):
+  """Causal transformer that predicts the r codes of a window from one LLM hidden state."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg, u = self.cfg, self.cfg.unfold
+    pdt, cdt = dtype_of(u.param_dtype), dtype_of(u.dtype)
+    self.prefix_proj = nn.Dense(u.d_model, dtype=cdt, param_dtype=pdt,
+                                kernel_init=normal_init(("embed", "unfold_embed")),
+                                bias_init=zeros_init(("unfold_embed",)))
+    self.code_embed = nn.Embed(cfg.codebook_size, u.d_model, dtype=cdt, param_dtype=pdt,
+                               embedding_init=normal_init(("codebook", "unfold_embed")))
+    self.pos_table = self.param("pos_table", normal_init((None, "unfold_embed")),
+                                (cfg.fold_ratio, u.d_model), pdt)
+    self.blocks = DecoderStack(u)
+    self.classifier = nn.Dense(cfg.codebook_size, use_bias=False, dtype=cdt, param_dtype=pdt,
+                               kernel_init=normal_init(("unfold_embed", "codebook")))
+
+  def __call__(self, hidden: jax.Array, codes: jax.Array) -> jax.Array:
+    """Teacher-forced logits.
+
+    hidden: [N, d_model] LLM outputs of the predicting slots; codes: [N, r] target codes.
+    Returns [N, r, codebook_size] float32 logits; position j sees hidden and codes[:, :j] only.
+    """
+    r = self.cfg.fold_ratio
+    prefix = self.prefix_proj(hidden)[:, None, :]                                   # [N, 1, du]
+    x = jnp.concatenate([prefix, self.code_embed(codes[:, : r - 1])], axis=1)       # [N, r, du]
+    x = x + self.pos_table.astype(x.dtype)[None]
+    n = x.shape[0]
+    positions = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32), (n, r))
+    x = self.blocks(x, positions, None, jnp.zeros((n, r), jnp.int32))
+    return self.classifier(x).astype(jnp.float32)

@@ -1,0 +1,88 @@
+"""Llama/InternLM2-style decoder stack: pre-RMSNorm, RoPE, grouped-query attention, SwiGLU experts.
+
+The same `DecoderStack` serves the LLM (with text/vision experts) and the unfold head (one FFN).
+Layers are either unrolled (`layer_0`, `layer_1`, ...) or one `nn.scan` over a stacked `layers` axis,
+each optionally rematerialised with the policy named in the config.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from jax.ad_checkpoint import checkpoint_name
+
+from synergen_jax.config import StackConfig
+from synergen_jax.kernels.attention import attention
+from synergen_jax.model.experts import ExpertFFN
+from synergen_jax.model.layers import RMSNorm, apply_rope, constrain, dtype_of, normal_init, zeros_init
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+class Attention(nn.Module):
+  cfg: StackConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, causal: bool = True):
+    cfg = self.cfg
+    pdt, cdt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
+
+    def proj(name, heads, head_names):
+      return nn.DenseGeneral(
+          features=(heads, cfg.head_dim), axis=-1, use_bias=cfg.qkv_bias, dtype=cdt, param_dtype=pdt,
+          kernel_init=normal_init(("embed",) + head_names),
+          bias_init=zeros_init(head_names), name=name)(x)
+
+    q = proj("query", cfg.num_heads, ("heads", "head_dim"))
+    k = proj("key", cfg.num_kv_heads, ("kv_heads", "head_dim"))
+    v = proj("value", cfg.num_kv_heads, ("kv_heads", "head_dim"))
+    q = constrain(apply_rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
+    k = constrain(apply_rope(k, positions, cfg.rope_theta), ("batch", "length", "act_kv_heads", None))
+    out = attention(q, k, v, segment_ids=segment_ids, causal=causal, impl=cfg.attention_impl)
+    out = checkpoint_name(out, "attention_out")
+    return nn.DenseGeneral(
+        features=x.shape[-1], axis=(-2, -1), use_bias=False, dtype=cdt, param_dtype=pdt,
+        kernel_init=normal_init(("heads", "head_dim", "embed")), name="output")(out)
+
+
+class DecoderBlock(nn.Module):
+  """x + Attn(RMSNorm(x)); x + FFN_modality(RMSNorm(x)). Returns (x, None) under nn.scan."""
+  cfg: StackConfig
+  routed: bool = True
+  scanned: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, modality):
+    cfg = self.cfg
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+    x = x + Attention(cfg, name="attention")(norm("attention_norm")(x), positions, segment_ids)
+    x = x + ExpertFFN(cfg, self.routed, name="ffn")(norm("ffn_norm")(x), modality)
+    x = constrain(x, ("batch", "length", "act_embed"))
+    return (x, None) if self.scanned else x
+
+
+class DecoderStack(nn.Module):
+  """num_layers decoder blocks and a final RMSNorm."""
+  cfg: StackConfig
+  routed: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, modality):
+    cfg = self.cfg
+    block = DecoderBlock
+    if cfg.remat_policy != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, self.routed, scanned=True, name="layers")(x, positions, segment_ids, modality)
+    else:
+      for i in range(cfg.num_layers):
+        x = block(cfg, self.routed, name=f"layer_{i}")(x, positions, segment_ids, modality)
+    return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)

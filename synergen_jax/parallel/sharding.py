@@ -1,0 +1,55 @@
+"""The logical-axis rules table: the one place that maps model axis names to mesh axes.
+
+Parameters are named by what they index (`vocab`, `embed`, `heads`, `mlp`, `codebook`, ...);
+activations use `batch`, `length` and `act_*` names so that activation and parameter sharding can be
+chosen independently (e.g. FSDP shards the `embed` of parameters, never of activations).
+Mesh axes: `data`, `fsdp`, `tensor` (see DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("expert", None),
+    ("codebook", "tensor"),
+    ("code_embed", "fsdp"),
+    ("grid", None),
+    ("fold_in", "fsdp"),
+    ("unfold_embed", "fsdp"),
+)
+
+RULE_NAMES = frozenset(name for name, _ in LOGICAL_RULES)
+
+
+def logical_names(boxed_params) -> dict[str, tuple]:
+  """{"path/to/param": logical names} for a tree of nn.LogicallyPartitioned leaves."""
+  out = {}
+  leaves = jax.tree_util.tree_flatten_with_path(
+      boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  for path, leaf in leaves:
+    key = "/".join(str(getattr(p, "key", p)) for p in path)
+    out[key] = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else None
+  return out
+
+
+def mesh_shardings(boxed_params, mesh: jax.sharding.Mesh):
+  """NamedShardings for a boxed parameter tree under LOGICAL_RULES."""
+  specs = nn.get_partition_spec(boxed_params)
+  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
