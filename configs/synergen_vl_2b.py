@@ -9,8 +9,9 @@ per image), a 4-layer unfold head of the same block, lambda = 2, stage-1 sequenc
 Our choices where the paper is silent: code embedding width 2048 (= d_model); fold MLP
 Linear(16*2048 -> 2048) -> GELU -> Linear(2048 -> 2048); the unfold head has the LLM's exact block
 shape and reads the LLM state through a 2048 -> 2048 projection as a prefix; losses are means over
-targets (see synergen_jax/model/losses.py). Parameter count: 3.62B total, 2.41B activated per token
-(`python -m bench.param_count`), matching the paper's 3.6B / 2.4B.
+targets (see synergen_jax/model/losses.py). Parameter count: 3.634B total, 2.426B activated per token
+(`python -m synergen_jax.summary --config configs/synergen_vl_2b.py --steps 0`); the paper reports
+3.6B / 2.4B.
 """
 
 from synergen_jax.config import base_config, parse_arg

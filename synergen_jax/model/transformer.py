@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from synergen_jax.config import StackConfig
@@ -32,11 +33,16 @@ class Attention(nn.Module):
     cfg = self.cfg
     pdt, cdt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
 
+    # Plain params + einsum rather than nn.DenseGeneral: DenseGeneral re-runs its init on a flattened
+    # 2-D shape to check shapes, which breaks logical constraints of 3-D kernels under a mesh.
     def proj(name, heads, head_names):
-      return nn.DenseGeneral(
-          features=(heads, cfg.head_dim), axis=-1, use_bias=cfg.qkv_bias, dtype=cdt, param_dtype=pdt,
-          kernel_init=normal_init(("embed",) + head_names),
-          bias_init=zeros_init(head_names), name=name)(x)
+      kernel = self.param(f"{name}_kernel", normal_init(("embed",) + head_names),
+                          (x.shape[-1], heads, cfg.head_dim), pdt)
+      y = jnp.einsum("btd,dhk->bthk", x.astype(cdt), kernel.astype(cdt))
+      if cfg.qkv_bias:
+        y = y + self.param(f"{name}_bias", zeros_init(head_names), (heads, cfg.head_dim),
+                           pdt).astype(cdt)
+      return y
 
     q = proj("query", cfg.num_heads, ("heads", "head_dim"))
     k = proj("key", cfg.num_kv_heads, ("kv_heads", "head_dim"))
@@ -45,9 +51,9 @@ class Attention(nn.Module):
     k = constrain(apply_rope(k, positions, cfg.rope_theta), ("batch", "length", "act_kv_heads", None))
     out = attention(q, k, v, segment_ids=segment_ids, causal=causal, impl=cfg.attention_impl)
     out = checkpoint_name(out, "attention_out")
-    return nn.DenseGeneral(
-        features=x.shape[-1], axis=(-2, -1), use_bias=False, dtype=cdt, param_dtype=pdt,
-        kernel_init=normal_init(("heads", "head_dim", "embed")), name="output")(out)
+    w_out = self.param("output_kernel", normal_init(("heads", "head_dim", "embed")),
+                       (cfg.num_heads, cfg.head_dim, x.shape[-1]), pdt)
+    return jnp.einsum("bthk,hkd->btd", out, w_out.astype(cdt))
 
 
 class DecoderBlock(nn.Module):

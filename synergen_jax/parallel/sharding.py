@@ -49,7 +49,26 @@ def logical_names(boxed_params) -> dict[str, tuple]:
   return out
 
 
+def _divisible(spec: jax.sharding.PartitionSpec, shape, mesh) -> jax.sharding.PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide (e.g. 1 kv head over tensor=2)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = 1
+    for name in names:
+      size *= mesh.shape[name]
+    out.append(axes if dim % size == 0 else None)
+  return jax.sharding.PartitionSpec(*out)
+
+
 def mesh_shardings(boxed_params, mesh: jax.sharding.Mesh):
-  """NamedShardings for a boxed parameter tree under LOGICAL_RULES."""
-  specs = nn.get_partition_spec(boxed_params)
-  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+  """NamedShardings for a boxed parameter tree (arrays or ShapeDtypeStructs) under LOGICAL_RULES.
+
+  A mesh axis that does not divide a dimension leaves that dimension unsharded, so every valid
+  mesh works for every config; the bytes this replicates are what the trainer's guard measures.
+  """
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), LOGICAL_RULES)
+  shapes = nn.unbox(boxed_params)
+  return jax.tree.map(
+      lambda spec, x: jax.sharding.NamedSharding(mesh, _divisible(spec, x.shape, mesh)),
+      specs, shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

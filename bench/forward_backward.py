@@ -1,0 +1,73 @@
+"""CPU/GPU timing of one forward+backward of a config at several fold ratios; prints a table.
+
+  python -m bench.forward_backward --config configs/demo.py --folds 1x1,2x2,2x4 [--steps 5]
+
+Each fold ratio runs the same packed examples (alternating generation / captioning of random codes)
+in the real batch layout; model FLOPs follow DESIGN.md section 7 (synergen_jax/model/accounting.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+from absl import app, flags
+
+from synergen_jax.config import load_config, validate_config
+from synergen_jax.model import accounting
+from synergen_jax.model.losses import synergen_loss
+from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.data.synthetic import synthetic_batch
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/demo.py", "config file (its get_config must take fold=)")
+flags.DEFINE_string("folds", "1x1,2x2,2x4", "comma-separated fold ratios")
+flags.DEFINE_integer("steps", 5, "timed steps per fold ratio (after one compile step)")
+
+
+def _example_flops(mc, batch) -> float:
+  """Training FLOPs of the batch, summed per row from the slots it really holds."""
+  total = 0
+  for row in range(batch["segment_ids"].shape[0]):
+    seg = batch["segment_ids"][row]
+    image = int((batch["modality"][row] == 1).sum())
+    total += accounting.train_flops(
+        mc, text_slots=int((seg > 0).sum()) - image, image_slots=image,
+        text_targets=int((batch["text_weights"][row] > 0).sum()),
+        image_targets=int((batch["image_weights"][row] > 0).sum()),
+        segment_lengths=[int((seg == s).sum()) for s in set(seg.tolist()) - {0}])
+  return total
+
+
+def main(argv):
+  del argv
+  rows = []
+  for fold in FLAGS.folds.split(","):
+    config = load_config(f"{FLAGS.config}:fold={fold}")
+    mc = validate_config(config)
+    batch = synthetic_batch(mc, config.train.batch_size, config.data.seq_len)
+    model = SynerGenVL(mc)
+    params = jax.jit(model.init)(jax.random.key(0), batch)
+    step = jax.jit(jax.grad(lambda p, b: synergen_loss(model.apply(p, b), b, 2.0)[0]))
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(params, batch))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      grads = step(params, batch)
+    jax.block_until_ready(grads)
+    step_s = (time.perf_counter() - t0) / FLAGS.steps
+    images = int((batch["modality"] == 1).sum()) // mc.windows_per_image
+    rows.append((fold, mc.windows_per_image, accounting.param_count(mc).total, images,
+                 compile_s, step_s * 1e3, _example_flops(mc, batch) / step_s / 1e9))
+  device = jax.devices()[0].device_kind
+  print(f"\n{FLAGS.config}, batch {config.train.batch_size}x{config.data.seq_len}, {device}")
+  print("| fold | slots/image | params | images/batch | compile s | fwd+bwd ms | images/s | GFLOP/s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for fold, slots, params, images, comp, ms, gflops in rows:
+    print(f"| {fold} | {slots} | {params / 1e6:.2f}M | {images} | {comp:.1f} | {ms:.1f} | "
+          f"{images / ms * 1e3:.1f} | {gflops:.1f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

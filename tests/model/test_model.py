@@ -1,0 +1,138 @@
+"""Whole-model invariants: causality, packed-segment isolation, init loss, scan/remat equivalence."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import init_params, random_batch, tiny
+from synergen_jax.model.losses import synergen_loss
+from synergen_jax.model.synergen_vl import SynerGenVL
+
+
+def _hidden(mc, params, batch):
+  model = SynerGenVL(mc)
+  return jax.jit(lambda p, b: model.apply(p, model.apply(p, b, method=SynerGenVL.embed), b,
+                                          method=SynerGenVL.backbone))(params, batch)
+
+
+def test_future_slots_never_change_earlier_outputs():
+  _, mc = tiny()
+  batch = random_batch(mc, rows=2, seq_len=32, seed=5, max_examples=1)
+  params = init_params(mc, batch)
+  base = _hidden(mc, params, batch)
+  rng = np.random.default_rng(0)
+  for cut in (3, 10, 20):
+    changed = {k: v.copy() for k, v in batch.items()}
+    changed["text_tokens"][:, cut:] = rng.integers(6, mc.text_vocab, changed["text_tokens"][:, cut:].shape)
+    changed["image_codes"][:, cut:] = rng.integers(0, mc.codebook_size,
+                                                   changed["image_codes"][:, cut:].shape)
+    changed["modality"][:, cut:] = rng.integers(0, 2, changed["modality"][:, cut:].shape)
+    out = _hidden(mc, params, changed)
+    np.testing.assert_array_equal(out[:, :cut], base[:, :cut])
+    assert not np.allclose(out[:, cut:], base[:, cut:])
+
+
+def test_packed_segments_do_not_see_each_other():
+  _, mc = tiny()
+  batch = random_batch(mc, rows=2, seq_len=32, seed=6, max_examples=3)
+  params = init_params(mc, batch)
+  base = _hidden(mc, params, batch)
+  rng = np.random.default_rng(1)
+  for row in range(2):
+    segs = [s for s in np.unique(batch["segment_ids"][row]) if s > 0]
+    assert len(segs) >= 2, "test batch should pack several examples"
+    target = segs[0]
+    changed = {k: v.copy() for k, v in batch.items()}
+    where = changed["segment_ids"][row] == target
+    changed["text_tokens"][row, where] = rng.integers(6, mc.text_vocab, where.sum())
+    changed["image_codes"][row, where] = rng.integers(0, mc.codebook_size, (where.sum(), mc.fold_ratio))
+    out = _hidden(mc, params, changed)
+    np.testing.assert_array_equal(out[row, ~where], base[row, ~where])
+    assert not np.allclose(out[row, where], base[row, where])
+
+
+def test_positions_restart_per_segment_make_packing_invisible():
+  """An example packed behind another gives the same outputs as the example alone in its row."""
+  _, mc = tiny()
+  batch = random_batch(mc, rows=1, seq_len=32, seed=7, max_examples=3)
+  params = init_params(mc, batch)
+  full = _hidden(mc, params, batch)
+  second = batch["segment_ids"][0] == 2
+  assert second.any()
+  alone = {k: np.zeros_like(v) for k, v in batch.items()}
+  n = second.sum()
+  for k in batch:
+    alone[k][0, :n] = batch[k][0, second]
+  out = _hidden(mc, params, alone)
+  np.testing.assert_allclose(out[0, :n], full[0, second], atol=1e-5)
+
+
+def test_random_init_loss_is_log_vocab():
+  _, mc = tiny()
+  batch = random_batch(mc, rows=4, seq_len=32, seed=8)
+  params = init_params(mc, batch)
+  _, metrics = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0))(params)
+  assert metrics["tokens/text"] > 0 and metrics["tokens/image"] > 0
+  np.testing.assert_allclose(metrics["loss/text"], np.log(mc.text_vocab), atol=0.05)
+  np.testing.assert_allclose(metrics["loss/image"], np.log(mc.codebook_size), atol=0.05)
+  np.testing.assert_allclose(metrics["loss"], metrics["loss/text"] + 2 * metrics["loss/image"],
+                             rtol=1e-6)
+
+
+def _stack_layers(params, num_layers):
+  """Unrolled layer_i params -> the scanned `layers` params (stacked on a leading axis)."""
+  p = jax.tree.map(lambda x: x, params)
+  dec = p["params"]["decoder"]
+  layers = [dec.pop(f"layer_{i}") for i in range(num_layers)]
+  dec["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return p
+
+
+@pytest.mark.parametrize("arg", ["scan=true", "remat=full", "scan=true,remat=dots"])
+def test_scan_and_remat_match_unrolled(arg):
+  _, mc = tiny()
+  _, mc2 = tiny(arg)
+  batch = random_batch(mc, rows=2, seq_len=32, seed=9)
+  params = init_params(mc, batch)
+  params2 = _stack_layers(params, mc.llm.num_layers) if "scan" in arg else params
+  assert jax.tree.structure(params2) == jax.tree.structure(init_params(mc2, batch))
+
+  def grads(mc, params):
+    f = lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0]
+    return jax.jit(jax.value_and_grad(f))(params)
+
+  (l1, g1), (l2, g2) = grads(mc, params), grads(mc2, params2)
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  if "scan" in arg:
+    g1 = _stack_layers(g1, mc.llm.num_layers)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_unfold_capacity_gathers_exactly_the_targets():
+  _, mc = tiny()
+  batch = random_batch(mc, rows=3, seq_len=32, seed=10)
+  params = init_params(mc, batch)
+  loss = lambda mc: jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0))(params)
+  full_loss, full = loss(mc)
+  most = int((batch["image_weights"] > 0).sum(-1).max())
+  exact_loss, exact = loss(dataclasses.replace(mc, unfold_capacity=most))
+  np.testing.assert_allclose(exact_loss, full_loss, rtol=1e-6)
+  assert exact["image/overflow_windows"] == 0
+  _, short = loss(dataclasses.replace(mc, unfold_capacity=most - 1))
+  assert short["image/overflow_windows"] >= 1
+  assert short["tokens/image"] == full["tokens/image"] - short["image/overflow_windows"] * mc.fold_ratio
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  _, mc = tiny()
+  mc16 = dataclasses.replace(mc, llm=dataclasses.replace(mc.llm, dtype="bfloat16"),
+                             unfold=dataclasses.replace(mc.unfold, dtype="bfloat16"))
+  batch = random_batch(mc, rows=2, seq_len=32, seed=11)
+  params = init_params(mc, batch)
+  l32 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0])(params)
+  l16 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc16).apply(p, batch), batch, 2.0)[0])(params)
+  np.testing.assert_allclose(l16, l32, rtol=1e-2)

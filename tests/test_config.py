@@ -1,0 +1,84 @@
+"""Every shipped config validates; bad configs fail before any device work with the documented errors;
+the paper config lands on the paper's parameter count."""
+
+import glob
+
+import pytest
+
+from helpers import ROOT, config_path, random_batch, tiny
+from synergen_jax.config import ConfigError, load_config, parse_arg, validate_config
+from synergen_jax.model import accounting
+
+CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_validate(path):
+  validate_config(load_config(path))
+
+
+@pytest.mark.parametrize("fold", ["1x1", "2x2", "2x4", "4x4"])
+def test_demo_grid_folds_by_every_swept_ratio(fold):
+  mc = validate_config(load_config(config_path("demo.py") + f":fold={fold}"))
+  assert mc.windows_per_image * mc.fold_ratio == 64
+
+
+def _bad(mutate, match):
+  config, _ = tiny()
+  mutate(config)
+  with pytest.raises(ConfigError, match=match):
+    validate_config(config)
+
+
+def test_fold_must_divide_code_grid():
+  _bad(lambda c: setattr(c.model, "fold", (3, 2)), r"fold=3x2 does not divide .*code_grid=4x4")
+
+
+def test_heads_must_divide_by_kv_heads():
+  _bad(lambda c: setattr(c.model, "num_kv_heads", 3), r"num_heads=4 is not divisible by .*num_kv_heads=3")
+  _bad(lambda c: setattr(c.model.unfold, "num_kv_heads", 3), r"unfold.num_heads=2 is not divisible")
+
+
+def test_unknown_and_missing_keys():
+  _bad(lambda c: c.model.unlock().__setitem__("foldd", 1), r"unknown config.model keys \['foldd'\]")
+  _bad(lambda c: c.model.unfold.unlock().__setitem__("layers", 1), r"unknown config.model.unfold keys")
+
+
+def test_sequence_must_hold_one_image():
+  _bad(lambda c: setattr(c.data, "seq_len", 5), r"seq_len=5 cannot hold one image")
+
+
+def test_other_documented_errors():
+  _bad(lambda c: setattr(c.model, "head_dim", 7), r"head_dim=7 must be even")
+  _bad(lambda c: setattr(c.model, "remat_policy", "some"), r"remat_policy='some'")
+  _bad(lambda c: setattr(c.model, "attention_impl", "flash"), r"attention_impl='flash'")
+  _bad(lambda c: setattr(c.model, "dtype", "float8"), r"dtype='float8'")
+  _bad(lambda c: setattr(c.model, "unfold_capacity", 64), r"unfold_capacity=64 exceeds")
+  _bad(lambda c: setattr(c, "stage", "3"), r"stage='3'")
+  _bad(lambda c: setattr(c.model, "num_layers", 0), r"num_layers=0 must be a positive int")
+
+
+def test_config_argument_parsing():
+  assert parse_arg("fold=2x4,scan=true", fold=(1, 1), scan=False).fold == (2, 4)
+  with pytest.raises(ConfigError, match="unknown config argument 'folds'"):
+    parse_arg("folds=2x4", fold=(1, 1))
+  with pytest.raises(ConfigError, match="must be true or false"):
+    parse_arg("scan=maybe", scan=False)
+  with pytest.raises(ConfigError, match="not a pair"):
+    parse_arg("fold=2x4x1", fold=(1, 1))
+
+
+@pytest.mark.parametrize("name", ["tiny.py", "demo.py", "synergen_vl_2b.py", "qwen2_0p5b_ablation.py"])
+def test_analytic_param_count_matches_module(name):
+  mc = validate_config(load_config(config_path(name)))
+  batch = random_batch(mc, rows=1, seq_len=mc.windows_per_image + 8, seed=0, max_examples=1)
+  actual = accounting.initialized_param_count(mc, batch)
+  assert abs(actual - accounting.param_count(mc).total) <= 0.01 * actual
+
+
+def test_paper_config_lands_on_paper_size():
+  """Paper: 3.6B total, 2.4B activated parameters."""
+  mc = validate_config(load_config(config_path("synergen_vl_2b.py")))
+  count = accounting.param_count(mc)
+  assert 3.5e9 < count.total < 3.7e9, count
+  assert 2.35e9 < count.activated < 2.45e9, count
