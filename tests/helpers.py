@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 
 from synergen_jax.config import load_config, validate_config
-from synergen_jax.data.layout import Image, Text, layout_example, pack, stack_rows
+from synergen_jax.data.layout import Image, Text, fill_row, layout_example, stack_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,17 +41,9 @@ def random_example(mc, rng, max_text: int = 5):
 def random_batch(mc, rows: int, seq_len: int, seed: int = 0, max_examples: int = 3):
   """Rows of packed random examples; each row holds 1..max_examples examples and padding."""
   rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(rows):
-    examples, used = [], 0
-    for _ in range(rng.integers(1, max_examples + 1)):
-      ex = random_example(mc, rng)
-      if used + len(ex["text_tokens"]) > seq_len:
-        break
-      examples.append(ex)
-      used += len(ex["text_tokens"])
-    out.append(pack(examples, seq_len, mc.fold))
-  return stack_rows(out)
+  return stack_rows([
+      fill_row((random_example(mc, rng) for _ in range(rng.integers(1, max_examples + 1))),
+               seq_len, mc.fold) for _ in range(rows)])
 
 
 

@@ -15,7 +15,7 @@ restarting per example.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 
@@ -114,6 +114,18 @@ def pack(examples: Sequence[dict[str, np.ndarray]], seq_len: int, fold) -> dict[
     row["segment_ids"][start:start + n] = seg
     start += n
   return row
+
+
+def fill_row(examples: Iterable[dict[str, np.ndarray]], seq_len: int, fold) -> dict[str, np.ndarray]:
+  """Packs examples in order until the next one does not fit (that one is dropped: for synthetic
+  and test data only; the data pipeline's packer carries it over to the next row)."""
+  chosen, used = [], 0
+  for ex in examples:
+    if used + len(ex["text_tokens"]) > seq_len:
+      break
+    chosen.append(ex)
+    used += len(ex["text_tokens"])
+  return pack(chosen, seq_len, fold)
 
 
 def stack_rows(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
