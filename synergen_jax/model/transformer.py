@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from synergen_jax import config as config_lib
 from synergen_jax.config import StackConfig
 from synergen_jax.kernels.attention import attention
 from synergen_jax.model.experts import ExpertFFN
@@ -23,6 +24,8 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
 }
+# validate_config accepts the names in config.REMAT_POLICIES; keep the two lists one list.
+assert set(REMAT_POLICIES) | {"none"} == set(config_lib.REMAT_POLICIES), "remat policy lists diverged"
 
 
 class Attention(nn.Module):
