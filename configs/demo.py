@@ -18,6 +18,9 @@ def get_config(arg=None):
                  fold_mlp_hidden=256, scan_layers=arg.scan, remat_policy=arg.remat),
       unfold=dict(num_layers=2, d_model=128, num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=352),
       seq_len=128, fold=arg.fold)
-  config.data.name = "mnist5k"
+  config.data.update(name="mnist5k", image_fit="pad")  # 28x28 centred on 32x32 keeps stroke scale
+  config.data.tasks.interleaved = 0.25                  # "a 3, then a 7" documents
+  config.vq.update(channels=1, downsample=4, width=16, num_res_blocks=2, code_dim=16, steps=600,
+                 batch_size=32)
   config.train.batch_size = 16
   return config

@@ -23,4 +23,5 @@ def get_config(arg=None):
       unfold=dict(num_layers=4, **block),
       seq_len=2048, fold=arg.fold)
   config.train.batch_size = 64
+  config.vq.downsample = 8   # 256 px -> 32x32 codes, as in the paper's ablation
   return config

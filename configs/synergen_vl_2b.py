@@ -33,6 +33,8 @@ def get_config(arg=None):
       unfold=dict(num_layers=4, **block),
       seq_len=STAGE_SEQ_LEN[arg.stage], fold=arg.fold)
   config.stage = arg.stage
+  config.vq.update(downsample=8, channels=3)   # Emu3-style tokenizer: 512 px -> 64x64 codes
+  config.data.max_tiles = {"1": 1, "2": 6, "sft": 12}[arg.stage]   # + thumbnail, as in the paper
   config.data.name = "jsonl"   # your pre-tokenized corpus: --config.data.path=...
   config.train.batch_size = 256
   config.train.steps = {"1": 95_000, "2": 35_000, "sft": 12_000}[arg.stage]

@@ -239,7 +239,46 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
   _check(config.train.batch_size > 0, f"config.train.batch_size={config.train.batch_size} must be > 0")
   _check(config.train.steps >= 0, f"config.train.steps={config.train.steps} must be >= 0")
   _check(str(config.stage) in ("1", "2", "sft"), f"config.stage={config.stage!r}; choose 1, 2 or sft")
+  validate_data(config)
+  validate_vq(config)
   return mc
+
+
+TASKS = ("caption", "generation", "interleaved")
+IMAGE_FITS = ("resize", "pad", "exact")
+
+
+def validate_data(config: ml_collections.ConfigDict) -> None:
+  """The data section: task mix, tiles, policies, pipeline knobs."""
+  d = config.data
+  _check(d.image_fit in IMAGE_FITS, f"config.data.image_fit={d.image_fit!r}; choose one of {IMAGE_FITS}")
+  _check(d.too_long in ("skip", "error"), f"config.data.too_long={d.too_long!r}; choose skip or error")
+  _check(isinstance(d.max_tiles, int) and d.max_tiles >= 1,
+         f"config.data.max_tiles={d.max_tiles!r} must be an int >= 1 (1 = no dynamic resolution)")
+  unknown = set(d.tasks.keys()) - set(TASKS)
+  _check(not unknown, f"config.data.tasks has unknown task(s) {sorted(unknown)}; known: {TASKS}")
+  _check(all(v >= 0 for v in d.tasks.values()) and sum(d.tasks.values()) > 0,
+         f"config.data.tasks={dict(d.tasks)} needs non-negative weights, at least one positive")
+  _check(d.interleaved_images >= 2, f"config.data.interleaved_images={d.interleaved_images} must be >= 2")
+  _check(0.0 <= d.p_uncond < 1.0, f"config.data.p_uncond={d.p_uncond} must be in [0, 1)")
+  _check("<UNCOND>" in d.uncond_prompt,
+         f"config.data.uncond_prompt={d.uncond_prompt!r} must contain <UNCOND> (the CFG stream's token)")
+  _check(d.num_workers >= 0 and d.prefetch >= 0,
+         f"config.data.num_workers={d.num_workers} and prefetch={d.prefetch} must be >= 0")
+  _check(d.reserved_tokens >= 0 and d.eval_count >= 0 and d.records_per_shard > 0,
+         "config.data.reserved_tokens, eval_count must be >= 0 and records_per_shard > 0")
+
+
+def validate_vq(config: ml_collections.ConfigDict) -> None:
+  """The image tokenizer section, against the model's code grid."""
+  v, (gh, gw) = config.vq, config.model.code_grid
+  _check(v.downsample in (4, 8, 16), f"config.vq.downsample={v.downsample}; choose 4, 8 or 16")
+  _check(gh == gw, f"config.model.code_grid={gh}x{gw}: the image tokenizer takes square images, "
+                   "so the grid must be square")
+  _check(v.channels in (1, 3), f"config.vq.channels={v.channels}; choose 1 (grayscale) or 3 (RGB)")
+  _check(v.code_dim > 0 and v.width > 0 and v.num_res_blocks >= 0,
+         f"config.vq.code_dim={v.code_dim}, width={v.width} must be > 0, num_res_blocks >= 0")
+  _check(0.0 < v.usage_decay < 1.0, f"config.vq.usage_decay={v.usage_decay} must be in (0, 1)")
 
 
 
@@ -263,7 +302,26 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   config = ml_collections.ConfigDict(dict(
       model=ml_collections.ConfigDict(m),
       loss=ml_collections.ConfigDict(dict(image_weight=2.0)),
-      data=ml_collections.ConfigDict(dict(name="mnist5k", seq_len=seq_len)),
+      data=ml_collections.ConfigDict(dict(
+          name="mnist5k", seq_len=seq_len, seed=0,
+          # Pixels: how a raw image becomes the tokenizer's square input (data/images.fit).
+          image_fit="resize",
+          # Understanding images: InternVL-1.5 dynamic resolution (1 = one tile, no thumbnail).
+          max_tiles=1, thumbnail=True,
+          # Task mix: expected examples of each task per raw image (fractions are drawn per image).
+          tasks=ml_collections.ConfigDict(dict(caption=1.0, generation=1.0, interleaved=0.0)),
+          interleaved_images=2, p_uncond=0.1,
+          caption_prompt="Provide a one-sentence caption for the image",
+          generation_prompt="Generate an image of:",
+          uncond_prompt="Here is a random image <UNCOND>:",
+          # Text tokenizer: train SentencePiece on the captions (tokenizer=None) or load a .model.
+          reserved_tokens=8, eval_count=500, records_per_shard=4096,
+          # Pipeline: an example longer than seq_len is "skip"ped and counted, or an "error".
+          too_long="skip", num_workers=0, prefetch=2, packing_bins=0)),
+      vq=ml_collections.ConfigDict(dict(
+          downsample=4, channels=3, code_dim=32, width=64, num_res_blocks=1, beta=0.25,
+          steps=2000, batch_size=64, learning_rate=1e-3, usage_decay=0.99, restart_every=100,
+          restart_threshold=0.03, eval_count=256, encode_batch=256, log_every=100)),
       train=ml_collections.ConfigDict(dict(steps=1000, batch_size=32, seed=0, log_every=10,
                                            checkpoint_every=500)),
       stage="1",
@@ -273,4 +331,7 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   # overrides work on the locked config.
   config.model.unfold_capacity = ml_collections.FieldReference(m["unfold_capacity"], field_type=int)
   config.data.path = ml_collections.FieldReference(None, field_type=str)
+  config.data.tokenizer = ml_collections.FieldReference(None, field_type=str)
+  config.data.tfds_text_key = ml_collections.FieldReference(None, field_type=str)
+  config.vq.workdir = ml_collections.FieldReference(None, field_type=str)
   return config
