@@ -163,7 +163,8 @@ def write_shards(examples, out_dir: str, split: str, per_shard: int) -> dict:
                task=np.asarray([e[3] for e in examples], np.int8))
   np.savez(os.path.join(out_dir, f"{split}-index.npz"), **index)
   tasks = {name: int(np.sum(index["task"] == tid)) for name, tid in TASK_IDS.items()}
-  return dict(examples=len(examples), shards=names, tasks=tasks)
+  sizes = [len(examples[i * per_shard:(i + 1) * per_shard]) for i in range(n_shards)]
+  return dict(examples=len(examples), shards=names, shard_sizes=sizes, tasks=tasks)
 
 
 def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
@@ -187,7 +188,7 @@ def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
   for seed_offset, (split, records) in enumerate(splits.items()):
     skipped += records.skipped
     if not records.captions:
-      meta_splits[split] = dict(examples=0, shards=[], tasks={}, records=0)
+      meta_splits[split] = dict(examples=0, shards=[], shard_sizes=[], tasks={}, records=0)
       continue
     gen_codes = image_tokenizer.encode(np.stack(records.gen_images))
     flat_tiles = [t for tiles in records.tiles for t in tiles]
