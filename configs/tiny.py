@@ -19,5 +19,10 @@ def get_config(arg=None):
       unfold=dict(num_layers=1, d_model=16, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32),
       seq_len=32, fold=arg.fold)
   config.train.batch_size = 4
+  # Data: MNIST-5k resized to 16x16 -> 4x4 codes; a tokenizer that trains in seconds.
+  config.data.update(eval_count=100, records_per_shard=2048)
+  config.data.tasks.interleaved = 0.25
+  config.vq.update(channels=1, width=8, code_dim=8, num_res_blocks=1, steps=300, batch_size=32,
+                   eval_count=64, log_every=20, restart_every=20)
   config.train.steps = 30
   return config

@@ -13,3 +13,21 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+  """configs/tiny.py's image tokenizer trained on MNIST-5k and its prepared shards (built once)."""
+  from helpers import tiny
+  from synergen_jax import train_vq
+  from synergen_jax.data.image_tokenizer import ImageTokenizer
+  from synergen_jax.data.prepare import prepare
+
+  config, mc = tiny()
+  root = tmp_path_factory.mktemp("tiny_data")
+  report = train_vq.train(config, str(root / "vq"))
+  tokenizer = ImageTokenizer.load(str(root / "vq"))
+  meta = prepare(config, str(root / "prepared"), tokenizer)
+  config.data.path = str(root / "prepared")
+  return dict(config=config, mc=mc, vq_dir=str(root / "vq"), data_dir=str(root / "prepared"),
+              meta=meta, vq_report=report, image_tokenizer=tokenizer)

