@@ -25,6 +25,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import flags
 from grain.experimental import FirstFitPackIterDataset
 
 from synergen_jax.config import ModelConfig, validate_config
@@ -233,6 +234,8 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
                                             prefetch_buffer_size=max(1, d.prefetch) * rows))
   it = pack_rows(it, d.seq_len, d.packing_bins or rows).batch(rows, drop_remainder=True)
   if d.num_workers:
+    if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags; outside app.run use defaults
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
                                                      per_worker_buffer_size=max(1, d.prefetch)))
   return DataIterator(iter(it), mesh, too_long, rows)
