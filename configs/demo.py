@@ -2,6 +2,14 @@
 
   python -m synergen_jax.train --config configs/demo.py --workdir workdirs/demo
 
+Data (until the trainer runs them for you):
+
+  python -m synergen_jax.train_vq --config configs/demo.py --workdir workdirs/demo/vq    # ~100 s
+  python -m synergen_jax.prepare --config configs/demo.py --out data/demo --vq_workdir workdirs/demo/vq
+
+The tokenizer reaches held-out MSE 0.0068 (PSNR 21.7 dB) with 92% of its 512 codes in use; prepare
+writes 10,138 training examples (caption, generation, interleaved) in ~7 s.
+
 Shapes were chosen so one step is well under a second on 2 CPU cores (see bench/forward_backward.py)
 and the 8x8 code grid folds 1x1, 2x2, 2x4 and 4x4 (`configs/demo.py:fold=2x4`). Text vocabulary 512 is
 a small SentencePiece model over the captions plus special tokens; the codebook has 512 codes.

@@ -30,9 +30,6 @@ from synergen_jax.data.errors import BadRecord
 from synergen_jax.data.sources import open_source, split_indices
 from synergen_jax.model import vq
 
-config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
-flags.DEFINE_string("workdir", None, "where the tokenizer is written")
-
 
 def load_pixels(source, indices, config) -> tuple[np.ndarray, np.ndarray, collections.Counter]:
   """Decodes and fits the images at `indices`: (uint8 [N, S, S, C], kept indices, skips by reason)."""
@@ -167,5 +164,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so `train` can be imported by prepare, tests and benches.
+  config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "where the tokenizer is written")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -82,3 +82,24 @@ def test_paper_config_lands_on_paper_size():
   count = accounting.param_count(mc)
   assert 3.5e9 < count.total < 3.7e9, count
   assert 2.35e9 < count.activated < 2.45e9, count
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.image_fit", "crop", "config.data.image_fit='crop'; choose one of"),
+    ("data.too_long", "truncate", "choose skip or error"),
+    ("data.max_tiles", 0, "config.data.max_tiles=0 must be an int >= 1"),
+    ("data.p_uncond", 1.5, "config.data.p_uncond=1.5 must be in"),
+    ("data.uncond_prompt", "random image:", "must contain <UNCOND>"),
+    ("vq.downsample", 6, "config.vq.downsample=6; choose 4, 8 or 16"),
+    ("vq.channels", 2, "config.vq.channels=2; choose 1"),
+])
+def test_data_and_tokenizer_errors(key, value, message):
+  config, _ = tiny()
+  section, field = key.split(".")
+  setattr(config[section], field, value)
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    validate_config(config)
+  config, _ = tiny()
+  config.data.tasks.captioning = 1.0
+  with pytest.raises(ConfigError, match=r"unknown task\(s\) \['captioning'\]"):
+    validate_config(config)

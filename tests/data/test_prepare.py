@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from synergen_jax.data import images
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.prepare import TASK_IDS, decode_record, prepare
 from synergen_jax.data.sources import mnist5k
@@ -117,3 +118,24 @@ def test_tokenizer_grid_must_match_the_model(tiny_data, tmp_path):
   config.model.codebook_size = 64
   with pytest.raises(DataError, match="codebook_size=64"):
     prepare(config, str(tmp_path), tiny_data["image_tokenizer"])
+
+
+def test_dynamic_resolution_gives_each_tile_its_own_image_span(tiny_data, tmp_path):
+  """A 2:1 image with max_tiles=4 -> a 2x1 grid + thumbnail: three <boi>..<eoi> spans to caption."""
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    PILImage.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / f"{i}.txt").write_text(f"wide picture {i}")
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.data.update(name="folder", path=str(tmp_path), eval_count=1, max_tiles=4, thumbnail=True)
+  config.data.tasks.update(generation=0.0, interleaved=0.0)
+  meta = prepare(config, str(tmp_path / "out"), tiny_data["image_tokenizer"])
+  records = _records(str(tmp_path / "out"), meta, "train")
+  assert len(records) == 3
+  tok = tiny_data["image_tokenizer"]
+  for r in records:
+    assert list(r["kinds"]) == [1, 1, 1, 0, 0]
+    path = tmp_path / f"{int(r['source_index'])}.png"
+    pixels = images.decode(str(path))
+    tiles = [images.fit(t, 16, 1, "exact") for t in images.dynamic_tiles(pixels, 16, 4, True)]
+    np.testing.assert_array_equal(r["codes"], tok.encode(np.stack(tiles)))
