@@ -266,7 +266,8 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   _check(d.num_workers >= 0 and d.prefetch >= 0,
          f"config.data.num_workers={d.num_workers} and prefetch={d.prefetch} must be >= 0")
   _check(d.reserved_tokens >= 0 and d.eval_count >= 0 and d.records_per_shard > 0,
-         "config.data.reserved_tokens, eval_count must be >= 0 and records_per_shard > 0")
+         f"config.data.reserved_tokens={d.reserved_tokens}, eval_count={d.eval_count} must be >= 0 "
+         f"and records_per_shard={d.records_per_shard} > 0")
 
 
 def validate_vq(config: ml_collections.ConfigDict) -> None:
