@@ -1,7 +1,7 @@
 """Modality-routed SwiGLU FFN: the vision experts (MMoE) of SynerGen-VL.
 
-Each layer holds E = 2 FFNs (expert 0 = text, expert 1 = vision) as stacked kernels [E, ...]; every
-position is hard-routed by its modality id. The production path groups tokens by modality with a
+Each layer holds E = 2 FFNs (expert 0 = text, expert 1 = vision), one set of kernels each, stacked
+[E, ...] at use; every position is hard-routed by its modality id. The production path groups tokens by modality with a
 stable sort and runs `jax.lax.ragged_dot` over the contiguous groups, so each token pays for exactly one
 FFN on backends with grouped matmuls (GPU/TPU; XLA:CPU lowers ragged_dot densely). `routed=False`
 computes every expert for every token and selects with a mask: the reference the routed path is tested
@@ -18,12 +18,21 @@ from synergen_jax.config import StackConfig
 from synergen_jax.model.layers import INIT_STDDEV, dtype_of, partitioned
 
 
+EXPERT_NAMES = ("text", "vision")
+
+
 def _expert_init(copy_first: bool):
-  """N(0, 0.02) per expert, or expert 0's draw copied to all experts (vision FFN = text FFN)."""
+  """N(0, 0.02) per expert, or the text expert's draw reused for the vision expert (a copy).
+
+  Flax hands each parameter its own key; to copy, the first key this init sees (the text expert's,
+  created first) is remembered and reused for the later experts of the same kernel.
+  """
+  first_key = []
+
   def init(key, shape, dtype):
     if copy_first:
-      one = jax.random.normal(key, (1,) + shape[1:], dtype) * INIT_STDDEV
-      return jnp.broadcast_to(one, shape)
+      first_key.append(key)
+      key = first_key[0]
     return jax.random.normal(key, shape, dtype) * INIT_STDDEV
   return init
 
@@ -43,10 +52,15 @@ class ExpertFFN(nn.Module):
     cfg = self.cfg
     e, d, f = cfg.num_experts, x.shape[-1], cfg.mlp_dim
     pdt, cdt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
-    init = _expert_init(cfg.copy_expert_init)
-    w_gate = self.param("w_gate", partitioned(init, ("expert", "embed", "mlp")), (e, d, f), pdt)
-    w_up = self.param("w_up", partitioned(init, ("expert", "embed", "mlp")), (e, d, f), pdt)
-    w_down = self.param("w_down", partitioned(init, ("expert", "mlp", "embed")), (e, f, d), pdt)
+    # One kernel per expert (`text_gate`, `vision_gate`, ...), stacked at use: a training stage can then
+    # freeze the text expert by parameter path, and it gets no optimizer state.
+    kernels = {}
+    for kind, shape, axes in (("gate", (d, f), ("embed", "mlp")), ("up", (d, f), ("embed", "mlp")),
+                              ("down", (f, d), ("mlp", "embed"))):
+      init = _expert_init(cfg.copy_expert_init)
+      kernels[kind] = jnp.stack([self.param(f"{name}_{kind}", partitioned(init, axes), shape, pdt)
+                                 for name in EXPERT_NAMES[:e]])
+    w_gate, w_up, w_down = kernels["gate"], kernels["up"], kernels["down"]
     x = x.astype(cdt)
     w_gate, w_up, w_down = (w.astype(cdt) for w in (w_gate, w_up, w_down))
     if e == 1:

@@ -35,9 +35,7 @@ def test_model_routed_equals_dense_reference():
   batch = random_batch(mc, rows=2, seq_len=32, seed=1)
   # make the two experts differ (they start as copies) so a routing mistake shows
   params = jax.tree_util.tree_map_with_path(
-      lambda p, x: x * jnp.arange(1, 3).reshape((2,) + (1,) * (x.ndim - 1))
-      if "'decoder'" in jax.tree_util.keystr(p) and "'ffn'" in jax.tree_util.keystr(p) else x,
-      init_params(mc, batch))
+      lambda p, x: x * 2.0 if "'vision_" in jax.tree_util.keystr(p) else x, init_params(mc, batch))
 
   def loss(params, routed):
     out = SynerGenVL(mc, routed_experts=routed).apply(params, batch)
@@ -56,8 +54,10 @@ def _expert_grads(mc, batch):
   grads = jax.jit(jax.grad(
       lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0]))(params)
   ffns = [grads["params"]["decoder"][f"layer_{i}"]["ffn"] for i in range(mc.llm.num_layers)]
-  text = sum(float(jnp.abs(w[0]).sum()) for ffn in ffns for w in ffn.values())
-  vision = sum(float(jnp.abs(w[1]).sum()) for ffn in ffns for w in ffn.values())
+  def total(expert):
+    return sum(float(jnp.abs(w).sum()) for ffn in ffns for k, w in ffn.items() if k.startswith(expert))
+  text, vision = total("text_"), total("vision_")
+  assert len(ffns[0]) == 6        # text_/vision_ x gate/up/down
   return text, vision
 
 
@@ -83,5 +83,7 @@ def test_vision_experts_start_as_copies_of_text_ffn():
   _, mc = tiny()
   batch = random_batch(mc, rows=1, seq_len=32)
   params = init_params(mc, batch)
-  for name, w in params["params"]["decoder"]["layer_0"]["ffn"].items():
-    np.testing.assert_array_equal(w[0], w[1], err_msg=name)
+  ffn = params["params"]["decoder"]["layer_0"]["ffn"]
+  for kind in ("gate", "up", "down"):
+    np.testing.assert_array_equal(ffn[f"text_{kind}"], ffn[f"vision_{kind}"], err_msg=kind)
+  assert not np.array_equal(ffn["text_gate"], params["params"]["decoder"]["layer_1"]["ffn"]["text_gate"])
