@@ -120,6 +120,7 @@ class ModelConfig:
   fold_mlp_hidden: int
   init_vision_from_text: bool
   unfold_capacity: int | None   # image windows per row sent through the unfold head (None = all slots)
+  new_tokens: tuple[int, ...] = ()   # ids whose embedding / LM-head rows are separate parameters
 
   @property
   def fold_ratio(self) -> int:
@@ -135,7 +136,7 @@ class ModelConfig:
              "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings", "vision_experts",
              "init_vision_from_text", "codebook_size", "code_embed_dim", "code_grid", "fold",
              "fold_mlp_hidden", "unfold", "scan_layers", "remat_policy", "dtype", "param_dtype",
-             "attention_impl", "unfold_capacity"}
+             "attention_impl", "unfold_capacity", "new_tokens"}
     unknown = sorted(set(m.keys()) - known)
     if unknown:
       raise ConfigError(f"unknown config.model keys {unknown}; valid keys: {sorted(known)}")
@@ -162,7 +163,7 @@ class ModelConfig:
                codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
                code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
                fold_mlp_hidden=m.fold_mlp_hidden, init_vision_from_text=m.init_vision_from_text,
-               unfold_capacity=m.unfold_capacity)
+               unfold_capacity=m.unfold_capacity, new_tokens=tuple(int(t) for t in m.new_tokens))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,6 +210,8 @@ def validate_model(mc: ModelConfig) -> None:
   for field in ("text_vocab", "codebook_size", "code_embed_dim", "fold_mlp_hidden"):
     value = getattr(mc, field)
     _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
+  _check(all(0 <= t < mc.text_vocab for t in mc.new_tokens) and len(set(mc.new_tokens)) == len(mc.new_tokens),
+         f"config.model.new_tokens={mc.new_tokens} must be distinct ids in [0, text_vocab={mc.text_vocab})")
   _check(mc.unfold_capacity is None or mc.unfold_capacity > 0,
          f"config.model.unfold_capacity={mc.unfold_capacity} must be None (all slots) or > 0")
 
@@ -297,6 +300,7 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
       norm_eps=1e-5, rope_theta=10_000.0, qkv_bias=False, tie_embeddings=False,
       vision_experts=True, init_vision_from_text=True, scan_layers=False, remat_policy="none",
       dtype="float32", param_dtype="float32", attention_impl="auto", unfold_capacity=None,
+      new_tokens=(),
       fold=parse_fold(fold))
   m.update(model)
   m["unfold"] = ml_collections.ConfigDict(unfold)

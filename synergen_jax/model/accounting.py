@@ -52,6 +52,7 @@ def param_count(mc: ModelConfig) -> ParamCount:
   parts = dict(
       text_embed=mc.text_vocab * d,
       lm_head=0 if mc.tie_embeddings else d * mc.text_vocab,
+      new_tokens=2 * len(mc.new_tokens) * d,
       llm_blocks=stack_params(mc.llm),
       fold=(mc.codebook_size * mc.code_embed_dim
             + mc.code_grid[0] * mc.code_grid[1] * mc.code_embed_dim

@@ -59,6 +59,14 @@ class SynerGenVL(nn.Module):
       self.lm_head = nn.Dense(cfg.text_vocab, use_bias=False, dtype=cdt, param_dtype=pdt,
                               kernel_init=normal_init(("embed", "vocab")))
     self.unfold_head = UnfoldHead(cfg)
+    if cfg.new_tokens:
+      # Tokens the sequence format adds to a (pretrained) LLM: <boi>, <eoi>, <UNCOND>. Their rows live
+      # in separate parameters so stage 1 can train them while the text table stays frozen.
+      n = len(cfg.new_tokens)
+      self.new_token_embed = self.param("new_token_embed", normal_init(("vocab", "embed")),
+                                        (n, cfg.llm.d_model), pdt)
+      self.new_token_head = self.param("new_token_head", normal_init(("embed", "vocab")),
+                                       (cfg.llm.d_model, n), pdt)
 
   # -- pieces, so that decoding and tests can call them separately ---------------------------------
 
@@ -69,6 +77,9 @@ class SynerGenVL(nn.Module):
     (fold MLP FLOPs x text slots), small next to one LLM layer.
     """
     text = self.text_embed(batch["text_tokens"])
+    for i, token in enumerate(self.cfg.new_tokens):
+      text = jnp.where((batch["text_tokens"] == token)[..., None],
+                       self.new_token_embed[i].astype(text.dtype), text)
     image = self.fold_embed(batch["image_codes"], batch["window_ids"])
     x = jnp.where((batch["modality"] == IMAGE)[..., None], image, text)
     return constrain(x, ("batch", "length", "act_embed"))
@@ -81,6 +92,9 @@ class SynerGenVL(nn.Module):
       logits = self.text_embed.attend(hidden)
     else:
       logits = self.lm_head(hidden)
+    if self.cfg.new_tokens:
+      new = hidden @ self.new_token_head.astype(hidden.dtype)
+      logits = logits.at[..., jnp.asarray(self.cfg.new_tokens)].set(new.astype(logits.dtype))
     return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
   def image_logits(self, hidden, codes) -> jax.Array:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import init_params, random_batch, tiny
+from synergen_jax.model import accounting
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 
@@ -136,3 +137,26 @@ def test_bfloat16_compute_stays_close_to_float32():
   l32 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0])(params)
   l16 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc16).apply(p, batch), batch, 2.0)[0])(params)
   np.testing.assert_allclose(l16, l32, rtol=1e-2)
+
+
+def test_new_tokens_use_their_own_rows():
+  """With new_tokens, those ids read new_token_embed / new_token_head; the text table rows are unused."""
+  config, _ = tiny()
+  config.model.new_tokens = (3, 4)
+  from synergen_jax.config import validate_config
+  mc = validate_config(config)
+  batch = random_batch(mc, rows=2, seq_len=32, seed=4)
+  params = init_params(mc, batch)
+  model = SynerGenVL(mc)
+  hidden = model.apply(params, model.apply(params, batch, method=model.embed), batch,
+                       method=model.backbone)
+  logits = model.apply(params, hidden, method=model.text_logits)
+  p = params["params"]
+  np.testing.assert_allclose(logits[..., 3], hidden @ p["new_token_head"][:, 0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits[..., 5], hidden @ p["lm_head"]["kernel"][:, 5], rtol=1e-5, atol=1e-5)
+  grads = jax.grad(lambda q: synergen_loss(model.apply(q, batch), batch, 2.0)[0])(params)["params"]
+  assert float(jnp.abs(grads["text_embed"]["embedding"][3:5]).sum()) == 0.0
+  assert float(jnp.abs(grads["lm_head"]["kernel"][:, 3:5]).sum()) == 0.0
+  uses_new = bool(np.isin(batch["text_tokens"], [3, 4]).any())
+  assert uses_new and float(jnp.abs(grads["new_token_embed"]).sum()) > 0
+  assert accounting.param_count(mc).total == sum(x.size for x in jax.tree.leaves(params))
