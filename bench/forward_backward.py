@@ -25,20 +25,6 @@ flags.DEFINE_string("folds", "1x1,2x2,2x4", "comma-separated fold ratios")
 flags.DEFINE_integer("steps", 5, "timed steps per fold ratio (after one compile step)")
 
 
-def _example_flops(mc, batch) -> float:
-  """Training FLOPs of the batch, summed per row from the slots it really holds."""
-  total = 0
-  for row in range(batch["segment_ids"].shape[0]):
-    seg = batch["segment_ids"][row]
-    image = int((batch["modality"][row] == 1).sum())
-    total += accounting.train_flops(
-        mc, text_slots=int((seg > 0).sum()) - image, image_slots=image,
-        text_targets=int((batch["text_weights"][row] > 0).sum()),
-        image_targets=int((batch["image_weights"][row] > 0).sum()),
-        segment_lengths=[int((seg == s).sum()) for s in set(seg.tolist()) - {0}])
-  return total
-
-
 def main(argv):
   del argv
   rows = []
@@ -59,7 +45,7 @@ def main(argv):
     step_s = (time.perf_counter() - t0) / FLAGS.steps
     images = int((batch["modality"] == 1).sum()) // mc.windows_per_image
     rows.append((fold, mc.windows_per_image, accounting.param_count(mc).total, images,
-                 compile_s, step_s * 1e3, _example_flops(mc, batch) / step_s / 1e9))
+                 compile_s, step_s * 1e3, accounting.batch_train_flops(mc, batch) / step_s / 1e9))
   device = jax.devices()[0].device_kind
   print(f"\n{FLAGS.config}, batch {config.train.batch_size}x{config.data.seq_len}, {device}")
   print("| fold | slots/image | params | images/batch | compile s | fwd+bwd ms | images/s | GFLOP/s |")

@@ -36,6 +36,12 @@ def get_config(arg=None):
   config.vq.update(downsample=8, channels=3)   # Emu3-style tokenizer: 512 px -> 64x64 codes
   config.data.max_tiles = {"1": 1, "2": 6, "sft": 12}[arg.stage]   # + thumbnail, as in the paper
   config.data.name = "jsonl"   # your pre-tokenized corpus: --config.data.path=...
+  # Paper Tab. 8: AdamW (0.9, 0.95, eps 1e-8), 200 warm-up steps; S1 1e-4 constant, wd 0.05;
+  # S2 5e-5 cosine, wd 0.05; SFT 5e-5 cosine, wd 0.01.
+  config.optim.update(b1=0.9, b2=0.95, eps=1e-8, warmup_steps=200, min_lr_ratio=0.0,
+                      learning_rate={"1": 1e-4, "2": 5e-5, "sft": 5e-5}[arg.stage],
+                      schedule={"1": "constant", "2": "cosine", "sft": "cosine"}[arg.stage],
+                      weight_decay={"1": 0.05, "2": 0.05, "sft": 0.01}[arg.stage])
   config.train.batch_size = 256
   config.train.steps = {"1": 95_000, "2": 35_000, "sft": 12_000}[arg.stage]
   return config

@@ -242,6 +242,15 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
   _check(config.train.batch_size > 0, f"config.train.batch_size={config.train.batch_size} must be > 0")
   _check(config.train.steps >= 0, f"config.train.steps={config.train.steps} must be >= 0")
   _check(str(config.stage) in ("1", "2", "sft"), f"config.stage={config.stage!r}; choose 1, 2 or sft")
+  _check(config.train.grad_accum >= 1 and config.train.batch_size % config.train.grad_accum == 0,
+         f"config.train.grad_accum={config.train.grad_accum} must be >= 1 and divide "
+         f"config.train.batch_size={config.train.batch_size}")
+  _check(config.train.nonfinite in ("skip", "stop"),
+         f"config.train.nonfinite={config.train.nonfinite!r}; choose skip or stop")
+  _check(config.optim.schedule in ("constant", "cosine"),
+         f"config.optim.schedule={config.optim.schedule!r}; choose constant or cosine")
+  _check(config.optim.learning_rate > 0 and config.optim.warmup_steps >= 0,
+         f"config.optim.learning_rate={config.optim.learning_rate} must be > 0, warmup_steps >= 0")
   validate_data(config)
   validate_vq(config)
   return mc
@@ -327,8 +336,13 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
           downsample=4, channels=3, code_dim=32, width=64, num_res_blocks=1, beta=0.25,
           steps=2000, batch_size=64, learning_rate=1e-3, usage_decay=0.99, restart_every=100,
           restart_threshold=0.03, eval_count=256, encode_batch=256, log_every=100)),
-      train=ml_collections.ConfigDict(dict(steps=1000, batch_size=32, seed=0, log_every=10,
-                                           checkpoint_every=500)),
+      train=ml_collections.ConfigDict(dict(
+          steps=1000, batch_size=32, seed=0, log_every=10, checkpoint_every=500,
+          keep_checkpoints=2, keep_period=0, grad_accum=1, nonfinite="skip",
+          max_replicated_fraction=1.0)),
+      optim=ml_collections.ConfigDict(dict(
+          learning_rate=1e-3, warmup_steps=100, schedule="cosine", decay_steps=1000,
+          min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=1.0)),
       stage="1",
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
   ))
@@ -339,4 +353,8 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   config.data.tokenizer = ml_collections.FieldReference(None, field_type=str)
   config.data.tfds_text_key = ml_collections.FieldReference(None, field_type=str)
   config.vq.workdir = ml_collections.FieldReference(None, field_type=str)
+  config.data.cache_dir = ml_collections.FieldReference(None, field_type=str)
+  config.train.init_from = ml_collections.FieldReference(None, field_type=str)
+  # The cosine decays over the run unless a config says otherwise.
+  config.optim.decay_steps = config.train.get_ref("steps")
   return config

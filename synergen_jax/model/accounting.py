@@ -123,3 +123,17 @@ def captioning_example(mc: ModelConfig, caption_tokens: int = 16) -> dict:
 
 def train_flops(mc: ModelConfig, **example) -> int:
   return 3 * forward_flops(mc, **example)
+
+
+def batch_train_flops(mc: ModelConfig, batch) -> int:
+  """Training FLOPs of a host batch (numpy), summed per row from the slots and targets it holds."""
+  total = 0
+  for row in range(batch["segment_ids"].shape[0]):
+    seg = batch["segment_ids"][row]
+    image = int((batch["modality"][row] == 1).sum())
+    total += train_flops(
+        mc, text_slots=int((seg > 0).sum()) - image, image_slots=image,
+        text_targets=int((batch["text_weights"][row] > 0).sum()),
+        image_targets=int((batch["image_weights"][row] > 0).sum()),
+        segment_lengths=[int((seg == s).sum()) for s in set(seg.tolist()) - {0}])
+  return total

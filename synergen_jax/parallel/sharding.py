@@ -68,7 +68,8 @@ def mesh_shardings(boxed_params, mesh: jax.sharding.Mesh):
   mesh works for every config; the bytes this replicates are what the trainer's guard measures.
   """
   specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_params), LOGICAL_RULES)
-  shapes = nn.unbox(boxed_params)
+  shapes = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, boxed_params,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))   # no constraints applied
   return jax.tree.map(
       lambda spec, x: jax.sharding.NamedSharding(mesh, _divisible(spec, x.shape, mesh)),
       specs, shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

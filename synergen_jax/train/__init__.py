@@ -1,0 +1,1 @@
+"""Training: optimizer and stages, train state and step, checkpoints, metrics, the loop."""

@@ -1,0 +1,25 @@
+"""python -m synergen_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]
+
+Prepares the configured dataset on first use (training the image tokenizer if needed) into a cache,
+then trains; rerunning the same command resumes from DIR's latest complete checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from synergen_jax.train.loop import train
+
+config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and events go")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(f"train: done at step {result['step']}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,57 @@
+"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU per DESIGN section 7."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import jax
+
+# Dense bf16 TFLOP/s per chip (DESIGN section 7). CPU has no entry: MFU is null there.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0,
+               "TPU v6e": 918.0}
+
+
+def peak_flops_per_device() -> float | None:
+  kind = jax.devices()[0].device_kind
+  for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return tflops * 1e12
+  return None
+
+
+class MetricWriter:
+  """Writes on process 0 only: one JSON object per logged step, and the same scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.enabled = jax.process_index() == 0
+    self.total = total_steps
+    if self.enabled:
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(workdir, flush_secs=30)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": step, **{k: (None if v is None or (isinstance(v, float) and not math.isfinite(v))
+                                else v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    for k, v in scalars.items():
+      if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+        self._tb.add_scalar(k, v, step)
+
+  def progress(self, step: int, loss: float, tokens_per_sec: float, eta_s: float) -> None:
+    if self.enabled:
+      print(f"\rstep {step}/{self.total}  loss {loss:.4f}  {tokens_per_sec:,.0f} tok/s  "
+            f"ETA {int(eta_s // 60)}m{int(eta_s % 60):02d}s", end="", file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      print(file=sys.stderr)
+      self._file.close()
+      self._tb.close()

@@ -1,0 +1,113 @@
+"""Train state (a plain dict), its shardings on the mesh, and the jitted train step.
+
+  state = {"step": int32, "params": ..., "opt_state": ..., "nonfinite": int32 (skipped updates)}
+
+Parameters are sharded by the logical-axis rules (parallel/sharding.py); optimizer-state leaves take
+the sharding of the parameter whose path they end with (Adam's mu/nu), scalars are replicated.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from synergen_jax.model.losses import synergen_loss
+from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.parallel.sharding import mesh_shardings
+
+
+def _keystr(path) -> str:
+  return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def strip_boxes(tree):
+  """Boxed -> plain leaves without applying sharding constraints (safe on ShapeDtypeStructs)."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def abstract_params(model: SynerGenVL, example_batch):
+  """Boxed (logically partitioned) parameter shapes, without allocating anything."""
+  return jax.eval_shape(model.init, jax.random.key(0), example_batch)
+
+
+def state_shardings(boxed_params, abstract_state, mesh):
+  param_sh = mesh_shardings(boxed_params, mesh)
+  shapes = strip_boxes(boxed_params)
+  by_path = {_keystr(p): (s, x.shape) for (p, s), x in
+             zip(jax.tree_util.tree_flatten_with_path(param_sh)[0], jax.tree.leaves(shapes))}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def pick(path, leaf):
+    key = _keystr(path)
+    for param_path, (sharding, shape) in by_path.items():
+      if key.endswith(param_path) and tuple(leaf.shape) == tuple(shape):
+        return sharding
+    return replicated
+  return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+def replicated_fraction(abstract_params_unboxed, shardings) -> float:
+  """Share of parameter bytes that every device holds in full (the guard's number)."""
+  total = replicated = 0
+  for x, s in zip(jax.tree.leaves(abstract_params_unboxed), jax.tree.leaves(shardings)):
+    n = int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+    total += n
+    if s.is_fully_replicated:
+      replicated += n
+  return replicated / max(total, 1)
+
+
+def init_state(model, tx, example_batch, seed: int):
+  params = nn.unbox(model.init(jax.random.key(seed), example_batch))
+  return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+              nonfinite=jnp.zeros((), jnp.int32))
+
+
+def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_accum: int = 1):
+  """(state, batch) -> (state, metrics). Gradients are averaged over `grad_accum` row micro-batches;
+  grad_norm is over the `trainable` parameters (a bool pytree), before clipping.
+
+  A non-finite loss or gradient leaves the state unchanged (the step counter still advances) and
+  increments state["nonfinite"]; the loop decides whether to go on.
+  """
+  def loss_fn(params, batch):
+    loss, metrics = synergen_loss(model.apply(params, batch), batch, image_weight)
+    return loss, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def compute_grads(params, batch):
+    if grad_accum == 1:
+      return grad_fn(params, batch)
+    micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]),
+                         batch)
+
+    def body(carry, mb):
+      (loss, metrics), grads = grad_fn(params, mb)
+      acc = jax.tree.map(jnp.add, carry, ((loss, metrics), grads))
+      return acc, None
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params,
+                                                        jax.tree.map(lambda x: x[0], micro)))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / grad_accum, total)
+
+  def train_step(state, batch):
+    params = state["params"]
+    (loss, metrics), grads = compute_grads(params, batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                             for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable)) if t))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    state = dict(step=state["step"] + 1, params=keep(new_params, params),
+                 opt_state=keep(opt_state, state["opt_state"]),
+                 nonfinite=state["nonfinite"] + (~finite).astype(jnp.int32))
+    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state["step"] - 1),
+                   finite=finite.astype(jnp.int32))
+    return state, metrics
+  return train_step
+

@@ -1,0 +1,98 @@
+"""The trainer: learning, stage freezing, exact resume, mesh invariance, clear errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from synergen_jax.config import ConfigError
+from synergen_jax.train.loop import train
+from synergen_jax.train.optimizer import trainable_mask
+
+
+def _config(tiny_data, **train):
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.train.update(log_every=1, checkpoint_every=1000, batch_size=8)
+  config.train.update(**train)
+  config.optim.update(warmup_steps=5, learning_rate=3e-3)
+  return config
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+
+
+def test_tiny_trains_and_loss_falls(tiny_data, tmp_path):
+  config = _config(tiny_data, steps=30)
+  config.stage = "sft"
+  losses = train(config, str(tmp_path))["losses"]
+  first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (28, 29, 30)])
+  assert last < 0.8 * first, (first, last)
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == list(range(1, 31))
+  for key in ("loss", "loss/text", "loss/image", "lr", "grad_norm", "tokens_per_sec",
+              "examples_per_sec", "padding_fraction", "data_wait_fraction", "mfu"):
+    assert key in rows[-1]
+  assert rows[-1]["mfu"] is None                     # no peak for CPU
+  assert 0 <= rows[-1]["padding_fraction"] < 1 and rows[-1]["tokens_per_sec"] > 0
+
+
+def test_stage1_leaves_frozen_parameters_bit_identical(tiny_data, tmp_path):
+  config = _config(tiny_data, steps=4)
+  config.stage = "1"
+  init = train(_config(tiny_data, steps=0), str(tmp_path / "init"))["state"]["params"]
+  after = train(config, str(tmp_path / "run"))["state"]
+  mask = trainable_mask(init, "1")
+  moved = frozen = 0
+  for (path, a), (_, b), (_, t) in zip(_leaves(init), _leaves(after["params"]), _leaves(mask)):
+    name = jax.tree_util.keystr(path)
+    if t:
+      moved += not np.array_equal(a, b)
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=name)
+      frozen += 1
+    assert t == any(k in name for k in ("fold_embed", "vision_", "unfold_head", "new_token")), name
+  assert moved > 0 and frozen > 0
+  # Frozen parameters hold no optimizer state: Adam's moments exist only for the trainable ones.
+  n_trainable = sum(bool(t) for _, t in _leaves(mask))
+  mu_leaves = [x for p, x in _leaves(after["opt_state"]) if "mu" in jax.tree_util.keystr(p)]
+  assert len(mu_leaves) == n_trainable
+
+
+def test_resume_is_bitwise_identical(tiny_data, tmp_path):
+  config = _config(tiny_data, steps=6, checkpoint_every=3)
+  straight = train(config, str(tmp_path / "a"))
+  first = train(config, str(tmp_path / "b"), stop_after=3)
+  second = train(config, str(tmp_path / "b"))
+  assert {**first["losses"], **second["losses"]} == straight["losses"]
+  for (p, a), (_, b) in zip(_leaves(straight["state"]["params"]), _leaves(second["state"]["params"])):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(p))
+
+
+def test_same_losses_on_every_mesh(tiny_data, tmp_path):
+  losses = {}
+  for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)):
+    config = _config(tiny_data, steps=3)
+    config.stage = "sft"
+    config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
+    devices = jax.devices()[:1] if shape == (1, 1, 1) else None
+    losses[shape] = train(config, str(tmp_path / "x".join(map(str, shape))), devices=devices)["losses"]
+  for shape, got in losses.items():
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [losses[(1, 1, 1)][s] for s in (1, 2, 3)],
+                               rtol=2e-5, err_msg=str(shape))
+
+
+def test_bad_mesh_and_incompatible_workdir_fail_before_training(tiny_data, tmp_path):
+  config = _config(tiny_data, steps=1)
+  config.mesh.update(data=3, fsdp=1, tensor=1)
+  with pytest.raises(ConfigError, match="needs 3 devices but 8 are visible"):
+    train(config, str(tmp_path / "mesh"))
+  config = _config(tiny_data, steps=1, batch_size=4)
+  with pytest.raises(ConfigError, match="batch_size=4 does not split over the mesh's data x fsdp = 8"):
+    train(config, str(tmp_path / "rows"))
+  train(_config(tiny_data, steps=1), str(tmp_path / "w"))
+  other = _config(tiny_data, steps=2)
+  other.model.mlp_dim = 96
+  with pytest.raises(ConfigError, match=r"different model .*'mlp_dim'"):
+    train(other, str(tmp_path / "w"))
