@@ -9,7 +9,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from synergen_jax import train_vq
@@ -151,23 +150,29 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, start + stop_after)
     writer = MetricWriter(workdir, t_cfg.steps)
     peak = peak_flops_per_device()
-    losses, window = {}, dict(t0=time.perf_counter(), wait=0.0, tokens=0, examples=0, slots=0, n=0,
-                              flops=0.0)
+    losses = {}
+
+    def fresh_window():
+      return dict(t0=time.perf_counter(), wait=0.0, n=0, flops=0.0, counts=None)
+    window = fresh_window()
     for step in range(start, end):
       t_wait = time.perf_counter()
       batch = next(data)
       window["wait"] += time.perf_counter() - t_wait
       state, metrics = step_fn(state, batch)
+      # Exact counts over the logging window, summed on device (no host sync per step).
+      counts = {k: metrics[k] for k in ("nonpad_slots", "examples", "slots")}
+      window["counts"] = counts if window["counts"] is None else jax.tree.map(
+          jnp.add, window["counts"], counts)
+      if peak is not None:
+        window["flops"] += accounting.batch_train_flops(mc, jax.device_get(batch))
       window["n"] += 1
       last = step + 1 == end
       if (step + 1) % t_cfg.log_every == 0 or last:
         m = jax.device_get(metrics)
-        seg = np.asarray(batch["segment_ids"])
-        window["tokens"] += int((seg > 0).sum()) * window["n"]
-        window["examples"] += int(seg.max(axis=1).sum()) * window["n"]
-        window["slots"] += seg.size * window["n"]
-        if peak is not None:
-          window["flops"] += accounting.batch_train_flops(mc, jax.device_get(batch)) * window["n"]
+        c = jax.device_get(window["counts"])
+        window.update(tokens=float(c["nonpad_slots"]), examples=float(c["examples"]),
+                      slots=float(c["slots"]))
         elapsed = time.perf_counter() - window["t0"]
         loss = float(m["loss"])
         losses[step + 1] = loss
@@ -188,8 +193,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
             "image/overflow_windows": float(m["image/overflow_windows"])})
         writer.progress(step + 1, loss, window["tokens"] / elapsed,
                         elapsed / window["n"] * (end - step - 1))
-        window = dict(t0=time.perf_counter(), wait=0.0, tokens=0, examples=0, slots=0, n=0,
-                      flops=0.0)
+        window = fresh_window()
       if (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps:
         checkpoint.save(mngr, step + 1, state, data.get_state())
     mngr.wait_until_finished()

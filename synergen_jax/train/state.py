@@ -106,8 +106,12 @@ def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_ac
     state = dict(step=state["step"] + 1, params=keep(new_params, params),
                  opt_state=keep(opt_state, state["opt_state"]),
                  nonfinite=state["nonfinite"] + (~finite).astype(jnp.int32))
+    seg = batch["segment_ids"]
     metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state["step"] - 1),
-                   finite=finite.astype(jnp.int32))
+                   finite=finite.astype(jnp.int32),
+                   nonpad_slots=jnp.sum(seg > 0).astype(jnp.float32),
+                   examples=jnp.sum(jnp.max(seg, axis=1)).astype(jnp.float32),
+                   slots=jnp.asarray(seg.size, jnp.float32))
     return state, metrics
   return train_step
 
