@@ -339,6 +339,7 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
       train=ml_collections.ConfigDict(dict(
           steps=1000, batch_size=32, seed=0, log_every=10, checkpoint_every=500,
           keep_checkpoints=2, keep_period=0, grad_accum=1, nonfinite="skip",
+          eval_every=0, eval_batches=0,    # held-out pass: every N steps (0 = at the end), N batches (0 = all)
           max_replicated_fraction=1.0)),
       optim=ml_collections.ConfigDict(dict(
           learning_rate=1e-3, warmup_steps=100, schedule="cosine", decay_steps=1000,

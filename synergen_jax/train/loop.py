@@ -21,6 +21,7 @@ from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train import checkpoint
+from synergen_jax.train.heldout import heldout_metrics
 from synergen_jax.train.metrics import MetricWriter, peak_flops_per_device
 from synergen_jax.train.optimizer import make_optimizer, trainable_mask
 from synergen_jax.train.state import (abstract_params, init_state, make_train_step,
@@ -150,7 +151,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, start + stop_after)
     writer = MetricWriter(workdir, t_cfg.steps)
     peak = peak_flops_per_device()
-    losses = {}
+    losses, evaluation = {}, {}
 
     def fresh_window():
       return dict(t0=time.perf_counter(), wait=0.0, n=0, flops=0.0, counts=None)
@@ -194,9 +195,14 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
         writer.progress(step + 1, loss, window["tokens"] / elapsed,
                         elapsed / window["n"] * (end - step - 1))
         window = fresh_window()
+      if (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0) or step + 1 == t_cfg.steps:
+        evaluation = heldout_metrics(config, model, state["params"], mesh, t_cfg.eval_batches or None)
+        writer.write(step + 1, evaluation)
+        print(f"\ntrain: held-out at step {step + 1}: " +
+              ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()), flush=True)
       if (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps:
         checkpoint.save(mngr, step + 1, state, data.get_state())
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-  return dict(step=end, losses=losses, state=state)
+  return dict(step=end, losses=losses, state=state, heldout=evaluation)

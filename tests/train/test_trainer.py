@@ -1,6 +1,7 @@
 """The trainer: learning, stage freezing, exact resume, mesh invariance, clear errors."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -96,3 +97,39 @@ def test_bad_mesh_and_incompatible_workdir_fail_before_training(tiny_data, tmp_p
   other.model.mlp_dim = 96
   with pytest.raises(ConfigError, match=r"different model .*'mlp_dim'"):
     train(other, str(tmp_path / "w"))
+
+
+def test_heldout_metrics_weight_batches_by_their_targets(tiny_data, tmp_path):
+  """Two held-out batches: the pass equals the target-weighted mean of per-batch metrics."""
+  from synergen_jax.data.pipeline import make_iterator
+  from synergen_jax.model.losses import synergen_loss
+  from synergen_jax.model.synergen_vl import SynerGenVL
+  from synergen_jax.train.heldout import heldout_metrics
+  from synergen_jax.train.loop import _with_data
+
+  config = _with_data(_config(tiny_data, steps=2), tiny_data["data_dir"])
+  params = train(config, str(tmp_path))["state"]["params"]
+  from synergen_jax.config import validate_config
+  model = SynerGenVL(validate_config(config))
+  got = heldout_metrics(config, model, params, mesh=None, max_batches=2)
+  it = make_iterator(config, split="eval", num_epochs=1)
+  per = [synergen_loss(model.apply(params, b), b, config.loss.image_weight)[1] for b in (next(it), next(it))]
+  t = [float(m["tokens/text"]) for m in per]
+  want = sum(float(m["loss/text"]) * w for m, w in zip(per, t)) / sum(t)
+  np.testing.assert_allclose(got["eval/loss/text"], want, rtol=1e-5)
+  i = [float(m["tokens/image"]) for m in per]
+  want = sum(float(m["accuracy/image"]) * w for m, w in zip(per, i)) / sum(i)
+  np.testing.assert_allclose(got["eval/accuracy/image"], want, rtol=1e-5)
+
+
+def test_data_cache_is_built_once(tiny_data, tmp_path):
+  from synergen_jax.train.loop import ensure_prepared
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.data.path = None
+  config.data.cache_dir = str(tmp_path)
+  config.vq.workdir = tiny_data["vq_dir"]          # reuse the trained tokenizer: no retraining here
+  first = ensure_prepared(config)
+  stamp = os.path.getmtime(os.path.join(first, "meta.json"))
+  assert ensure_prepared(config) == first and os.path.getmtime(os.path.join(first, "meta.json")) == stamp
+  config.data.p_uncond = 0.2                       # a different dataset -> a different entry
+  assert ensure_prepared(config) != first
