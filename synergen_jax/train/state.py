@@ -43,7 +43,8 @@ def state_shardings(boxed_params, abstract_state, mesh):
   def pick(path, leaf):
     key = _keystr(path)
     for param_path, (sharding, shape) in by_path.items():
-      if key.endswith(param_path) and tuple(leaf.shape) == tuple(shape):
+      # Whole path components only: ".../layer_10/..." must not match "layer_0/...".
+      if (key == param_path or key.endswith("/" + param_path)) and tuple(leaf.shape) == tuple(shape):
         return sharding
     return replicated
   return jax.tree_util.tree_map_with_path(pick, abstract_state)

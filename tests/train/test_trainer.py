@@ -31,7 +31,10 @@ def test_tiny_trains_and_loss_falls(tiny_data, tmp_path):
   first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (28, 29, 30)])
   assert last < 0.8 * first, (first, last)
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  heldout = [r for r in rows if "eval/loss/text" in r]
+  rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in rows] == list(range(1, 31))
+  assert [r["step"] for r in heldout] == [30] and heldout[0]["eval/examples"] > 0
   for key in ("loss", "loss/text", "loss/image", "lr", "grad_norm", "tokens_per_sec",
               "examples_per_sec", "padding_fraction", "data_wait_fraction", "mfu"):
     assert key in rows[-1]
