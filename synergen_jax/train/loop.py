@@ -165,8 +165,6 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
       counts = {k: metrics[k] for k in ("nonpad_slots", "examples", "slots")}
       window["counts"] = counts if window["counts"] is None else jax.tree.map(
           jnp.add, window["counts"], counts)
-      if peak is not None:
-        window["flops"] += accounting.batch_train_flops(mc, jax.device_get(batch))
       window["n"] += 1
       last = step + 1 == end
       if (step + 1) % t_cfg.log_every == 0 or last:
@@ -174,6 +172,10 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
         c = jax.device_get(window["counts"])
         window.update(tokens=float(c["nonpad_slots"]), examples=float(c["examples"]),
                       slots=float(c["slots"]))
+        if peak is not None:
+          # Model FLOPs of the logged step's batch times the window's steps: counting every batch
+          # would pull each one to the host inside the step loop.
+          window["flops"] = accounting.batch_train_flops(mc, jax.device_get(batch)) * window["n"]
         elapsed = time.perf_counter() - window["t0"]
         loss = float(m["loss"])
         losses[step + 1] = loss
