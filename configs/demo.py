@@ -32,6 +32,7 @@ def get_config(arg=None):
       seq_len=128, fold=arg.fold)
   config.data.update(name="mnist5k", image_fit="pad")  # 28x28 centred on 32x32 keeps stroke scale
   config.data.tasks.interleaved = 0.25                  # "a 3, then a 7" documents
+  config.data.num_workers = 1          # one Grain worker: 52 -> 66 examples/s, data wait 5% -> 1.5%
   config.vq.update(channels=1, downsample=4, width=16, num_res_blocks=2, code_dim=16, steps=600,
                  batch_size=32)
   config.train.batch_size = 16
