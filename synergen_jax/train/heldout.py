@@ -6,6 +6,8 @@ caption accuracy from free decoding are the evaluation issue's `evaluate`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -13,19 +15,24 @@ from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model.losses import synergen_loss
 
 
-def heldout_metrics(config, model, params, mesh, max_batches: int | None = None) -> dict:
-  """{"eval/loss/text", "eval/loss/image", "eval/accuracy/text", "eval/accuracy/image",
-  "eval/examples"} over one epoch of config.data.path's eval split (its last partial batch dropped)."""
-  data = make_iterator(config, split="eval", mesh=mesh, num_epochs=1)
-
+@functools.lru_cache(maxsize=8)
+def _sums_fn(model, image_weight: float):
+  """One jitted pass per (model, loss weight): a run with eval_every compiles it once, not per eval."""
   @jax.jit
   def sums(params, batch):
-    _, m = synergen_loss(model.apply(params, batch), batch, config.loss.image_weight)
+    _, m = synergen_loss(model.apply(params, batch), batch, image_weight)
     t, i = m["tokens/text"], m["tokens/image"]
     return dict(text_loss=m["loss/text"] * t, text_acc=m["accuracy/text"] * t, text=t,
                 image_loss=m["loss/image"] * i, image_acc=m["accuracy/image"] * i, image=i,
                 examples=jnp.sum(jnp.max(batch["segment_ids"], axis=1)))
+  return sums
 
+
+def heldout_metrics(config, model, params, mesh, max_batches: int | None = None) -> dict:
+  """{"eval/loss/text", "eval/loss/image", "eval/accuracy/text", "eval/accuracy/image",
+  "eval/examples"} over one epoch of config.data.path's eval split (its last partial batch dropped)."""
+  data = make_iterator(config, split="eval", mesh=mesh, num_epochs=1)
+  sums = _sums_fn(model, float(config.loss.image_weight))
   total = None
   for n, batch in enumerate(data):
     if max_batches is not None and n >= max_batches:
