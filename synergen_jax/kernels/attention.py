@@ -88,3 +88,25 @@ def xla_attention(q, k, v, *, segment_ids=None, causal=True):
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)
+
+
+def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+                     mask: jax.Array) -> jax.Array:
+  """Attention of a few new queries against a KV cache (prefill chunks and decoding steps).
+
+  q: [batch, q_len, heads, head_dim]; k_cache, v_cache: [batch, cache_len, kv_heads, head_dim];
+  mask: [batch, q_len, cache_len] bool, True where a query may see a cache slot (the caller combines
+  causality with which slots hold real tokens). A decoding step reads the whole cache once and is
+  bandwidth-bound, so this stays a plain XLA einsum on every platform.
+  """
+  if mask.shape != (q.shape[0], q.shape[1], k_cache.shape[1]):
+    raise ValueError(f"decode_attention: mask{mask.shape} must be [batch, q_len, cache_len] = "
+                     f"{(q.shape[0], q.shape[1], k_cache.shape[1])}")
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads = k_cache.shape[2]
+  qg = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32)
+  scores = jnp.where(mask[:, None, None], scores * (head_dim ** -0.5), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache, preferred_element_type=jnp.float32)
+  return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)

@@ -85,8 +85,13 @@ class FoldEmbed(nn.Module):
 
 
 class UnfoldHead(nn.Module):
-  """Causal transformer that predicts the r codes of a window from one LLM hidden state."""
+  """Causal transformer that predicts the r codes of a window from one LLM hidden state.
+
+  With decode=True it has its own KV cache over the r positions of one window: `first` reads the
+  LLM state and gives the logits of code 1, `next_code` feeds code j and gives those of code j+1.
+  """
   cfg: ModelConfig
+  decode: bool = False
 
   def setup(self):
     cfg, u = self.cfg, self.cfg.unfold
@@ -98,7 +103,7 @@ class UnfoldHead(nn.Module):
                                embedding_init=normal_init(("codebook", "unfold_embed")))
     self.pos_table = self.param("pos_table", normal_init((None, "unfold_embed")),
                                 (cfg.fold_ratio, u.d_model), pdt)
-    self.blocks = DecoderStack(u)
+    self.blocks = DecoderStack(u, decode=self.decode)
     self.classifier = nn.Dense(cfg.codebook_size, use_bias=False, dtype=cdt, param_dtype=pdt,
                                kernel_init=normal_init(("unfold_embed", "codebook")))
 
@@ -116,3 +121,20 @@ class UnfoldHead(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32), (n, r))
     x = self.blocks(x, positions, None, jnp.zeros((n, r), jnp.int32))
     return self.classifier(x).astype(jnp.float32)
+
+  # -- KV-cached sampling, one code at a time (decode=True) -----------------------------------------
+
+  def first(self, hidden: jax.Array) -> jax.Array:
+    """hidden: [N, d_model] -> [N, codebook_size] logits of the window's first code."""
+    return self._step(self.prefix_proj(hidden), 0)
+
+  def next_code(self, codes: jax.Array, j) -> jax.Array:
+    """codes: [N] code j-1 of the window (0-based), j >= 1 -> [N, codebook_size] logits of code j."""
+    return self._step(self.code_embed(codes), j)
+
+  def _step(self, x, j):
+    n = x.shape[0]
+    x = (x + self.pos_table.astype(x.dtype)[j])[:, None, :]
+    positions = jnp.full((n, 1), j, jnp.int32)
+    x = self.blocks(x, positions, None, jnp.zeros((n, 1), jnp.int32))
+    return self.classifier(x[:, 0]).astype(jnp.float32)

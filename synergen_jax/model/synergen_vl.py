@@ -47,6 +47,7 @@ def gather_image_windows(image_weights: jax.Array, capacity: int):
 class SynerGenVL(nn.Module):
   cfg: ModelConfig
   routed_experts: bool = True   # False: masked dense expert reference (tests only)
+  decode: bool = False          # KV-cached attention in the LLM and the unfold head (infer/decode.py)
 
   def setup(self):
     cfg = self.cfg
@@ -54,11 +55,11 @@ class SynerGenVL(nn.Module):
     self.text_embed = nn.Embed(cfg.text_vocab, cfg.llm.d_model, dtype=cdt, param_dtype=pdt,
                                embedding_init=normal_init(("vocab", "embed")))
     self.fold_embed = FoldEmbed(cfg)
-    self.decoder = DecoderStack(cfg.llm, self.routed_experts)
+    self.decoder = DecoderStack(cfg.llm, self.routed_experts, decode=self.decode)
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.text_vocab, use_bias=False, dtype=cdt, param_dtype=pdt,
                               kernel_init=normal_init(("embed", "vocab")))
-    self.unfold_head = UnfoldHead(cfg)
+    self.unfold_head = UnfoldHead(cfg, decode=self.decode)
     if cfg.new_tokens:
       # Tokens the sequence format adds to a (pretrained) LLM: <boi>, <eoi>, <UNCOND>. Their rows live
       # in separate parameters so stage 1 can train them while the text table stays frozen.
@@ -99,6 +100,18 @@ class SynerGenVL(nn.Module):
 
   def image_logits(self, hidden, codes) -> jax.Array:
     return self.unfold_head(hidden, codes)
+
+  # -- decoding (decode=True): the LLM over new slots, the unfold head one code at a time -------------
+
+  def hidden_states(self, batch) -> jax.Array:
+    """Final LLM states of the batch's slots [B, t, d_model]; with decode=True, appends to the cache."""
+    return self.backbone(self.embed(batch), batch)
+
+  def unfold_first(self, hidden) -> jax.Array:
+    return self.unfold_head.first(hidden)
+
+  def unfold_next(self, codes, j) -> jax.Array:
+    return self.unfold_head.next_code(codes, j)
 
   # -- training forward ------------------------------------------------------------------------------
 

@@ -1,0 +1,257 @@
+"""Decoding with KV caches: text (greedy / temperature / top-k / top-p, stop tokens) and images.
+
+Prompts are laid out by `data/layout.py` (the same slots training sees) and left-padded to a common
+length: padding has segment id 0, so it is never attended to, and every row's positions start at 0 at
+its first real slot. All rows then share one cache write index.
+
+Text: one prefill over the prompts, then one cached step per token until every row has produced a
+stop token or `max_new_tokens` (a `lax.while_loop`, so finished batches stop early).
+
+Images, per window (paper Eq. 3 at inference): the LLM state of the last slot (<boi>, then each
+window) goes to the unfold head, which samples the window's r codes one at a time with its own small
+cache; the window is folded back in as the next LLM input. Classifier-free guidance runs the
+conditional and the unconditional prompts as the two halves of one batch and samples every code from
+`l_u + s * (l_c - l_u)`; both halves are fed the same sampled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from synergen_jax.config import ModelConfig
+from synergen_jax.data.layout import IMAGE, TEXT, Image, SpecialTokens, Text, layout_example
+from synergen_jax.model.folding import windows_to_grid
+from synergen_jax.model.synergen_vl import SynerGenVL
+
+PROMPT_FIELDS = ("text_tokens", "image_codes", "window_ids", "modality", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """temperature 0 = greedy; top_k 0 and top_p 1.0 = off."""
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling needs temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {self}")
+
+
+GREEDY = Sampling(temperature=0.0)
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
+  """[N, V] float logits -> [N] int32 ids."""
+  if sampling.temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / sampling.temperature
+  masked = jnp.finfo(logits.dtype).min
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][..., -1:]
+    logits = jnp.where(logits < kth, masked, logits)
+  if sampling.top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+    drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= sampling.top_p
+    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    logits = jnp.where(drop, masked, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts.
+# ---------------------------------------------------------------------------------------------------
+
+def caption_prompt(codes: Sequence[np.ndarray], prompt_ids: Sequence[int], fold,
+                   special: SpecialTokens) -> dict[str, np.ndarray]:
+  """<s> <boi> [windows] <eoi> (one span per tile) prompt -> the caption follows."""
+  parts = [Image(np.asarray(c)) for c in codes] + ([Text(list(prompt_ids))] if prompt_ids else [])
+  return layout_example(parts, fold, special, add_eos=False)
+
+
+def generation_prompt(prompt_ids: Sequence[int], fold, special: SpecialTokens) -> dict[str, np.ndarray]:
+  """<s> prompt <boi> -> the first window follows."""
+  return layout_example([Text([*prompt_ids, special.boi])], fold, special, add_eos=False)
+
+
+def left_pad(prompts: Sequence[dict[str, np.ndarray]], length: int | None = None) -> dict[str, np.ndarray]:
+  """Stacks laid-out prompts right-aligned in rows of `length` slots, with segment ids 1 / 0 (pad)."""
+  longest = max(len(p["text_tokens"]) for p in prompts)
+  length = length or longest
+  if longest > length:
+    raise ValueError(f"left_pad: a prompt of {longest} slots does not fit {length}")
+  r = prompts[0]["image_codes"].shape[1]
+  out = {k: np.zeros((len(prompts), length, r) if k == "image_codes" else (len(prompts), length),
+                     np.int32) for k in PROMPT_FIELDS + ("segment_ids",)}
+  for row, p in enumerate(prompts):
+    n = len(p["text_tokens"])
+    for k in PROMPT_FIELDS:
+      out[k][row, length - n:] = p[k][:n]
+    out["segment_ids"][row, length - n:] = 1
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decoder.
+# ---------------------------------------------------------------------------------------------------
+
+def _empty_cache(model, params, batch, method):
+  """Zeros shaped like the cache a sizing call with `batch`'s shapes creates (never allocates twice)."""
+  shapes = jax.eval_shape(lambda p, b: model.apply({"params": p}, *b, method=method,
+                                                   mutable=["cache"])[1]["cache"], params, batch)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+class Decoder:
+  """Jitted text and image decoding for one model; `params` is the {"params": ...} variables dict."""
+
+  def __init__(self, mc: ModelConfig, params, special: SpecialTokens):
+    self.mc, self.special = mc, special
+    self.params = params["params"] if "params" in params else params
+    self.model = SynerGenVL(mc, decode=True)
+
+  # -- pieces every loop uses --------------------------------------------------------------------
+
+  def _slots(self, params, batch, cache):
+    """LLM over new slots, appending to `cache`: (last slot's hidden [B, D], new cache)."""
+    hidden, v = self.model.apply({"params": params, "cache": cache}, batch,
+                                 method=SynerGenVL.hidden_states, mutable=["cache"])
+    return hidden[:, -1], v["cache"]
+
+  def _llm_cache(self, params, rows: int, length: int):
+    r = self.mc.fold_ratio
+    sizing = {k: jnp.zeros((rows, length, r) if k == "image_codes" else (rows, length), jnp.int32)
+              for k in PROMPT_FIELDS + ("segment_ids",)}
+    return _empty_cache(self.model, params, (sizing,), SynerGenVL.hidden_states)
+
+  def _unfold_cache(self, params, rows: int):
+    r = self.mc.fold_ratio
+    sizing = (jnp.zeros((rows, self.mc.llm.d_model), jnp.float32), jnp.zeros((rows, r), jnp.int32))
+    return _empty_cache(self.model, params, sizing, SynerGenVL.image_logits)
+
+  def _one_slot(self, rows, position, *, token=None, codes=None, window=0):
+    r = self.mc.fold_ratio
+    is_image = codes is not None
+    return dict(
+        text_tokens=(jnp.full((rows, 1), self.special.pad, jnp.int32) if is_image else token[:, None]),
+        image_codes=(codes[:, None, :] if is_image else jnp.zeros((rows, 1, r), jnp.int32)),
+        window_ids=jnp.full((rows, 1), window, jnp.int32),
+        modality=jnp.full((rows, 1), IMAGE if is_image else TEXT, jnp.int32),
+        positions=position[:, None].astype(jnp.int32), segment_ids=jnp.ones((rows, 1), jnp.int32))
+
+  # -- text ---------------------------------------------------------------------------------------
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def _text(self, params, batch, rng, max_new: int, stops: tuple[int, ...], sampling: Sampling):
+    rows, length = batch["text_tokens"].shape
+    h, cache = self._slots(params, batch, self._llm_cache(params, rows, length + max_new))
+    logits_of = lambda h: self.model.apply({"params": params}, h, method=SynerGenVL.text_logits)
+    rng, key = jax.random.split(rng)
+    token = sample_logits(logits_of(h), key, sampling)
+    start = batch["positions"][:, -1] + 1
+    out = jnp.full((rows, max_new), self.special.pad, jnp.int32)
+    stop_ids = jnp.asarray(stops, jnp.int32)
+
+    def unfinished(carry):
+      i, _, _, _, done, _ = carry
+      return (i < max_new) & ~jnp.all(done)
+
+    def step(carry):
+      i, token, cache, out, done, rng = carry
+      out = out.at[:, i].set(jnp.where(done, self.special.pad, token))
+      done = done | jnp.isin(token, stop_ids)
+      h, cache = self._slots(params, self._one_slot(rows, start + i, token=token), cache)
+      rng, key = jax.random.split(rng)
+      return i + 1, sample_logits(logits_of(h), key, sampling), cache, out, done, rng
+
+    carry = (jnp.int32(0), token, cache, out, jnp.zeros((rows,), bool), rng)
+    return jax.lax.while_loop(unfinished, step, carry)[3]
+
+  def generate_text(self, prompts: Sequence[dict[str, np.ndarray]], max_new_tokens: int, *,
+                    stop_tokens: Sequence[int] | None = None, sampling: Sampling = GREEDY,
+                    seed: int = 0, pad_to: int | None = None) -> list[list[int]]:
+    """Laid-out prompts -> generated ids per prompt, up to and excluding the first stop token."""
+    stops = tuple(stop_tokens if stop_tokens is not None else (self.special.eos,))
+    batch = jax.tree.map(jnp.asarray, left_pad(prompts, pad_to))
+    out = np.asarray(self._text(self.params, batch, jax.random.key(seed), max_new_tokens, stops,
+                                sampling))
+    results = []
+    for row in out:
+      ids = row.tolist()
+      cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+      results.append(ids[:cut])
+    return results
+
+  # -- images -------------------------------------------------------------------------------------
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def _images(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
+    total, length = batch["text_tokens"].shape
+    guided = total == 2 * rows           # second half: the unconditional prompts
+    n_windows, r = self.mc.windows_per_image, self.mc.fold_ratio
+    h, cache = self._slots(params, batch, self._llm_cache(params, total, length + n_windows))
+    unfold_empty = self._unfold_cache(params, total)
+    both = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
+
+    def pick(logits, key):
+      if guided:
+        cond, uncond = logits[:rows], logits[rows:]
+        logits = uncond + cfg_scale * (cond - uncond)
+      return sample_logits(logits, key, sampling)
+
+    def unfold(method, ucache, *args):
+      logits, v = self.model.apply({"params": params, "cache": ucache}, *args, method=method,
+                                   mutable=["cache"])
+      return logits, v["cache"]
+
+    def window(h, rng):
+      logits, ucache = unfold(SynerGenVL.unfold_first, unfold_empty, h)
+      rng, key = jax.random.split(rng)
+      codes = jnp.zeros((rows, r), jnp.int32).at[:, 0].set(pick(logits, key))
+
+      def next_code(j, carry):
+        codes, ucache, rng = carry
+        logits, ucache = unfold(SynerGenVL.unfold_next, ucache, both(codes[:, j - 1]), j)
+        rng, key = jax.random.split(rng)
+        return codes.at[:, j].set(pick(logits, key)), ucache, rng
+      codes, _, rng = jax.lax.fori_loop(1, r, next_code, (codes, ucache, rng))
+      return codes, rng
+
+    start = batch["positions"][:, -1] + 1
+
+    def next_window(w, carry):
+      h, cache, windows, rng = carry
+      codes, rng = window(h, rng)
+      h, cache = self._slots(params, self._one_slot(total, start + w, codes=both(codes), window=w),
+                             cache)
+      return h, cache, windows.at[:, w].set(codes), rng
+
+    windows = jnp.zeros((rows, n_windows, r), jnp.int32)
+    return jax.lax.fori_loop(0, n_windows, next_window, (h, cache, windows, rng))[2]
+
+  def generate_images(self, prompts: Sequence[Sequence[int]], *, uncond_prompt: Sequence[int] | None,
+                      cfg_scale: float = 7.5, sampling: Sampling = Sampling(), seed: int = 0,
+                      pad_to: int | None = None) -> np.ndarray:
+    """Text prompt ids (without <s>/<boi>) -> code grids [N, h, w].
+
+    With `uncond_prompt` (the "<UNCOND>" prompt's ids) and cfg_scale != 1, every code is sampled with
+    classifier-free guidance; without it, from the conditional logits alone.
+    """
+    fold, special = self.mc.fold, self.special
+    laid = [generation_prompt(p, fold, special) for p in prompts]
+    guided = uncond_prompt is not None and cfg_scale != 1.0
+    if guided:
+      laid += [generation_prompt(uncond_prompt, fold, special)] * len(prompts)
+    batch = jax.tree.map(jnp.asarray, left_pad(laid, pad_to))
+    windows = self._images(self.params, batch, jax.random.key(seed), len(prompts), float(cfg_scale),
+                           sampling)
+    return np.asarray(windows_to_grid(np.asarray(windows), self.mc.code_grid, self.mc.fold))
