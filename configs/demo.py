@@ -36,10 +36,12 @@ def get_config(arg=None):
   config.vq.update(channels=1, downsample=4, width=16, num_res_blocks=2, code_dim=16, steps=600,
                  batch_size=32)
   config.train.batch_size = 16
-  # Progressive alignment, shortened for a CPU: stage 1 (image parts + new tokens) then stage 2 (+ all
-  # attention) from stage 1's parameters (python -m synergen_jax.demo chains them).
+  # Progressive alignment, shortened for a CPU: stage 1 (image parts + new tokens), stage 2 (+ all
+  # attention), then SFT (everything), each from the previous stage's parameters (python -m
+  # synergen_jax.demo chains them). The paper starts from a pretrained LLM; here the LLM is random,
+  # so its text embedding, text FFNs and LM head only learn in SFT, which gets the most steps.
   config.stage = arg.stage
-  config.train.update(steps={"1": 300, "2": 300, "sft": 600}[arg.stage], log_every=25,
+  config.train.update(steps={"1": 200, "2": 250, "sft": 400}[arg.stage], log_every=25,
                       checkpoint_every=100)
   config.optim.update(learning_rate=2e-3, warmup_steps=30, weight_decay=0.0,
                       schedule="constant" if arg.stage == "1" else "cosine")

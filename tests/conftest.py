@@ -31,3 +31,17 @@ def tiny_data(tmp_path_factory):
   config.data.path = str(root / "prepared")
   return dict(config=config, mc=mc, vq_dir=str(root / "vq"), data_dir=str(root / "prepared"),
               meta=meta, vq_report=report, image_tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tiny_data, tmp_path_factory):
+  """A tiny model trained 60 steps (SFT) on tiny_data: what the inference tools load."""
+  from synergen_jax.train.loop import train
+
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.stage = "sft"
+  config.train.update(steps=60, batch_size=8, log_every=30, checkpoint_every=60)
+  config.optim.update(warmup_steps=5, learning_rate=3e-3)
+  workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
+  train(config, workdir)
+  return workdir

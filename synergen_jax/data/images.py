@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Sequence
 
 import numpy as np
 from PIL import Image as PILImage
@@ -144,3 +145,31 @@ def save_grid(images: np.ndarray, path: str, cols: int | None = None, pad: int =
     r, col = divmod(i, cols)
     canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
   PILImage.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
+
+
+def save_captioned(images: np.ndarray, captions: Sequence[str], path: str, cols: int = 8,
+                   scale: int = 3) -> None:
+  """Writes uint8 [N, H, W, C] images, each enlarged `scale` times with its caption underneath."""
+  from PIL import ImageDraw, ImageFont
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  font = ImageFont.load_default()
+  cell_w, cell_h, text_h = w * scale + 8, h * scale + 8, 28
+  rows = -(-n // cols)
+  sheet = PILImage.new("RGB", (cols * cell_w, rows * (cell_h + text_h)), (255, 255, 255))
+  draw = ImageDraw.Draw(sheet)
+  for i, (img, text) in enumerate(zip(images, captions)):
+    r, col = divmod(i, cols)
+    tile = PILImage.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
+    tile = tile.resize((w * scale, h * scale), PILImage.NEAREST)
+    x, y = col * cell_w + 4, r * (cell_h + text_h) + 4
+    sheet.paste(tile, (x, y))
+    words, lines = text.split(), [""]
+    for word in words:                       # wrap to the cell width
+      trial = (lines[-1] + " " + word).strip()
+      if draw.textlength(trial, font=font) > cell_w - 4 and lines[-1]:
+        lines.append(word)
+      else:
+        lines[-1] = trial
+    draw.multiline_text((x, y + h * scale + 2), "\n".join(lines[:2]), fill=(0, 0, 0), font=font)
+  sheet.save(path)

@@ -207,6 +207,7 @@ def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
       text_vocab=tok.vocab_size, special=tok.meta()["special"], text_tokenizer=tok.fingerprint,
       image_tokenizer=image_tokenizer.fingerprint, code_grid=[vq.grid, vq.grid],
       codebook_size=vq.codebook_size, image_size=vq.image_size, channels=vq.channels,
+      background=source.background, image_fit=d.image_fit,
       max_tiles=d.max_tiles, thumbnail=bool(d.thumbnail), tasks=dict(d.tasks),
       p_uncond=d.p_uncond, seed=d.seed, seconds=round(time.time() - t0, 1))
   with open(os.path.join(out_dir, "meta.json"), "w") as f:

@@ -16,10 +16,12 @@ conditional and the unconditional prompts as the two halves of one batch and sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +30,7 @@ from synergen_jax.config import ModelConfig
 from synergen_jax.data.layout import IMAGE, TEXT, Image, SpecialTokens, Text, layout_example
 from synergen_jax.model.folding import windows_to_grid
 from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.parallel.sharding import LOGICAL_RULES
 
 PROMPT_FIELDS = ("text_tokens", "image_codes", "window_ids", "modality", "positions")
 
@@ -112,12 +115,24 @@ def _empty_cache(model, params, batch, method):
 
 
 class Decoder:
-  """Jitted text and image decoding for one model; `params` is the {"params": ...} variables dict."""
+  """Jitted text and image decoding for one model; `params` is the {"params": ...} variables dict.
 
-  def __init__(self, mc: ModelConfig, params, special: SpecialTokens):
-    self.mc, self.special = mc, special
+  With a `mesh`, the parameters should already be placed on it (e.g. by `parallel.sharding`'s
+  rules); prefill and steps then run under the mesh with the model's logical-axis constraints, the
+  batch (prompt rows) split over data x fsdp like a training batch.
+  """
+
+  def __init__(self, mc: ModelConfig, params, special: SpecialTokens, mesh=None):
+    self.mc, self.special, self.mesh = mc, special, mesh
     self.params = params["params"] if "params" in params else params
     self.model = SynerGenVL(mc, decode=True)
+
+  def _under_mesh(self):
+    stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      stack.enter_context(jax.set_mesh(self.mesh))
+      stack.enter_context(nn.logical_axis_rules(LOGICAL_RULES))
+    return stack
 
   # -- pieces every loop uses --------------------------------------------------------------------
 
@@ -154,7 +169,8 @@ class Decoder:
   def _text(self, params, batch, rng, max_new: int, stops: tuple[int, ...], sampling: Sampling):
     rows, length = batch["text_tokens"].shape
     h, cache = self._slots(params, batch, self._llm_cache(params, rows, length + max_new))
-    logits_of = lambda h: self.model.apply({"params": params}, h, method=SynerGenVL.text_logits)
+    logits_of = lambda h: self.model.apply({"params": params}, h[:, None],   # [B, 1, D]: the head's
+                                           method=SynerGenVL.text_logits)[:, 0]  # constraints want rank 3
     rng, key = jax.random.split(rng)
     token = sample_logits(logits_of(h), key, sampling)
     start = batch["positions"][:, -1] + 1
@@ -182,8 +198,9 @@ class Decoder:
     """Laid-out prompts -> generated ids per prompt, up to and excluding the first stop token."""
     stops = tuple(stop_tokens if stop_tokens is not None else (self.special.eos,))
     batch = jax.tree.map(jnp.asarray, left_pad(prompts, pad_to))
-    out = np.asarray(self._text(self.params, batch, jax.random.key(seed), max_new_tokens, stops,
-                                sampling))
+    with self._under_mesh():
+      out = np.asarray(self._text(self.params, batch, jax.random.key(seed), max_new_tokens, stops,
+                                  sampling))
     results = []
     for row in out:
       ids = row.tolist()
@@ -252,6 +269,7 @@ class Decoder:
     if guided:
       laid += [generation_prompt(uncond_prompt, fold, special)] * len(prompts)
     batch = jax.tree.map(jnp.asarray, left_pad(laid, pad_to))
-    windows = self._images(self.params, batch, jax.random.key(seed), len(prompts), float(cfg_scale),
-                           sampling)
+    with self._under_mesh():
+      windows = self._images(self.params, batch, jax.random.key(seed), len(prompts),
+                             float(cfg_scale), sampling)
     return np.asarray(windows_to_grid(np.asarray(windows), self.mc.code_grid, self.mc.fold))

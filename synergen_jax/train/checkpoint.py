@@ -13,6 +13,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from synergen_jax.config import ConfigError
 
@@ -38,22 +39,34 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return out["state"], out["data"]
 
 
-def restore_params(workdir: str, abstract_params):
-  """Parameters of another run's latest checkpoint (init_from: stage 2 starts from stage 1)."""
+def restore_params(workdir: str, abstract_params, role: str = "config.train.init_from"):
+  """Parameters of a run's latest checkpoint (init_from: stage 2 starts from stage 1; inference).
+  `role` names the flag or key that pointed here, for the error messages."""
   path = os.path.join(os.path.abspath(workdir), "checkpoints")
   with ocp.CheckpointManager(path, item_names=("state", "data")) as other:
     step = other.latest_step()
     if step is None:
-      raise ConfigError(f"config.train.init_from={workdir}: no complete checkpoint under {path}")
-    restored = other.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  params = restored["state"]["params"]
-  want = jax.tree_util.tree_structure(abstract_params)
-  if jax.tree_util.tree_structure(params) != want or any(
-      tuple(a.shape) != tuple(b.shape)
-      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(abstract_params))):
-    raise ConfigError(f"config.train.init_from={workdir}: its parameters do not match this model's "
-                      "(different config.model); start from a run of the same model")
-  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params), step
+      raise ConfigError(f"{role}={workdir}: no complete checkpoint under {path}")
+    saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path) / str(step) / "state").tree
+    _check_same_params(saved["params"], abstract_params, f"{role}={workdir}")
+    # Only the parameters, straight into the target shardings: no optimizer state is read, and the
+    # checkpoint may come from another device count (8 training devices, 1 inference device).
+    item = {"params": abstract_params}
+    restored = other.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+  return restored["state"]["params"], step
+
+
+def _check_same_params(saved, abstract, where: str) -> None:
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
+                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  have, want = shapes(saved), shapes(abstract)
+  if have != want:
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    raise ConfigError(f"{where}: its parameters do not match this model's (different config.model); "
+                      f"first differences: " + ", ".join(f"{k} {have.get(k)} vs {want.get(k)}"
+                                                         for k in diff[:3]))
 
 
 def check_workdir_config(workdir: str, config) -> None:

@@ -49,13 +49,18 @@ def _cache_key(config) -> str:
   return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def cache_root(config) -> str:
+  """config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax."""
+  return config.data.cache_dir or os.environ.get(
+      "SYNERGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synergen_jax"))
+
+
 def ensure_prepared(config) -> str:
   """config.data.path if set; else the cache entry for this data/tokenizer config, built if missing
   (train the image tokenizer unless config.vq.workdir names one, then prepare)."""
   if config.data.path:
     return config.data.path
-  root = config.data.cache_dir or os.environ.get(
-      "SYNERGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synergen_jax"))
+  root = cache_root(config)
   entry = os.path.join(root, f"{config.data.name.replace(':', '_')}-{_cache_key(config)}")
   data_dir = os.path.join(entry, "data")
   if os.path.exists(os.path.join(data_dir, "meta.json")):

@@ -191,3 +191,23 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens_and_follow_softmax():
   np.testing.assert_array_equal(sample_logits(logits[:3], keys, GREEDY), [0, 0, 0])
   with pytest.raises(ValueError, match="top_p"):
     Sampling(top_p=0.0)
+
+
+def test_decoding_under_a_mesh_matches_one_device():
+  """Parameters sharded over (data 2, fsdp 2, tensor 2) by the rules table: same tokens and codes."""
+  import flax.linen as nn
+  from synergen_jax.parallel.mesh import make_mesh
+  from synergen_jax.parallel.sharding import mesh_shardings
+  mc, params = _model_and_params()
+  mesh = make_mesh(dict(data=2, fsdp=2, tensor=2))
+  example = random_batch(mc, rows=1, seq_len=32, seed=1)
+  boxed = jax.eval_shape(SynerGenVL(mc).init, jax.random.key(0), example)
+  sharded = jax.device_put(params, mesh_shardings(boxed, mesh))
+  rng = np.random.default_rng(5)
+  prompts = [caption_prompt([rng.integers(0, mc.codebook_size, mc.code_grid)], [7, 8], mc.fold,
+                            SPECIAL) for _ in range(4)]
+  one, many = Decoder(mc, params, SPECIAL), Decoder(mc, sharded, SPECIAL, mesh)
+  assert many.generate_text(prompts, 5) == one.generate_text(prompts, 5)
+  args = dict(uncond_prompt=[SPECIAL.uncond], cfg_scale=2.0, sampling=GREEDY)
+  np.testing.assert_array_equal(many.generate_images([[20, 21], [22]], **args),
+                                one.generate_images([[20, 21], [22]], **args))

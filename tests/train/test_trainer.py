@@ -136,3 +136,40 @@ def test_data_cache_is_built_once(tiny_data, tmp_path):
   assert ensure_prepared(config) == first and os.path.getmtime(os.path.join(first, "meta.json")) == stamp
   config.data.p_uncond = 0.2                       # a different dataset -> a different entry
   assert ensure_prepared(config) != first
+
+
+_DIE_DURING_SAVE = """
+import json, os, sys
+import ml_collections
+from synergen_jax.train import checkpoint, loop
+config_file, workdir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_save = checkpoint.save
+
+def save_then_die(mngr, step, *args, **kwargs):
+  real_save(mngr, step, *args, **kwargs)     # async: the write goes on in a background thread
+  if step == kill_at:
+    os._exit(9)                              # the process dies before the save can finish
+
+checkpoint.save = save_then_die
+loop.train(ml_collections.ConfigDict(json.load(open(config_file))), workdir)
+"""
+
+
+def test_killed_during_async_save_resumes_from_last_complete_checkpoint(tiny_data, tmp_path):
+  import subprocess
+  import sys
+  config = _config(tiny_data, steps=8, checkpoint_every=2)
+  straight = train(config, str(tmp_path / "straight"))
+  (tmp_path / "config.json").write_text(config.to_json())
+  workdir = tmp_path / "killed"
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", _DIE_DURING_SAVE, str(tmp_path / "config.json"),
+                         str(workdir), "6"], capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=root))
+  assert proc.returncode == 9, proc.stderr[-2000:]
+  left = os.listdir(workdir / "checkpoints")
+  assert "4" in left and "6" not in left, left            # step 6 never became a checkpoint
+  resumed = train(config, str(workdir))
+  assert resumed["losses"] == {s: straight["losses"][s] for s in (5, 6, 7, 8)}
+  for (p, a), (_, b) in zip(_leaves(straight["state"]["params"]), _leaves(resumed["state"]["params"])):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(p))

@@ -1,0 +1,98 @@
+"""A trained workdir -> everything inference needs: config, parameters, tokenizers, decoder.
+
+The workdir's `config.json` (written by the trainer) rebuilds the model; the latest complete Orbax
+checkpoint gives the parameters (placed on one device: the inference CLIs run on one host); the
+prepared data directory named in the config gives the text tokenizer and special ids, and the image
+tokenizer sits beside it (`<cache entry>/vq`) unless `config.vq.workdir` names one. Each file is
+checked against what the data was prepared with, so a swapped tokenizer fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from synergen_jax.config import ConfigError, validate_config
+from synergen_jax.data.errors import DataError
+from synergen_jax.data.image_tokenizer import ImageTokenizer
+from synergen_jax.data.layout import SpecialTokens
+from synergen_jax.data.tokenizers import TextTokenizer
+from synergen_jax.infer.decode import Decoder
+from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.train import checkpoint
+
+
+@dataclasses.dataclass
+class Loaded:
+  workdir: str
+  config: ml_collections.ConfigDict
+  mc: object                      # ModelConfig
+  params: dict                    # {"params": ...}
+  step: int
+  meta: dict
+  text_tokenizer: TextTokenizer
+
+  @property
+  def special(self) -> SpecialTokens:
+    return self.text_tokenizer.special
+
+  @functools.cached_property
+  def decoder(self) -> Decoder:
+    return Decoder(self.mc, self.params, self.special)
+
+  @functools.cached_property
+  def image_tokenizer(self) -> ImageTokenizer:
+    data_dir = self.config.data.path
+    vq_dir = self.config.vq.workdir or os.path.join(os.path.dirname(data_dir), "vq")
+    tok = ImageTokenizer.load(vq_dir)
+    if tok.fingerprint != self.meta["image_tokenizer"]:
+      raise DataError(f"image tokenizer in {vq_dir} ({tok.fingerprint}) is not the one {data_dir} was "
+                      f"prepared with ({self.meta['image_tokenizer']}); set --config.vq.workdir")
+    return tok
+
+  def encode_text(self, text: str) -> list[int]:
+    return self.text_tokenizer.encode(text)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"{workdir} is not a training workdir (no config.json); give the --workdir of "
+                      "a train run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str) -> Loaded:
+  config = read_config(workdir)
+  mc = validate_config(config)
+  data_dir = config.data.path
+  if not data_dir or not os.path.exists(os.path.join(data_dir, "meta.json")):
+    raise DataError(f"{workdir}/config.json names data.path={data_dir!r}, which holds no meta.json; "
+                    "the prepared data (and its tokenizers) must be where training left them")
+  with open(os.path.join(data_dir, "meta.json")) as f:
+    meta = json.load(f)
+  text_tok = TextTokenizer.load(os.path.join(data_dir, "tokenizer.model"), config.data.reserved_tokens)
+  if text_tok.fingerprint != meta["text_tokenizer"]:
+    raise DataError(f"{data_dir}/tokenizer.model does not match meta.json's text_tokenizer "
+                    f"({text_tok.fingerprint} != {meta['text_tokenizer']})")
+
+  model = SynerGenVL(mc)
+  r = mc.fold_ratio
+  example = {k: jnp.zeros((1, 8, r) if k in ("image_codes", "image_targets") else (1, 8),
+                          jnp.float32 if k.endswith("weights") else jnp.int32)
+             for k in ("text_tokens", "image_codes", "window_ids", "modality", "segment_ids",
+                       "positions", "text_targets", "text_weights", "image_targets", "image_weights")}
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+  params, step = checkpoint.restore_params(workdir, abstract, role="--workdir")
+  return Loaded(workdir, config, mc, params, step, meta, text_tok)
+
