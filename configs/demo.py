@@ -1,10 +1,14 @@
 """The CPU demo: MNIST-5k digits (32x32, 8x8 codes at downsampling 4), captioning + generation.
 
-  python -m synergen_jax.demo --workdir workdirs/demo       # both stages, ~15 min on 2 CPU cores
+  python -m synergen_jax.demo --workdir workdirs/demo       # all stages + evaluation, ~10.5 min, 2 cores
   python -m synergen_jax.train --config configs/demo.py:stage=1 --workdir workdirs/demo/stage1
+  python -m synergen_jax.evaluate --workdir workdirs/demo/sft --cfg 3 --top_k 20 --per_class 20
 
-End to end (tokenizer, prepare, 300 stage-1 + 300 stage-2 steps) took 14 min 42 s on 2 cores; held-out
-teacher-forced text accuracy 0.64 after stage 1 and 0.84 after stage 2, image-code accuracy 0.34 / 0.43.
+End to end from an empty cache (tokenizer, prepare, 150 stage-1 + 250 stage-2 + 550 SFT steps,
+evaluation) about 10.5 min on 2 cores. Result after SFT, 500 held-out digits, seed 0: greedy
+captions name the right digit 0.924, zero-shot classification 0.918; generated digits (CFG 3,
+top-k 20, 200 images) are the prompted digit for the judge 0.730, Frechet distance 35.5 (real-data
+floor 17.5). Fold 1x1 with the same steps: 0.624 / 0.542 / 0.380.
 
 Data (until the trainer runs them for you):
 
@@ -12,7 +16,7 @@ Data (until the trainer runs them for you):
   python -m synergen_jax.prepare --config configs/demo.py --out data/demo --vq_workdir workdirs/demo/vq
 
 The tokenizer reaches held-out MSE 0.0068 (PSNR 21.7 dB) with 92% of its 512 codes in use; prepare
-writes 10,138 training examples (caption, generation, interleaved) in ~7 s.
+writes 14,638 training examples (9,000 caption, 4,500 generation, 1,138 interleaved) in ~3 s.
 
 Shapes were chosen so one step is well under a second on 2 CPU cores (see bench/forward_backward.py)
 and the 8x8 code grid folds 1x1, 2x2, 2x4 and 4x4 (`configs/demo.py:fold=2x4`). Text vocabulary 512 is
@@ -31,7 +35,7 @@ def get_config(arg=None):
       unfold=dict(num_layers=2, d_model=128, num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=352),
       seq_len=128, fold=arg.fold)
   config.data.update(name="mnist5k", image_fit="pad")  # 28x28 centred on 32x32 keeps stroke scale
-  config.data.tasks.interleaved = 0.25                  # "a 3, then a 7" documents
+  config.data.tasks.update(caption=2.0, interleaved=0.25)   # two captions per image; "a 3, then a 7" documents
   config.data.num_workers = 1          # one Grain worker: 52 -> 66 examples/s, data wait 5% -> 1.5%
   config.vq.update(channels=1, downsample=4, width=16, num_res_blocks=2, code_dim=16, steps=600,
                  batch_size=32)
@@ -41,7 +45,7 @@ def get_config(arg=None):
   # synergen_jax.demo chains them). The paper starts from a pretrained LLM; here the LLM is random,
   # so its text embedding, text FFNs and LM head only learn in SFT, which gets the most steps.
   config.stage = arg.stage
-  config.train.update(steps={"1": 200, "2": 250, "sft": 400}[arg.stage], log_every=25,
+  config.train.update(steps={"1": 150, "2": 250, "sft": 550}[arg.stage], log_every=25,
                       checkpoint_every=100)
   config.optim.update(learning_rate=2e-3, warmup_steps=30, weight_decay=0.0,
                       schedule="constant" if arg.stage == "1" else "cosine")

@@ -25,6 +25,7 @@ flags.DEFINE_float("cfg", 7.5, "classifier-free guidance scale for generation")
 flags.DEFINE_float("temperature", 1.0, "image sampling temperature")
 flags.DEFINE_integer("top_k", 0, "image sampling top-k (0 = off)")
 flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_string("source_path", None, "raw jsonl file / image folder (data.name jsonl or folder)")
 
 
 def main(argv):
@@ -33,7 +34,8 @@ def main(argv):
   model = loader.load(FLAGS.workdir)
   report = evaluate(model, FLAGS.workdir, count=FLAGS.count or None, per_class=FLAGS.per_class,
                     cfg_scale=FLAGS.cfg, seed=FLAGS.seed,
-                    sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k))
+                    sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k),
+                    source_path=FLAGS.source_path)
   with open(os.path.join(FLAGS.workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=1)
   print(format_table(report))

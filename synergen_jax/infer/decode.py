@@ -108,7 +108,8 @@ def left_pad(prompts: Sequence[dict[str, np.ndarray]], length: int | None = None
 # ---------------------------------------------------------------------------------------------------
 
 def _empty_cache(model, params, batch, method):
-  """Zeros shaped like the cache a sizing call with `batch`'s shapes creates (never allocates twice)."""
+  """Zeros shaped like the cache that a sizing call with `batch`'s shapes creates; the call itself
+  only runs under eval_shape, so nothing but the zeros is computed."""
   shapes = jax.eval_shape(lambda p, b: model.apply({"params": p}, *b, method=method,
                                                    mutable=["cache"])[1]["cache"], params, batch)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

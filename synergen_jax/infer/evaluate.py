@@ -92,14 +92,19 @@ def _generation(loaded: Loaded, judge, names, real_eval, real_train, per_class, 
 
 def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = None,
              per_class: int = 10, cfg_scale: float = 7.5, sampling: Sampling = Sampling(),
-             seed: int = 0, batch_size: int = 128) -> dict:
-  """Runs every section; writes eval_samples.png and eval_captions.png into out_dir when given."""
+             seed: int = 0, batch_size: int = 128, source_path: str | None = None) -> dict:
+  """Runs every section; writes eval_samples.png and eval_captions.png into out_dir when given.
+
+  `source_path`: the raw jsonl file / image folder of `jsonl` and `folder` sources (a workdir's
+  config.data.path names the prepared data, not the raw files)."""
   t0 = time.time()
   config, tok = loaded.config, loaded.image_tokenizer
   d = config.data
   source_config = d.copy_and_resolve_references()
-  if d.name not in ("jsonl", "folder"):
-    source_config.path = None          # data.path now names the prepared data, not a raw source
+  source_config.path = source_path
+  if d.name in ("jsonl", "folder") and not source_path:
+    raise ValueError(f"evaluate: config.data.name={d.name!r} reads raw files; pass their location "
+                     "with --source_path")
   source = open_source(source_config)
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
   eval_idx = eval_idx[:count] if count else eval_idx
