@@ -6,10 +6,14 @@ heads). Implementations:
 
 * `xla`: the reference. Plain einsums in float32 softmax; builds the [B, K, G, T, S] score tensor, so it
   is for tests, CPUs and short sequences.
-* `pallas_gpu`, `pallas_tpu`, `cudnn`: fused kernels (tracked in the Pallas kernels issue). Asking for one
-  that is not built raises a clear error; nothing falls back silently.
+* `pallas_gpu`: our Pallas (Triton) flash attention, forward and backward (`kernels/flash_gpu.py`);
+  `interpret=True` runs it with Pallas' interpreter on any backend (how the CPU tests run it).
+* `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only; no segment ids).
+* `pallas_tpu`: not built yet (the kernels issue). Asking for it raises a clear error; nothing falls
+  back silently.
 
-`auto` picks the best implementation available for the platform and logs its choice once.
+`auto` picks the best implementation verified on the platform and logs its choice once: XLA until the
+Pallas kernels have been compiled and timed on real hardware.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
-_AVAILABLE = ("xla",)
+_AVAILABLE = ("xla", "pallas_gpu", "cudnn")
 _logged_auto_choice: set[str] = set()
 
 
 def _choose_auto() -> str:
   platform = jax.default_backend()
-  choice = "xla"  # the only implementation built so far on every platform
+  choice = "xla"  # the Pallas kernels pass in interpret mode; auto switches once timed on hardware
   if platform not in _logged_auto_choice:
     _logged_auto_choice.add(platform)
     logging.info("attention impl=auto on %s: using %r", platform, choice)
@@ -34,7 +38,7 @@ def _choose_auto() -> str:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
-              causal: bool = True, impl: str = "auto") -> jax.Array:
+              causal: bool = True, impl: str = "auto", interpret: bool = False) -> jax.Array:
   """Scaled dot-product attention.
 
   Args:
@@ -45,6 +49,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
     causal: mask keys after the query. With q_len < kv_len the queries are the last q_len positions
       (the KV-cache decoding case).
     impl: one of IMPLS.
+    interpret: run the chosen Pallas kernel in interpret mode (any backend; for tests).
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype.
   """
@@ -66,6 +71,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
     raise NotImplementedError(
         f"attention impl={impl!r} is not built yet (available: {_AVAILABLE}); "
         f"set --config.model.attention_impl=xla")
+  if impl == "pallas_gpu":
+    from synergen_jax.kernels.flash_gpu import flash_attention
+    return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, interpret=interpret)
+  if impl == "cudnn":
+    if segment_ids is not None:
+      raise ValueError("attention impl='cudnn' takes no segment_ids (packed rows); use pallas_gpu")
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
   return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal)
 
 
