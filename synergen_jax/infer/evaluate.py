@@ -107,7 +107,8 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
                      "with --source_path")
   source = open_source(source_config)
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
-  eval_idx = eval_idx[:count] if count else eval_idx
+  if count and count < len(eval_idx):   # a seeded subset: sources are often stored sorted by class
+    eval_idx = np.sort(np.random.default_rng(d.seed).choice(eval_idx, count, replace=False))
   real = read_split(source, eval_idx, config, tok.config.image_size)
   if not real.captions:
     raise ValueError(f"evaluate: no usable held-out records in {source.name}: {dict(real.skipped)}")

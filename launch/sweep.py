@@ -1,0 +1,164 @@
+"""Runs a sweep (configs/sweeps/*.py) point by point, or prints each point's commands for a cluster,
+then aggregates DIR/summary.csv and DIR/summary.png.
+
+  python launch/sweep.py --sweep configs/sweeps/fold_ratio.py[:runlocal] --workdir DIR [--print_only]
+
+A sweep file's get_sweep(arg) returns `config` (a config file), `points` (name, the config's
+get_config argument, dotted `overrides`) and `evaluate` (the evaluation's settings). Locally each
+point trains into DIR/<name> (rerunning resumes; a finished point is not retrained) and is
+evaluated into DIR/<name>/eval.json. With --print_only the train and evaluate commands are printed
+instead, one line each, for launch scripts or a scheduler; aggregate later with --summarize_only.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import pathlib
+
+from absl import app, flags, logging
+
+from synergen_jax.config import ConfigError, load_config
+
+COLUMNS = ("point", "fold", "steps", "final_loss", "loss_text", "loss_image", "examples_per_sec",
+           "tokens_per_sec", "caption_accuracy", "zero_shot_accuracy", "prompt_accuracy",
+           "frechet_distance", "eval_images", "seed")
+
+
+def load_sweep(spec: str):
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f"sweep file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_sweep(arg or None)
+
+
+def point_config(sweep, point):
+  config = load_config(f"{sweep.config}:{point['arg']}")
+  for key, value in point["overrides"].items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"sweep point {point['name']}: override {key} is not a config key")
+    node[leaf] = value
+  return config
+
+
+def commands(sweep, point, workdir: str) -> list[str]:
+  flags_ = " ".join(f"--config.{k}={v}" for k, v in point["overrides"].items())
+  e = sweep.evaluate
+  return [f"python -m synergen_jax.train --config {sweep.config}:{point['arg']} --workdir "
+          f"{workdir} {flags_}".strip(),
+          f"python -m synergen_jax.evaluate --workdir {workdir} --count {e['count']} "
+          f"--per_class {e['per_class']} --cfg {e['cfg_scale']} --top_k {e['top_k']}"]
+
+
+def run_point(sweep, point, workdir: str) -> None:
+  from synergen_jax.infer import loader
+  from synergen_jax.infer.decode import Sampling
+  from synergen_jax.infer.evaluate import evaluate
+  from synergen_jax.train.loop import train
+
+  train(point_config(sweep, point), workdir)
+  e = sweep.evaluate
+  report = evaluate(loader.load(workdir), workdir, count=e["count"], per_class=e["per_class"],
+                    cfg_scale=e["cfg_scale"], sampling=Sampling(top_k=e["top_k"]))
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+
+def summary_row(name: str, workdir: str) -> dict | None:
+  """One CSV row from a finished point's metrics.jsonl, config.json and eval.json (None if missing)."""
+  paths = [os.path.join(workdir, f) for f in ("metrics.jsonl", "config.json", "eval.json")]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  rows = [json.loads(line) for line in open(paths[0])]
+  train_rows = [r for r in rows if "loss" in r]
+  timed = train_rows[1:] or train_rows           # the first window includes compilation
+  config, report = json.load(open(paths[1])), json.load(open(paths[2]))
+  last = train_rows[-1]
+  u, g = report["understanding"], report.get("generation", {})
+  mean = lambda k: sum(r[k] for r in timed) / len(timed)
+  return dict(point=name, fold="x".join(map(str, config["model"]["fold"])), steps=last["step"],
+              final_loss=last["loss"], loss_text=last["loss/text"], loss_image=last["loss/image"],
+              examples_per_sec=mean("examples_per_sec"), tokens_per_sec=mean("tokens_per_sec"),
+              caption_accuracy=u.get("caption_accuracy"), zero_shot_accuracy=u.get("zero_shot_accuracy"),
+              prompt_accuracy=g.get("prompt_accuracy"), frechet_distance=g.get("frechet_distance"),
+              eval_images=report["eval_images"], seed=report["seed"])
+
+
+def write_summary(rows: list[dict], directory: str) -> None:
+  with open(os.path.join(directory, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = [r["fold"] for r in rows]
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  axes[0].bar(labels, [r["examples_per_sec"] for r in rows])
+  axes[0].set_title("training examples / s")
+  for key in ("final_loss", "loss_text", "loss_image"):
+    axes[1].plot(labels, [r[key] for r in rows], marker="o", label=key)
+  axes[1].set_title("final training loss")
+  for key in ("caption_accuracy", "zero_shot_accuracy", "prompt_accuracy"):
+    values = [r[key] for r in rows]
+    if all(v is not None for v in values):
+      axes[2].plot(labels, values, marker="o", label=key)
+  axes[2].set_title(f"evaluation ({rows[0]['eval_images']} held-out, seed {rows[0]['seed']})")
+  axes[2].set_ylim(0, 1)
+  for ax in axes:
+    ax.set_xlabel("fold ratio")
+  for ax in axes[1:]:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, "summary.png"), dpi=100)
+  plt.close(fig)
+
+
+def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_only: bool = False):
+  sweep = load_sweep(spec)
+  os.makedirs(directory, exist_ok=True)
+  rows = []
+  for point in sweep.points:
+    workdir = os.path.join(directory, point["name"])
+    if print_only:
+      print("\n".join(commands(sweep, point, workdir)))
+      continue
+    if not summarize_only and summary_row(point["name"], workdir) is None:
+      print(f"sweep: {point['name']} -> {workdir}", flush=True)
+      run_point(sweep, point, workdir)
+    row = summary_row(point["name"], workdir)
+    if row is None:
+      print(f"sweep: {point['name']} has not finished; left out of the summary", flush=True)
+    else:
+      rows.append(row)
+  if rows:
+    write_summary(rows, directory)
+    print(f"sweep: {len(rows)} of {len(sweep.points)} points in {directory}/summary.csv and "
+          "summary.png")
+  return rows
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  sweep_main(f.sweep, f.workdir, f.print_only, f.summarize_only)
+
+
+if __name__ == "__main__":
+  # Flags only when run as a script: tests import this file next to other CLIs' flags.
+  flags.DEFINE_string("sweep", None, "sweep file[:arg]")
+  flags.DEFINE_string("workdir", None, "one subdirectory per point, summary.csv and summary.png")
+  flags.DEFINE_bool("print_only", False, "print each point's commands instead of running them")
+  flags.DEFINE_bool("summarize_only", False, "only aggregate points that already finished")
+  flags.mark_flags_as_required(["sweep", "workdir"])
+  app.run(main)
