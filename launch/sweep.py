@@ -13,14 +13,12 @@ instead, one line each, for launch scripts or a scheduler; aggregate later with 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
-import pathlib
 
 from absl import app, flags, logging
 
-from synergen_jax.config import ConfigError, load_config
+from synergen_jax.config import ConfigError, load_config, load_module
 
 COLUMNS = ("point", "fold", "steps", "final_loss", "loss_text", "loss_image", "examples_per_sec",
            "tokens_per_sec", "caption_accuracy", "zero_shot_accuracy", "prompt_accuracy",
@@ -29,12 +27,7 @@ COLUMNS = ("point", "fold", "steps", "final_loss", "loss_text", "loss_image", "e
 
 def load_sweep(spec: str):
   path, _, arg = spec.partition(":")
-  if not pathlib.Path(path).is_file():
-    raise ConfigError(f"sweep file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_sweep(arg or None)
+  return load_module(path, "sweep file").get_sweep(arg or None)
 
 
 def point_config(sweep, point):

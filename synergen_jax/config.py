@@ -74,15 +74,20 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` the way `--config` does: runs its get_config(arg)."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str, what: str = "config file"):
+  """Imports a config-style Python file by path (configs/*.py, configs/sweeps/*.py)."""
   if not pathlib.Path(path).is_file():
-    raise ConfigError(f"config file {path!r} does not exist")
+    raise ConfigError(f"{what} {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config` does: runs its get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  return load_module(path).get_config(arg or None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,6 +110,8 @@ class StackConfig:
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # master weights
   attention_impl: str = "auto"
+  attention_block_q: int = 0    # flash-attention query / key block sizes (0 = the kernel's default)
+  attention_block_k: int = 0
   scan_layers: bool = False
   remat_policy: str = "none"
   copy_expert_init: bool = False  # every expert starts as a copy of expert 0 (vision FFN = text FFN)
@@ -140,7 +147,8 @@ class ModelConfig:
              "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings", "vision_experts",
              "init_vision_from_text", "codebook_size", "code_embed_dim", "code_grid", "fold",
              "fold_mlp_hidden", "unfold", "scan_layers", "remat_policy", "dtype", "param_dtype",
-             "attention_impl", "unfold_capacity", "new_tokens"}
+             "attention_impl", "attention_block_q", "attention_block_k", "unfold_capacity",
+             "new_tokens"}
     unknown = sorted(set(m.keys()) - known)
     if unknown:
       raise ConfigError(f"unknown config.model keys {unknown}; valid keys: {sorted(known)}")
@@ -149,6 +157,7 @@ class ModelConfig:
       raise ConfigError(f"config.model is missing keys {missing}")
     common = dict(norm_eps=m.norm_eps, rope_theta=m.rope_theta, dtype=m.dtype,
                   param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                  attention_block_q=m.attention_block_q, attention_block_k=m.attention_block_k,
                   remat_policy=m.remat_policy)
     llm = StackConfig(num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads,
                       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, mlp_dim=m.mlp_dim,
@@ -194,6 +203,9 @@ def _check_stack(name: str, s: StackConfig) -> None:
          f"config.model.remat_policy={s.remat_policy!r}; choose one of {REMAT_POLICIES}")
   _check(s.attention_impl in ATTENTION_IMPLS,
          f"config.model.attention_impl={s.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+  _check(s.attention_block_q >= 0 and s.attention_block_k >= 0,
+         f"config.model.attention_block_q={s.attention_block_q}, attention_block_k="
+         f"{s.attention_block_k} must be >= 0 (0 = the kernel's default)")
   _check(s.norm_eps > 0, f"config.model.norm_eps={s.norm_eps} must be > 0")
   _check(s.rope_theta > 0, f"config.model.rope_theta={s.rope_theta} must be > 0")
 
@@ -312,7 +324,8 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   m = dict(
       norm_eps=1e-5, rope_theta=10_000.0, qkv_bias=False, tie_embeddings=False,
       vision_experts=True, init_vision_from_text=True, scan_layers=False, remat_policy="none",
-      dtype="float32", param_dtype="float32", attention_impl="auto", unfold_capacity=None,
+      dtype="float32", param_dtype="float32", attention_impl="auto", attention_block_q=0,
+      attention_block_k=0, unfold_capacity=None,
       new_tokens=(),
       fold=parse_fold(fold))
   m.update(model)

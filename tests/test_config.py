@@ -52,6 +52,7 @@ def test_other_documented_errors():
   _bad(lambda c: setattr(c.model, "head_dim", 7), r"head_dim=7 must be even")
   _bad(lambda c: setattr(c.model, "remat_policy", "some"), r"remat_policy='some'")
   _bad(lambda c: setattr(c.model, "attention_impl", "flash"), r"attention_impl='flash'")
+  _bad(lambda c: setattr(c.model, "attention_block_q", -1), r"attention_block_q=-1")
   _bad(lambda c: setattr(c.model, "dtype", "float8"), r"dtype='float8'")
   _bad(lambda c: setattr(c.model, "unfold_capacity", 64), r"unfold_capacity=64 exceeds")
   _bad(lambda c: setattr(c, "stage", "3"), r"stage='3'")

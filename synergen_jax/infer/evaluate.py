@@ -87,7 +87,8 @@ def _generation(loaded: Loaded, judge, names, real_eval, real_train, per_class, 
               frechet_distance_real_floor=judge_lib.frechet_distance(floor_feats, real_feats),
               diversity=div(feats, labels), diversity_real=div(real_feats, np.asarray(eval_labels)),
               per_class_accuracy=[float(np.mean(pred[labels == c] == c)) for c in range(len(names))],
-              images=int(len(pixels)), cfg_scale=cfg_scale), pixels
+              images=int(len(pixels)), cfg_scale=cfg_scale, temperature=sampling.temperature,
+              top_k=sampling.top_k, top_p=sampling.top_p), pixels
 
 
 def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = None,

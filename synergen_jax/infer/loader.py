@@ -23,6 +23,7 @@ from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.image_tokenizer import ImageTokenizer
 from synergen_jax.data.layout import SpecialTokens
+from synergen_jax.data.pipeline import BATCH_FIELDS
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.infer.decode import Decoder
 from synergen_jax.model.synergen_vl import SynerGenVL
@@ -87,9 +88,7 @@ def load(workdir: str) -> Loaded:
   model = SynerGenVL(mc)
   r = mc.fold_ratio
   example = {k: jnp.zeros((1, 8, r) if k in ("image_codes", "image_targets") else (1, 8),
-                          jnp.float32 if k.endswith("weights") else jnp.int32)
-             for k in ("text_tokens", "image_codes", "window_ids", "modality", "segment_ids",
-                       "positions", "text_targets", "text_weights", "image_targets", "image_weights")}
+                          jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)

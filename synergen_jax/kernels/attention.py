@@ -38,7 +38,8 @@ def _choose_auto() -> str:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
-              causal: bool = True, impl: str = "auto", interpret: bool = False) -> jax.Array:
+              causal: bool = True, impl: str = "auto", interpret: bool = False,
+              block_q: int | None = None, block_k: int | None = None) -> jax.Array:
   """Scaled dot-product attention.
 
   Args:
@@ -50,6 +51,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
       (the KV-cache decoding case).
     impl: one of IMPLS.
     interpret: run the chosen Pallas kernel in interpret mode (any backend; for tests).
+    block_q, block_k: the Pallas kernels' block sizes (None = their per-backend default; the model
+      passes config.model.attention_block_q/k). The other implementations ignore them.
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype.
   """
@@ -73,7 +76,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
         f"set --config.model.attention_impl=xla")
   if impl == "pallas_gpu":
     from synergen_jax.kernels.flash_gpu import flash_attention
-    return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, interpret=interpret)
+    return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, interpret=interpret,
+                           block_q=block_q, block_k=block_k)
   if impl == "cudnn":
     if segment_ids is not None:
       raise ValueError("attention impl='cudnn' takes no segment_ids (packed rows); use pallas_gpu")

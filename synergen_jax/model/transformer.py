@@ -61,7 +61,8 @@ class Attention(nn.Module):
     if self.decode:
       out = self._cached(q, k, v, segment_ids)
     else:
-      out = attention(q, k, v, segment_ids=segment_ids, causal=causal, impl=cfg.attention_impl)
+      out = attention(q, k, v, segment_ids=segment_ids, causal=causal, impl=cfg.attention_impl,
+                      block_q=cfg.attention_block_q or None, block_k=cfg.attention_block_k or None)
     out = checkpoint_name(out, "attention_out")
     w_out = self.param("output_kernel", normal_init(("heads", "head_dim", "embed")),
                        (cfg.num_heads, cfg.head_dim, x.shape[-1]), pdt)

@@ -159,7 +159,6 @@ def test_guided_greedy_images_equal_recomputing_the_forward():
                            method=SynerGenVL.image_logits)[:, j]
       codes[j] = int(np.argmax(logits[1] + scale * (logits[0] - logits[1])))
     windows.append(codes)
-    r = mc.fold_ratio
     streams = [dict(text_tokens=np.append(s["text_tokens"], SPECIAL.pad),
                     image_codes=np.concatenate([s["image_codes"], codes[None]]),
                     window_ids=np.append(s["window_ids"], w), modality=np.append(s["modality"], 1),
@@ -195,7 +194,6 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens_and_follow_softmax():
 
 def test_decoding_under_a_mesh_matches_one_device():
   """Parameters sharded over (data 2, fsdp 2, tensor 2) by the rules table: same tokens and codes."""
-  import flax.linen as nn
   from synergen_jax.parallel.mesh import make_mesh
   from synergen_jax.parallel.sharding import mesh_shardings
   mc, params = _model_and_params()

@@ -74,3 +74,6 @@ def test_shapes_the_kernel_cannot_take_are_named():
     flash_attention(q[:, :16], k, v, interpret=True)
   with pytest.raises(ValueError, match="head_dim in 16..256"):
     flash_attention(q[..., :48], k[..., :48], v[..., :48])
+  # The entry point hands the configured block sizes to the kernel.
+  with pytest.raises(ValueError, match="block_k=32"):
+    attention(q, k, v, impl="pallas_gpu", interpret=True, block_q=16, block_k=32)
