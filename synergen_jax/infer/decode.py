@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -127,6 +126,10 @@ class Decoder:
     self.mc, self.special, self.mesh = mc, special, mesh
     self.params = params["params"] if "params" in params else params
     self.model = SynerGenVL(mc, decode=True)
+    # Jitted per instance, not with `self` as a static argument of a class-level jit: the global
+    # jit cache would then keep every Decoder, and its parameters, alive after it is dropped.
+    self._text = jax.jit(self._text_fn, static_argnums=(3, 4, 5))
+    self._images = jax.jit(self._images_fn, static_argnums=(3, 4, 5))
 
   def _under_mesh(self):
     stack = contextlib.ExitStack()
@@ -166,8 +169,7 @@ class Decoder:
 
   # -- text ---------------------------------------------------------------------------------------
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-  def _text(self, params, batch, rng, max_new: int, stops: tuple[int, ...], sampling: Sampling):
+  def _text_fn(self, params, batch, rng, max_new: int, stops: tuple[int, ...], sampling: Sampling):
     rows, length = batch["text_tokens"].shape
     h, cache = self._slots(params, batch, self._llm_cache(params, rows, length + max_new))
     logits_of = lambda h: self.model.apply({"params": params}, h[:, None],   # [B, 1, D]: the head's
@@ -211,8 +213,7 @@ class Decoder:
 
   # -- images -------------------------------------------------------------------------------------
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-  def _images(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
+  def _images_fn(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
     total, length = batch["text_tokens"].shape
     guided = total == 2 * rows           # second half: the unconditional prompts
     n_windows, r = self.mc.windows_per_image, self.mc.fold_ratio

@@ -123,7 +123,7 @@ class SynerGenVL(nn.Module):
       image_targets [B, W, r], image_weights [B, W]: the gathered targets and their weights
       image_overflow []: target windows that did not fit the unfold capacity (not in the loss)
     """
-    hidden = self.backbone(self.embed(batch), batch)
+    hidden = self.hidden_states(batch)
     b, t = batch["image_weights"].shape
     capacity = min(self.cfg.unfold_capacity or t, t)
     slots, weights, overflow = gather_image_windows(batch["image_weights"], capacity)
