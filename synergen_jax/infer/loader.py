@@ -5,6 +5,10 @@ checkpoint gives the parameters (placed on one device: the inference CLIs run on
 prepared data directory named in the config gives the text tokenizer and special ids, and the image
 tokenizer sits beside it (`<cache entry>/vq`) unless `config.vq.workdir` names one. Each file is
 checked against what the data was prepared with, so a swapped tokenizer fails loudly.
+
+A workdir written by `convert.hf_import` has no prepared data: its text tokenizer is the imported
+SentencePiece `hf_files/tokenizer.model` when there is one (else there is none: `score` takes ids), and
+its image tokenizer is the one `config.vq.workdir` names.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from synergen_jax.config import ConfigError, validate_config
+from synergen_jax.convert.paths import HF_FILES, IMPORT_RECORD
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.image_tokenizer import ImageTokenizer
 from synergen_jax.data.layout import SpecialTokens
@@ -38,11 +43,17 @@ class Loaded:
   params: dict                    # {"params": ...}
   step: int
   meta: dict
-  text_tokenizer: TextTokenizer
+  text_tokenizer: TextTokenizer | None
 
   @property
   def special(self) -> SpecialTokens:
-    return self.text_tokenizer.special
+    return self.tokenizer().special
+
+  def tokenizer(self) -> TextTokenizer:
+    if self.text_tokenizer is None:
+      raise DataError(f"{self.workdir} has no text tokenizer (an import without a SentencePiece "
+                      "tokenizer.model); pass token ids, or train on prepared data first")
+    return self.text_tokenizer
 
   @functools.cached_property
   def decoder(self) -> Decoder:
@@ -51,15 +62,18 @@ class Loaded:
   @functools.cached_property
   def image_tokenizer(self) -> ImageTokenizer:
     data_dir = self.config.data.path
+    if not data_dir and not self.config.vq.workdir:
+      raise DataError(f"{self.workdir} names no image tokenizer (an imported LLM): set "
+                      "config.vq.workdir in its config.json to a trained or imported tokenizer")
     vq_dir = self.config.vq.workdir or os.path.join(os.path.dirname(data_dir), "vq")
     tok = ImageTokenizer.load(vq_dir)
-    if tok.fingerprint != self.meta["image_tokenizer"]:
+    if "image_tokenizer" in self.meta and tok.fingerprint != self.meta["image_tokenizer"]:
       raise DataError(f"image tokenizer in {vq_dir} ({tok.fingerprint}) is not the one {data_dir} was "
                       f"prepared with ({self.meta['image_tokenizer']}); set --config.vq.workdir")
     return tok
 
   def encode_text(self, text: str) -> list[int]:
-    return self.text_tokenizer.encode(text)
+    return self.tokenizer().encode(text)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -71,10 +85,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _imported_tokenizer(workdir: str, config) -> TextTokenizer | None:
+  path = os.path.join(workdir, HF_FILES, "tokenizer.model")
+  return TextTokenizer.load(path, config.data.reserved_tokens) if os.path.exists(path) else None
+
+
 def load(workdir: str) -> Loaded:
   config = read_config(workdir)
   mc = validate_config(config)
   data_dir = config.data.path
+  if not data_dir and os.path.exists(os.path.join(workdir, IMPORT_RECORD)):
+    params, step = restore(workdir, mc)
+    return Loaded(workdir, config, mc, params, step, {}, _imported_tokenizer(workdir, config))
   if not data_dir or not os.path.exists(os.path.join(data_dir, "meta.json")):
     raise DataError(f"{workdir}/config.json names data.path={data_dir!r}, which holds no meta.json; "
                     "the prepared data (and its tokenizers) must be where training left them")
@@ -85,6 +107,12 @@ def load(workdir: str) -> Loaded:
     raise DataError(f"{data_dir}/tokenizer.model does not match meta.json's text_tokenizer "
                     f"({text_tok.fingerprint} != {meta['text_tokenizer']})")
 
+  params, step = restore(workdir, mc)
+  return Loaded(workdir, config, mc, params, step, meta, text_tok)
+
+
+def restore(workdir: str, mc) -> tuple[dict, int]:
+  """The latest parameters of workdir, on the first device."""
   model = SynerGenVL(mc)
   r = mc.fold_ratio
   example = {k: jnp.zeros((1, 8, r) if k in ("image_codes", "image_targets") else (1, 8),
@@ -92,6 +120,5 @@ def load(workdir: str) -> Loaded:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-  params, step = checkpoint.restore_params(workdir, abstract, role="--workdir")
-  return Loaded(workdir, config, mc, params, step, meta, text_tok)
+  return checkpoint.restore_params(workdir, abstract, role="--workdir")
 

@@ -75,5 +75,5 @@ def caption(loaded: Loaded, tile_codes: Sequence[Sequence[np.ndarray]], *, quest
   for chunk, real in _chunks(laid, min(batch_size, len(laid))):
     ids = loaded.decoder.generate_text(chunk, max_new_tokens, sampling=sampling, seed=seed,
                                        pad_to=pad_to)
-    texts += [loaded.text_tokenizer.decode(x).strip() for x in ids[:real]]
+    texts += [loaded.tokenizer().decode(x).strip() for x in ids[:real]]
   return texts
