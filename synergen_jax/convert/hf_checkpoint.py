@@ -2,8 +2,7 @@
 
 `HFCheckpoint(dir)` indexes which file holds each tensor (model.safetensors.index.json, or every
 *.safetensors header) without reading any data; `get(name)` reads one tensor and returns it as a host
-float32 numpy array. safetensors files are memory-mapped, so only the tensor asked for is ever in
-memory. Pickle `.bin` checkpoints run arbitrary code when unpickled: they are refused unless
+float32 numpy array; only the tensor asked for is ever in memory. Pickle `.bin` checkpoints run arbitrary code when unpickled: they are refused unless
 `allow_pickle=True`, and then read with `torch.load(weights_only=True, mmap=True)`.
 """
 
@@ -120,8 +119,11 @@ class HFCheckpoint:
       else:
         # framework="flax" reads bfloat16 (numpy cannot); pinned to the CPU so no accelerator memory
         # is touched and the array is a host buffer.
-        with jax.default_device(jax.devices("cpu")[0]):
-          value = np.asarray(self._handle(f).get_tensor(name), np.float32)
+        # Opened per tensor: the file's mapped pages are released after each read, so they do not
+        # pile up in resident memory across a multi-GB shard.
+        from safetensors import safe_open
+        with jax.default_device(jax.devices("cpu")[0]), safe_open(f, framework="flax") as handle:
+          value = np.asarray(handle.get_tensor(name), np.float32)
     except Exception as e:
       raise CheckpointError(f"{f}: cannot read tensor {name!r} ({type(e).__name__}: {e}); the file "
                             "is corrupt or truncated") from None

@@ -111,13 +111,13 @@ def load(workdir: str) -> Loaded:
   return Loaded(workdir, config, mc, params, step, meta, text_tok)
 
 
-def restore(workdir: str, mc) -> tuple[dict, int]:
-  """The latest parameters of workdir, on the first device."""
+def restore(workdir: str, mc, device=None) -> tuple[dict, int]:
+  """The latest parameters of workdir, on `device` (default: the first device)."""
   model = SynerGenVL(mc)
   r = mc.fold_ratio
   example = {k: jnp.zeros((1, 8, r) if k in ("image_codes", "image_targets") else (1, 8),
                           jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
   return checkpoint.restore_params(workdir, abstract, role="--workdir")

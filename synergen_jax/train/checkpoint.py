@@ -39,23 +39,36 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return out["state"], out["data"]
 
 
-def restore_params(workdir: str, abstract_params, role: str = "config.train.init_from"):
+# Parameters the first training run after an HF import creates (their ids come from the tokenizer):
+# init_from may lack them, and then they keep their fresh initialisation.
+MAY_BE_FRESH = ("new_token_embed", "new_token_head")
+
+
+def restore_params(workdir: str, abstract_params, role: str = "config.train.init_from", fresh=None):
   """Parameters of a run's latest checkpoint (init_from: stage 2 starts from stage 1; inference).
-  `role` names the flag or key that pointed here, for the error messages."""
+  `role` names the flag or key that pointed here, for the error messages. With `fresh` (initialised
+  parameters), the MAY_BE_FRESH ones the checkpoint lacks are taken from it."""
   path = os.path.join(os.path.abspath(workdir), "checkpoints")
   with ocp.CheckpointManager(path, item_names=("state", "data")) as other:
     step = other.latest_step()
     if step is None:
       raise ConfigError(f"{role}={workdir}: no complete checkpoint under {path}")
     saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path) / str(step) / "state").tree
-    _check_same_params(saved["params"], abstract_params, f"{role}={workdir}")
+    absent = [k for k in MAY_BE_FRESH
+              if fresh is not None and k in abstract_params["params"] and k not in saved["params"]["params"]]
+    wanted = {"params": {k: v for k, v in abstract_params["params"].items() if k not in absent}}
+    _check_same_params(saved["params"], wanted, f"{role}={workdir}")
     # Only the parameters, straight into the target shardings: no optimizer state is read, and the
     # checkpoint may come from another device count (8 training devices, 1 inference device).
-    item = {"params": abstract_params}
+    item = {"params": wanted}
     restored = other.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
-  return restored["state"]["params"], step
+  params = restored["state"]["params"]
+  if absent:
+    params = {"params": {**params["params"], **{k: fresh["params"][k] for k in absent}}}
+    print(f"{role}={workdir} has no {absent}: they keep their initialisation", flush=True)
+  return params, step
 
 
 def _check_same_params(saved, abstract, where: str) -> None:
@@ -67,6 +80,24 @@ def _check_same_params(saved, abstract, where: str) -> None:
     raise ConfigError(f"{where}: its parameters do not match this model's (different config.model); "
                       f"first differences: " + ", ".join(f"{k} {have.get(k)} vs {want.get(k)}"
                                                          for k in diff[:3]))
+
+
+# Model fields that change the numbers without changing any parameter shape: the shape check of
+# restore_params cannot catch a mismatch, so init_from compares them with the source's config.json.
+SHAPELESS_MODEL_FIELDS = ("norm_eps", "rope_theta", "tie_embeddings", "qkv_bias")
+
+
+def check_init_from_config(init_from: str, config) -> None:
+  path = os.path.join(init_from, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    source = json.load(f).get("model", {})
+  for key in SHAPELESS_MODEL_FIELDS:
+    if key in source and source[key] != config.model[key]:
+      raise ConfigError(f"config.model.{key}={config.model[key]!r}, but config.train.init_from="
+                        f"{init_from} was made with {source[key]!r}; set --config.model.{key}="
+                        f"{source[key]!r}")
 
 
 def check_workdir_config(workdir: str, config) -> None:

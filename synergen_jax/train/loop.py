@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -94,6 +95,44 @@ def _example_batch(config, mc):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The train step: built here for the loop and for AOT compilation (synergen_jax/aot.py).
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class StepPlan:
+  model: SynerGenVL
+  example: dict                 # a zero batch of the training shape
+  tx: object
+  abstract_state: dict          # ShapeDtypeStructs of the train state
+  shardings: dict               # NamedShardings of the train state
+  step_fn: object               # jitted (state, batch) -> (state, metrics), state donated
+
+
+def build_train_step(config, mc, mesh) -> StepPlan:
+  """Model, optimizer, state shardings and the jitted step; call under the mesh and logical rules.
+  Raises ConfigError when more parameter bytes would be replicated than the config allows."""
+  t_cfg = config.train
+  model = SynerGenVL(mc)
+  example = _example_batch(config, mc)
+  boxed = abstract_params(model, example)
+  params_shape = strip_boxes(boxed)
+  tx, schedule = make_optimizer(config, params_shape)
+  abstract_state = jax.eval_shape(lambda: init_state(model, tx, example, t_cfg.seed))
+  shardings = state_shardings(boxed, abstract_state, mesh)
+  share = replicated_fraction(params_shape, shardings["params"])
+  if share > t_cfg.max_replicated_fraction:
+    raise ConfigError(f"{share:.0%} of parameter bytes would be replicated on mesh "
+                      f"{dict(mesh.shape)}, above config.train.max_replicated_fraction="
+                      f"{t_cfg.max_replicated_fraction}; shard more (fsdp/tensor) or raise the limit")
+  trainable = trainable_mask(params_shape, config.stage)
+  step_fn = jax.jit(
+      make_train_step(model, tx, schedule, trainable, config.loss.image_weight, t_cfg.grad_accum),
+      in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+      donate_argnums=0)
+  return StepPlan(model, example, tx, abstract_state, shardings, step_fn)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------------
 
@@ -104,6 +143,8 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
   restricts the mesh to some devices (tests: one device vs eight).
   """
   validate_config(config)                        # every config error before any device work
+  if config.train.init_from:
+    checkpoint.check_init_from_config(config.train.init_from, config)
   mesh = make_mesh(config.mesh, devices)
   rows_axes = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % rows_axes:
@@ -115,24 +156,10 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
   checkpoint.check_workdir_config(workdir, config)
   t_cfg = config.train
 
-  model = SynerGenVL(mc)
-  example = _example_batch(config, mc)
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-    boxed = abstract_params(model, example)
-    params_shape = strip_boxes(boxed)
-    tx, schedule = make_optimizer(config, params_shape)
-    abstract_state = jax.eval_shape(lambda: init_state(model, tx, example, t_cfg.seed))
-    shardings = state_shardings(boxed, abstract_state, mesh)
-    share = replicated_fraction(params_shape, shardings["params"])
-    if share > t_cfg.max_replicated_fraction:
-      raise ConfigError(f"{share:.0%} of parameter bytes would be replicated on mesh "
-                        f"{dict(mesh.shape)}, above config.train.max_replicated_fraction="
-                        f"{t_cfg.max_replicated_fraction}; shard more (fsdp/tensor) or raise the limit")
-    trainable = trainable_mask(params_shape, config.stage)
-    step_fn = jax.jit(
-        make_train_step(model, tx, schedule, trainable, config.loss.image_weight, t_cfg.grad_accum),
-        in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
-        donate_argnums=0)
+    plan = build_train_step(config, mc, mesh)
+    model, tx, example = plan.model, plan.tx, plan.example
+    abstract_state, shardings, step_fn = plan.abstract_state, plan.shardings, plan.step_fn
 
     data = make_iterator(config, mesh=mesh)
     mngr = checkpoint.manager(workdir, t_cfg)
@@ -149,7 +176,8 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
       if t_cfg.init_from:
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state["params"], shardings["params"])
-        params, from_step = checkpoint.restore_params(t_cfg.init_from, abstract)
+        params, from_step = checkpoint.restore_params(t_cfg.init_from, abstract,
+                                                       fresh=state["params"])
         state = dict(state, params=params)
         print(f"train: parameters from {t_cfg.init_from} step {from_step}", flush=True)
 

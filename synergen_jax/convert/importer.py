@@ -1,0 +1,195 @@
+"""HF LLM checkpoint -> parameters of a SynerGen-VL model, and the workdir that holds them.
+
+The CLI and what it writes: synergen_jax/convert/hf_import.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from synergen_jax.config import ConfigError, validate_config
+from synergen_jax.convert.hf_checkpoint import CheckpointError, HFCheckpoint
+from synergen_jax.convert.paths import HF_FILES, IMPORT_RECORD
+from synergen_jax.convert.hf_families import detect_family, global_names, llm_shape, read_layer
+from synergen_jax.data.pipeline import BATCH_FIELDS
+from synergen_jax.model.synergen_vl import SynerGenVL
+
+# Tensors HF checkpoints may carry that hold no weights (recomputed from the config).
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def example_batch(mc, length: int = 8) -> dict:
+  r = mc.fold_ratio
+  return {k: jnp.zeros((1, length, r) if k in ("image_codes", "image_targets") else (1, length),
+                       jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
+
+
+def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0):
+  """The experiment config with its LLM fields taken from the checkpoint's config.json."""
+  where = os.path.join(ckpt.dir, "config.json")
+  family = detect_family(ckpt.config, where)
+  shape = llm_shape(ckpt.config, family, where)
+  if extra_tokens < 0:
+    raise ConfigError(f"--extra_tokens={extra_tokens} must be >= 0")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.update(shape.fields)
+    config.model.text_vocab = shape.text_vocab + extra_tokens
+    # The new-token rows (<boi> <eoi> <UNCOND>) are created by the first training run, which knows the
+    # tokenizer's ids; until then the model is exactly the HF one (scores match it).
+    config.model.new_tokens = ()
+    config.train.init_from = None
+  return config, family, shape
+
+
+def _leaf_path(path) -> str:
+  return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def _fresh_parts(model, mc, seed: int, keep) -> dict[str, np.ndarray]:
+  """The usual random init of the parameters `keep(path)` selects, on the CPU. Under jit, XLA drops
+  the initialisers of every other parameter, so the LLM is never initialised only to be overwritten."""
+  def init():
+    params = nn.unbox(model.init(jax.random.key(seed), example_batch(mc)))["params"]
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {_leaf_path(p): x for p, x in flat if keep(_leaf_path(p))}
+  with jax.default_device(jax.devices("cpu")[0]):
+    return {k: np.asarray(v) for k, v in jax.jit(init)().items()}
+
+
+def _is_llm_text(path: str) -> bool:
+  return (path.startswith(("text_embed/", "lm_head/", "decoder/"))
+          and "/ffn/vision_" not in path)
+
+
+def build_params(ckpt: HFCheckpoint, family: str, shape, mc, seed: int = 0) -> dict:
+  """The full {"params": ...} tree as host numpy arrays in mc.llm.param_dtype."""
+  model = SynerGenVL(mc)
+  dtype = np.dtype(jnp.dtype(mc.llm.param_dtype))
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(seed), example_batch(mc))))
+  wanted = {_leaf_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(abstract["params"])[0]}
+  copy_vision = mc.init_vision_from_text
+  fresh = _fresh_parts(model, mc, seed, lambda p: not _is_llm_text(p)
+                       and not (copy_vision and "/ffn/vision_" in p))
+  leaves: dict[str, np.ndarray] = {k: v.astype(dtype) for k, v in fresh.items()}
+  used: set[str] = set()
+
+  def put(path: str, value: np.ndarray, layer: int | None = None):
+    target = wanted[path]
+    if layer is None:
+      leaves[path] = value.astype(dtype)
+    else:   # scanned layers: one preallocated [L, ...] array filled layer by layer (no np.stack copy)
+      if path not in leaves:
+        leaves[path] = np.empty(target.shape, dtype)
+      leaves[path][layer] = value
+    assert leaves[path].shape == target.shape, (path, leaves[path].shape, target.shape)
+
+  names = global_names(family)
+  v0 = shape.text_vocab
+  embed = ckpt.get(names["embed"], (v0, shape.d_model))
+  used.add(names["embed"])
+  put("text_embed/embedding", _extend_rows(embed, mc.text_vocab))
+  del embed
+  if not mc.tie_embeddings:
+    head = ckpt.get(names["head"], (v0, shape.d_model))
+    used.add(names["head"])
+    put("lm_head/kernel", _extend_rows(head, mc.text_vocab).T)
+    del head
+  put("decoder/final_norm/scale", ckpt.get(names["norm"], (shape.d_model,)))
+  used.add(names["norm"])
+  for i in range(shape.num_layers):
+    layer = read_layer(ckpt, family, i, shape)
+    used.update(_layer_sources(ckpt, i))
+    for rel, value in layer.items():
+      targets = [rel] + ([rel.replace("/text_", "/vision_")] if copy_vision and "/text_" in rel else [])
+      for t in targets:
+        if mc.llm.scan_layers:
+          put(f"decoder/layers/{t}", value, layer=i)
+        else:
+          put(f"decoder/layer_{i}/{t}", value)
+    del layer
+  unused = [n for n in ckpt.names() if n not in used and not n.endswith(IGNORED_SUFFIXES)]
+  if unused:
+    raise CheckpointError(f"{ckpt.dir}: {len(unused)} tensors are not explained by its config.json "
+                          f"(e.g. {unused[:3]}); the weights and the config do not match")
+  missing = sorted(set(wanted) - set(leaves))
+  if missing:
+    raise CheckpointError(f"no source for parameters {missing[:5]}")
+  tree: dict = {}
+  for path, value in leaves.items():
+    node = tree
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return {"params": tree}
+
+
+def _layer_sources(ckpt, i: int) -> set[str]:
+  prefix = f"model.layers.{i}."
+  return {n for n in ckpt.names() if n.startswith(prefix)}
+
+
+def _extend_rows(table: np.ndarray, rows: int) -> np.ndarray:
+  """Appends rows (new vocabulary entries) set to the mean pretrained row."""
+  extra = rows - table.shape[0]
+  if extra == 0:
+    return table
+  return np.concatenate([table, np.repeat(table.mean(0, keepdims=True), extra, 0)])
+
+
+def save_params(workdir: str, params: dict) -> None:
+  """An Orbax checkpoint at step 0 in the layout train/checkpoint.py reads (parameters only).
+
+  The save is synchronous, so Orbax need not deep-copy the host arrays (its default, made for async
+  saves while training goes on): that copy would double the peak memory of an import.
+  """
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (jax.Array, ocp.type_handlers.ArrayHandler()))
+  # save_concurrent_gb bounds the bytes being encoded at once; OCDBT is off because its writer held
+  # another ~half of the model in memory (measured by bench/hf_import_memory.py). Restores read
+  # either format.
+  handlers = dict(state=ocp.PyTreeCheckpointHandler(type_handler_registry=registry, save_concurrent_gb=1,
+                                                    use_ocdbt=False),
+                  data=ocp.JsonCheckpointHandler())
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  with ocp.CheckpointManager(path, item_names=("state", "data"), item_handlers=handlers) as mngr:
+    mngr.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
+                                         data=ocp.args.JsonSave({})))
+    mngr.wait_until_finished()
+
+
+def import_checkpoint(hf_dir: str, workdir: str, config, *, extra_tokens: int = 0,
+                      allow_pickle: bool = False, seed: int = 0) -> dict:
+  """Converts hf_dir into workdir; returns the record written to hf_import.json."""
+  if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
+    raise ConfigError(f"--workdir={workdir} already holds checkpoints; import into a new directory")
+  ckpt = HFCheckpoint(hf_dir, allow_pickle=allow_pickle)
+  config, family, shape = import_config(config, ckpt, extra_tokens)
+  mc = validate_config(config)          # every config error before any tensor is read
+  params = build_params(ckpt, family, shape, mc, seed)
+  os.makedirs(workdir, exist_ok=True)
+  save_params(workdir, params)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  copied = []
+  os.makedirs(os.path.join(workdir, HF_FILES), exist_ok=True)
+  for src in ckpt.tokenizer_files() + ckpt.code_files():
+    shutil.copy2(src, os.path.join(workdir, HF_FILES, os.path.basename(src)))
+    copied.append(os.path.basename(src))
+  record = dict(family=family, source=os.path.abspath(hf_dir), format=ckpt.format,
+                hf_config=ckpt.config, extra_tokens=extra_tokens, copied_files=copied,
+                tensors=len(ckpt.names()),
+                parameters=int(sum(x.size for x in jax.tree.leaves(params))))
+  with open(os.path.join(workdir, IMPORT_RECORD), "w") as f:
+    json.dump(record, f, indent=1)
+  return record
