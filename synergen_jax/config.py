@@ -291,6 +291,9 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   _check(0.0 <= d.p_uncond < 1.0, f"config.data.p_uncond={d.p_uncond} must be in [0, 1)")
   _check("<UNCOND>" in d.uncond_prompt,
          f"config.data.uncond_prompt={d.uncond_prompt!r} must contain <UNCOND> (the CFG stream's token)")
+  _check(isinstance(d.shards, int) and d.shards >= 0 and (d.shards == 0 or config.train.batch_size % d.shards == 0),
+         f"config.data.shards={d.shards!r} must be 0 (one per process) or a positive divisor of "
+         f"config.train.batch_size={config.train.batch_size}")
   _check(d.num_workers >= 0 and d.prefetch >= 0,
          f"config.data.num_workers={d.num_workers} and prefetch={d.prefetch} must be >= 0")
   _check(d.reserved_tokens >= 0 and d.eval_count >= 0 and d.records_per_shard > 0,
@@ -348,7 +351,11 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
           # Text tokenizer: train SentencePiece on the captions (tokenizer=None) or load a .model.
           reserved_tokens=8, eval_count=500, records_per_shard=4096,
           # Pipeline: an example longer than seq_len is "skip"ped and counted, or an "error".
-          too_long="skip", num_workers=0, prefetch=2, packing_bins=0)),
+          too_long="skip", num_workers=0, prefetch=2, packing_bins=0,
+          # Logical data shards, each packed and batched on its own (0 = one per process). Fix it
+          # (e.g. to the largest process count you will use) to get the same batches on any number
+          # of processes; it must divide train.batch_size and be a multiple of the process count.
+          shards=0)),
       vq=ml_collections.ConfigDict(dict(
           downsample=4, channels=3, code_dim=32, width=64, num_res_blocks=1, beta=0.25,
           steps=2000, batch_size=64, learning_rate=1e-3, usage_decay=0.99, restart_every=100,

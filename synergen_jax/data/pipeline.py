@@ -3,15 +3,19 @@
   ArrayRecord shards (prepare.py)
     -> drop or reject examples longer than a row        (counted from the index, before any reading)
     -> seeded global shuffle, reshuffled every epoch
-    -> this process's slice (every process_count-th example)
+    -> logical data shard s of S (every S-th example)   S = config.data.shards (0: one per process)
     -> record -> model slots for the configured fold     (layout.layout_example; ids range-checked)
     -> first-fit packing into rows of seq_len slots      (whole examples only: an image span is never
                                                           split; segment ids and positions per example)
-    -> batch of batch_size / process_count rows          (optionally in worker processes)
+    -> batch of batch_size / S rows per shard            (optionally in worker processes)
+    -> this process's shards, concatenated in order      (process p of P owns shards [p S/P, (p+1) S/P))
     -> global jax.Arrays sharded on the mesh's batch axes
 
-Every stage is a Grain dataset, so `DataIterator.get_state()` is a small JSON-able dict that
-`set_state` restores exactly, workers included.
+A global batch is the shards' rows in shard order whatever the process count, so with a fixed S a
+run on 2 processes x 4 devices sees exactly the batches of a run on 1 process x 8 devices. Every
+stage is a Grain dataset, so `DataIterator.get_state()` is a small JSON-able dict per shard that
+`set_state` restores exactly, workers included; a shard's state does not depend on which process
+holds it, so a checkpoint resumes under any process count that divides S.
 """
 
 from __future__ import annotations
@@ -171,9 +175,9 @@ def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int) -> grain.Ite
 
 
 def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed: int,
-                   too_long: str, process_index: int, process_count: int,
+                   too_long: str, shard_index: int, num_shards: int,
                    num_epochs: int | None = None) -> tuple[grain.MapDataset, int]:
-  """Shuffled, repeated, per-process (index, bytes) dataset and the number of too-long examples."""
+  """Shuffled, repeated (index, bytes) dataset of one logical shard, and the too-long count."""
   slots = example_slots(split.text_len, split.n_images, mc)
   too_long_mask = slots > seq_len
   if too_long_mask.any() and too_long == "error":
@@ -185,29 +189,61 @@ def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed:
   if not len(keep):
     raise DataError(f"every example of {split.directory}/{split.split} is longer than seq_len={seq_len}")
   ds = grain.MapDataset.source(_Kept(split, keep)).shuffle(seed=seed).repeat(num_epochs)
-  return ds[process_index::process_count], int(too_long_mask.sum())
+  return ds[shard_index::num_shards], int(too_long_mask.sum())
 
 
 @dataclasses.dataclass
 class DataIterator:
-  """Host batches (numpy) or, with a mesh, global jax.Arrays; checkpointable via get/set_state."""
-  iterator: Any
+  """Host batches (numpy) or, with a mesh, global jax.Arrays; checkpointable via get/set_state.
+
+  Holds this process's logical shards; a batch is their rows concatenated in shard order. The pass
+  ends when any shard ends (one epoch of eval data), and under several processes when any process's
+  does, so every process runs the same number of steps.
+  """
+  shards: dict[int, Any]        # shard id -> Grain iterator of batches of rows_per_shard rows
+  num_shards: int
   mesh: jax.sharding.Mesh | None
   too_long_skipped: int
   rows_per_process: int
+  last_local: dict | None = None
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    local = next(self.iterator)
+    parts = []
+    for it in self.shards.values():
+      try:
+        parts.append(next(it))
+      except StopIteration:
+        break
+    if jax.process_count() > 1 and self.mesh is not None:
+      from jax.experimental import multihost_utils
+      done = multihost_utils.process_allgather(np.int32(len(parts) < len(self.shards)))
+      if np.any(done):
+        raise StopIteration
+    elif len(parts) < len(self.shards):
+      raise StopIteration
+    local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    self.last_local = local        # this process's rows of the batch just returned (host numpy)
     return local if self.mesh is None else global_batch(local, self.mesh)
 
   def get_state(self) -> dict:
-    return self.iterator.get_state()
+    return {"num_shards": self.num_shards,
+            "shards": {str(i): it.get_state() for i, it in self.shards.items()}}
 
   def set_state(self, state: dict) -> None:
-    self.iterator.set_state(state)
+    if state.get("num_shards") != self.num_shards:
+      raise DataError(f"the checkpointed data state has {state.get('num_shards')} logical shards but "
+                      f"config.data.shards gives {self.num_shards}; resume with the original value")
+    for i, it in self.shards.items():
+      it.set_state(state["shards"][str(i)])
+
+
+def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
+  """The contiguous block of logical shards process `process_index` reads."""
+  per = num_shards // process_count
+  return range(process_index * per, (process_index + 1) * per)
 
 
 def make_iterator(config, directory: str | None = None, split: str = "train", *,
@@ -221,24 +257,29 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
     raise DataError("no prepared data: set config.data.path to a prepare output folder")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
+  num_shards = d.shards or process_count
   rows = config.train.batch_size
-  if rows % process_count:
-    raise DataError(f"config.train.batch_size={rows} does not split over {process_count} processes")
-  rows //= process_count
+  if num_shards % process_count or rows % num_shards:
+    raise DataError(f"config.data.shards={num_shards} logical data shards must be a multiple of the "
+                    f"{process_count} processes and divide config.train.batch_size={rows}")
+  rows_per_shard = rows // num_shards
   prepared = open_split(directory, split, mc)
-  ds, too_long = record_dataset(prepared, mc, d.seq_len, seed=d.seed, too_long=d.too_long,
-                                process_index=process_index, process_count=process_count,
-                                num_epochs=num_epochs)
-  ds = ds.map(ToSlots(prepared, mc))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if d.num_workers else 2,
-                                            prefetch_buffer_size=max(1, d.prefetch) * rows))
-  it = pack_rows(it, d.seq_len, d.packing_bins or rows).batch(rows, drop_remainder=True)
-  if d.num_workers:
-    if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags; outside app.run use defaults
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
-                                                     per_worker_buffer_size=max(1, d.prefetch)))
-  return DataIterator(iter(it), mesh, too_long, rows)
+  shards, too_long = {}, 0
+  for shard in process_shards(num_shards, process_index, process_count):
+    ds, too_long = record_dataset(prepared, mc, d.seq_len, seed=d.seed, too_long=d.too_long,
+                                  shard_index=shard, num_shards=num_shards, num_epochs=num_epochs)
+    ds = ds.map(ToSlots(prepared, mc))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if d.num_workers else 2,
+                                              prefetch_buffer_size=max(1, d.prefetch) * rows_per_shard))
+    it = pack_rows(it, d.seq_len, d.packing_bins or rows_per_shard).batch(rows_per_shard,
+                                                                          drop_remainder=True)
+    if d.num_workers:
+      if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags; outside app.run use defaults
+        flags.FLAGS.mark_as_parsed()
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
+                                                       per_worker_buffer_size=max(1, d.prefetch)))
+    shards[shard] = iter(it)
+  return DataIterator(shards, num_shards, mesh, too_long, rows // process_count)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:

@@ -1,13 +1,16 @@
 """python -m synergen_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]
 
 Prepares the configured dataset on first use (training the image tokenizer if needed) into a cache,
-then trains; rerunning the same command resumes from DIR's latest complete checkpoint.
+then trains; rerunning the same command resumes from DIR's latest complete checkpoint. Started as
+one of several processes (SYNERGEN_* variables, see parallel/distributed.py; launch/*.sh set them),
+it joins them first: every process reads its own data shards and only process 0 logs.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from synergen_jax.train.loop import train
+from synergen_jax.parallel.distributed import initialize_from_env
+from synergen_jax.train.loop import log, train
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and events go")
@@ -16,8 +19,9 @@ flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and event
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  initialize_from_env()                    # one of several processes: join them before any JAX call
   result = train(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(f"train: done at step {result['step']}")
+  log(f"train: done at step {result['step']}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Orbax checkpoints of the train state with the data-iterator state beside it.
 
-`DIR/checkpoints/<step>/{state,data}`: async saves; the last `keep_checkpoints` are kept plus every
+`DIR/checkpoints/<step>/{state,data}` (data: one JSON per logical data shard): async saves; the last `keep_checkpoints` are kept plus every
 `keep_period`-th step. Orbax writes into a temporary folder and renames it when complete, so a save
 cut off halfway is never listed and `latest_step` is always restorable. `DIR/config.json` records
 the model section a workdir was made with: resuming under a different model is an error.
@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from synergen_jax.config import ConfigError
+from synergen_jax.train.data_state import DataStateRestore, DataStateSave
 
 
 def manager(workdir: str, train_config) -> ocp.CheckpointManager:
@@ -28,14 +29,18 @@ def manager(workdir: str, train_config) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, force=False) -> None:
+  """Every process calls this: Orbax writes each process's parameter shards, and each process its
+  own logical data shards' iterator states (train/data_state.py)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave(data_state)), force=force)
+                                          data=DataStateSave(data_state)), force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """abstract_state: ShapeDtypeStructs with shardings; returns (state, data_state)."""
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                   data=ocp.args.JsonRestore()))
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_shards: dict):
+  """abstract_state: ShapeDtypeStructs with shardings; data_shards: {"num_shards", "shards"} of this
+  process's iterator. Returns (state, data_state)."""
+  out = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=DataStateRestore(data_shards["num_shards"], list(data_shards["shards"]))))
   return out["state"], out["data"]
 
 

@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from synergen_jax import train_vq
@@ -34,13 +35,28 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+def _global_sum(value: float) -> float:
+  """Sum of a host number over processes (each process counts its own rows)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return float(np.sum(multihost_utils.process_allgather(np.float64(value))))
+
+
+def log(message: str) -> None:
+  """Progress lines from process 0 only (every process runs the same loop)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data: prepared once per (dataset, tokenizer) into a cache, so a train command alone works.
 # ---------------------------------------------------------------------------------------------------
 
 def _cache_key(config) -> str:
   d = json.loads(config.data.to_json_best_effort())
-  for knob in ("path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch", "packing_bins"):
+  for knob in ("path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch", "packing_bins",
+               "shards"):
     d.pop(knob, None)
   v = json.loads(config.vq.to_json_best_effort())
   v.pop("workdir", None)
@@ -61,6 +77,16 @@ def ensure_prepared(config) -> str:
   (train the image tokenizer unless config.vq.workdir names one, then prepare)."""
   if config.data.path:
     return config.data.path
+  if jax.process_count() > 1:
+    # One process builds the cache entry (on a file system every process sees), the others wait.
+    from jax.experimental import multihost_utils
+    data_dir = ensure_prepared_here(config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("synergen_jax: data prepared")
+    return data_dir or ensure_prepared_here(config)
+  return ensure_prepared_here(config)
+
+
+def ensure_prepared_here(config) -> str:
   root = cache_root(config)
   entry = os.path.join(root, f"{config.data.name.replace(':', '_')}-{_cache_key(config)}")
   data_dir = os.path.join(entry, "data")
@@ -88,10 +114,10 @@ def _with_data(config, data_dir: str):
   return config
 
 
-def _example_batch(config, mc):
+def _example_batch(config, mc, xp=jnp):
   b, t, r = config.train.batch_size, config.data.seq_len, mc.fold_ratio
-  return {k: jnp.zeros((b, t, r) if k in ("image_codes", "image_targets") else (b, t),
-                       jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
+  return {k: xp.zeros((b, t, r) if k in ("image_codes", "image_targets") else (b, t),
+                      jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,12 +134,14 @@ class StepPlan:
   step_fn: object               # jitted (state, batch) -> (state, metrics), state donated
 
 
-def build_train_step(config, mc, mesh) -> StepPlan:
+def build_train_step(config, mc, mesh, host_example: bool = False) -> StepPlan:
   """Model, optimizer, state shardings and the jitted step; call under the mesh and logical rules.
-  Raises ConfigError when more parameter bytes would be replicated than the config allows."""
+  Raises ConfigError when more parameter bytes would be replicated than the config allows.
+  host_example: the zero batch as numpy (AOT: the mesh's devices are descriptions, nothing can be
+  placed on them)."""
   t_cfg = config.train
   model = SynerGenVL(mc)
-  example = _example_batch(config, mc)
+  example = _example_batch(config, mc, np if host_example else jnp)
   boxed = abstract_params(model, example)
   params_shape = strip_boxes(boxed)
   tx, schedule = make_optimizer(config, params_shape)
@@ -167,9 +195,9 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
     if start is not None:
       abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract_state, shardings)
-      state, data_state = checkpoint.restore(mngr, start, abstract)
+      state, data_state = checkpoint.restore(mngr, start, abstract, data.get_state())
       data.set_state(data_state)
-      print(f"train: resumed {workdir} at step {start}", flush=True)
+      log(f"train: resumed {workdir} at step {start}")
     else:
       start = 0
       state = jax.jit(lambda: init_state(model, tx, example, t_cfg.seed), out_shardings=shardings)()
@@ -179,7 +207,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
         params, from_step = checkpoint.restore_params(t_cfg.init_from, abstract,
                                                        fresh=state["params"])
         state = dict(state, params=params)
-        print(f"train: parameters from {t_cfg.init_from} step {from_step}", flush=True)
+        log(f"train: parameters from {t_cfg.init_from} step {from_step}")
 
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, start + stop_after)
     writer = MetricWriter(workdir, t_cfg.steps)
@@ -208,7 +236,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
         if peak is not None:
           # Model FLOPs of the logged step's batch times the window's steps: counting every batch
           # would pull each one to the host inside the step loop.
-          window["flops"] = accounting.batch_train_flops(mc, jax.device_get(batch)) * window["n"]
+          window["flops"] = _global_sum(accounting.batch_train_flops(mc, data.last_local)) * window["n"]
         elapsed = time.perf_counter() - window["t0"]
         loss = float(m["loss"])
         losses[step + 1] = loss
@@ -233,8 +261,8 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
       if (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0) or step + 1 == t_cfg.steps:
         evaluation = heldout_metrics(config, model, state["params"], mesh, t_cfg.eval_batches or None)
         writer.write(step + 1, evaluation)
-        print(f"\ntrain: held-out at step {step + 1}: " +
-              ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()), flush=True)
+        log(f"\ntrain: held-out at step {step + 1}: " +
+              ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
       if (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps:
         checkpoint.save(mngr, step + 1, state, data.get_state())
     mngr.wait_until_finished()

@@ -30,7 +30,8 @@ def strip_boxes(tree):
 
 def abstract_params(model: SynerGenVL, example_batch):
   """Boxed (logically partitioned) parameter shapes, without allocating anything."""
-  return jax.eval_shape(model.init, jax.random.key(0), example_batch)
+  # The key is made inside the trace: under an AOT mesh of device descriptions nothing can be placed.
+  return jax.eval_shape(lambda batch: model.init(jax.random.key(0), batch), example_batch)
 
 
 def state_shardings(boxed_params, abstract_state, mesh):

@@ -121,8 +121,8 @@ def test_processes_see_disjoint_shards_covering_the_split(tiny_data):
   split = pipeline.open_split(tiny_data["data_dir"], "train", mc)
   seen = []
   for p in range(2):
-    ds, _ = pipeline.record_dataset(split, mc, 1000, seed=0, too_long="skip", process_index=p,
-                                    process_count=2, num_epochs=1)
+    ds, _ = pipeline.record_dataset(split, mc, 1000, seed=0, too_long="skip", shard_index=p,
+                                    num_shards=2, num_epochs=1)
     seen.append({int(index) for index, _ in ds})
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(range(len(split.text_len)))
@@ -132,8 +132,8 @@ def test_processes_see_disjoint_shards_covering_the_split(tiny_data):
 def test_epochs_are_reshuffled(tiny_data):
   mc = tiny_data["mc"]
   split = pipeline.open_split(tiny_data["data_dir"], "eval", mc)
-  ds, _ = pipeline.record_dataset(split, mc, 1000, seed=0, too_long="skip", process_index=0,
-                                  process_count=1, num_epochs=2)
+  ds, _ = pipeline.record_dataset(split, mc, 1000, seed=0, too_long="skip", shard_index=0,
+                                  num_shards=1, num_epochs=2)
   order = [int(i) for i, _ in ds]
   n = len(split.text_len)
   assert sorted(order[:n]) == sorted(order[n:]) == list(range(n)) and order[:n] != order[n:]
@@ -169,8 +169,38 @@ def test_global_batch_on_the_mesh(tiny_data):
   for k, v in host.items():
     assert on_mesh[k].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
     np.testing.assert_array_equal(np.asarray(on_mesh[k]), v)
-  with pytest.raises(DataError, match="does not split over 3 processes"):
+  with pytest.raises(DataError, match="shards=3 logical data shards must be a multiple of the 3 "
+                                     "processes and divide config.train.batch_size=8"):
     pipeline.make_iterator(config, process_index=0, process_count=3)
+
+
+def test_logical_shards_make_batches_independent_of_the_process_count(tiny_data):
+  """With config.data.shards fixed, the processes' rows concatenated are the one-process batch, and
+  a state saved by one process restores into two (each taking its own shards)."""
+  config = _config(tiny_data)
+  config.train.batch_size = 8
+  config.data.shards = 4
+  one = pipeline.make_iterator(config)
+  two = [pipeline.make_iterator(config, process_index=p, process_count=2) for p in range(2)]
+  for _ in range(3):
+    whole = next(one)
+    halves = [next(it) for it in two]
+    for k in whole:
+      np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
+  state = one.get_state()
+  assert sorted(state["shards"]) == ["0", "1", "2", "3"] and state["num_shards"] == 4
+  resumed = [pipeline.make_iterator(config, process_index=p, process_count=2) for p in range(2)]
+  for it in resumed:
+    it.set_state(state)
+  whole = next(one)
+  halves = [next(it) for it in resumed]
+  for k in whole:
+    np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
+  # Shard 0's rows are not shard 1's: the shards really are different slices of the data.
+  assert not np.array_equal(halves[0]["text_tokens"][:2], halves[0]["text_tokens"][2:4])
+  config.data.shards = 2
+  with pytest.raises(DataError, match="has 4 logical shards but config.data.shards gives 2"):
+    pipeline.make_iterator(config).set_state(state)
 
 
 def _copy_prepared(tiny_data, tmp_path):

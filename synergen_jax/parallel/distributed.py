@@ -1,0 +1,55 @@
+"""Joining a multi-process run: `jax.distributed.initialize()` from the environment, before any
+other JAX call.
+
+  SYNERGEN_NUM_PROCESSES=N SYNERGEN_PROCESS_ID=i SYNERGEN_COORDINATOR=host:port
+      explicit (launch/local_multiprocess.sh sets these for N processes on one machine)
+  SYNERGEN_DISTRIBUTED=1
+      let JAX find the cluster itself (Cloud TPU slices, Slurm, Open MPI: launch/tpu_pod.sh,
+      launch/slurm_gpu.sh)
+  SYNERGEN_HEARTBEAT_TIMEOUT=S
+      seconds without a heartbeat after which a process counts as dead (default 100); the survivors
+      then stop with an error instead of waiting in a collective forever
+
+Neither variable set: a single process, nothing to do. On CPU, cross-process collectives use gloo.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from synergen_jax.config import ConfigError
+
+
+def _int_env(name: str) -> int:
+  value = os.environ[name]
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def initialize_from_env() -> bool:
+  """Calls jax.distributed.initialize when the environment asks for it; True when it did."""
+  explicit = "SYNERGEN_NUM_PROCESSES" in os.environ
+  auto = os.environ.get("SYNERGEN_DISTRIBUTED", "") not in ("", "0")
+  if not explicit and not auto:
+    return False
+  heartbeat = _int_env("SYNERGEN_HEARTBEAT_TIMEOUT") if "SYNERGEN_HEARTBEAT_TIMEOUT" in os.environ else 100
+  if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or explicit:
+    # Harmless on GPU/TPU (only the CPU backend reads it); without it CPU processes cannot all-reduce.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    count = _int_env("SYNERGEN_NUM_PROCESSES")
+    index = _int_env("SYNERGEN_PROCESS_ID") if "SYNERGEN_PROCESS_ID" in os.environ else -1
+    if count < 1 or not 0 <= index < count:
+      raise ConfigError(f"SYNERGEN_NUM_PROCESSES={count} needs SYNERGEN_PROCESS_ID in [0, {count}), "
+                        f"got {os.environ.get('SYNERGEN_PROCESS_ID')!r}")
+    if count == 1:
+      return False
+    coordinator = os.environ.get("SYNERGEN_COORDINATOR", "localhost:12355")
+    jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=heartbeat)
+  else:
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+  return True

@@ -1,0 +1,90 @@
+"""Several processes on this machine as one jax.distributed job (gloo CPU collectives), 4 fake CPU
+devices each: the same losses as one process with 8 devices, a checkpoint that resumes under another
+process count, and survivors that stop when a process dies instead of hanging."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+
+from helpers import ROOT
+
+TRAIN_FLAGS = ["--config.train.log_every=1", "--config.train.checkpoint_every=2",
+               "--config.train.eval_batches=1", "--config.optim.schedule=constant",
+               "--config.optim.warmup_steps=0", "--config.data.shards=2"]
+
+
+def _config(tiny_data, steps):
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.train.update(steps=steps, log_every=1, checkpoint_every=2, eval_batches=1)
+  config.optim.update(schedule="constant", warmup_steps=0)
+  config.data.shards = 2
+  return config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_and_resume_under_one(tiny_data, tmp_path):
+  from synergen_jax.train.loop import train
+  reference = train(_config(tiny_data, 4), str(tmp_path / "one"))["losses"]   # 1 process x 8 devices
+
+  workdir = str(tmp_path / "two")
+  run = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2", "python", "-m", "synergen_jax.train", "--config",
+       "configs/tiny.py", "--workdir", workdir, f"--config.data.path={tiny_data['data_dir']}",
+       "--config.train.steps=2", *TRAIN_FLAGS],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, LOG_DIR=str(tmp_path), PORT=str(_free_port()), SYNERGEN_HEARTBEAT_TIMEOUT="120"))
+  assert run.returncode == 0, run.stderr[-3000:] + open(tmp_path / "process_1.log").read()[-2000:]
+  two = _losses(workdir)
+  assert sorted(two) == [1, 2]                      # process 0 alone wrote the metrics
+  np.testing.assert_allclose([two[1], two[2]], [reference[1], reference[2]], rtol=1e-5)
+  assert "train: done at step 2" in run.stdout and "train: done" not in open(tmp_path / "process_1.log").read()
+
+  # The 2-process checkpoint (two data-state files, one per logical shard) resumes in 1 process.
+  saved = os.listdir(os.path.join(workdir, "checkpoints", "2", "data"))
+  assert sorted(f for f in saved if f.startswith("shard_")) == ["shard_0-of-2.json", "shard_1-of-2.json"]
+  resumed = train(_config(tiny_data, 4), workdir)["losses"]
+  np.testing.assert_allclose([resumed[3], resumed[4]], [reference[3], reference[4]], rtol=1e-5)
+
+
+def test_a_dead_process_stops_the_others(tiny_data, tmp_path):
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, SYNERGEN_NUM_PROCESSES="2", SYNERGEN_COORDINATOR=f"localhost:{_free_port()}",
+             SYNERGEN_HEARTBEAT_TIMEOUT="5", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  command = ["python", "-m", "synergen_jax.train", "--config", "configs/tiny.py", "--workdir", workdir,
+             f"--config.data.path={tiny_data['data_dir']}", "--config.train.steps=100000",
+             "--config.train.checkpoint_every=100000", *TRAIN_FLAGS[:1], *TRAIN_FLAGS[3:]]
+  procs = [subprocess.Popen(command, cwd=ROOT, env=dict(env, SYNERGEN_PROCESS_ID=str(i)),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"p{i}.log", "w"))
+           for i in range(2)]
+  try:
+    deadline = time.time() + 300
+    while not (os.path.exists(os.path.join(workdir, "metrics.jsonl")) and len(_losses(workdir)) >= 2):
+      assert time.time() < deadline and procs[0].poll() is None, open(tmp_path / "p0.log").read()[-3000:]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    code = procs[0].wait(timeout=90)        # heartbeat timeout 5 s: well within 90 s, never a hang
+    waited = time.time() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert code != 0, "the surviving process exited cleanly after its peer died"
+  assert waited < 60
+  assert "another task died" in open(tmp_path / "p0.log").read() or code != 0
