@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("libtpu", reason="needs the tpu extra: pip install -e '.[tpu]'")

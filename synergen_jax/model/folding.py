@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synergen_jax.config import ModelConfig
-from synergen_jax.model.layers import constrain, dtype_of, normal_init, zeros_init
+from synergen_jax.model.layers import dtype_of, normal_init, zeros_init
 from synergen_jax.model.transformer import DecoderStack
 
 

@@ -1,7 +1,6 @@
 """The XLA reference attention against a per-query numpy loop, GQA, masks, and input errors."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
