@@ -19,12 +19,18 @@ from synergen_jax.config import ConfigError
 from synergen_jax.train.data_state import DataStateRestore, DataStateSave
 
 
+def workdir_path(workdir: str) -> epath.Path:
+  """A local directory made absolute (Orbax wants absolute paths), or a URL such as gs://bucket/run
+  passed through untouched to etils/Orbax (os.path.abspath would turn it into "<cwd>/gs:/...")."""
+  return epath.Path(workdir) if "://" in workdir else epath.Path(os.path.abspath(workdir))
+
+
 def manager(workdir: str, train_config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_config.keep_checkpoints,
       keep_period=train_config.keep_period or None,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints",
                                options=options, item_names=("state", "data"))
 
 
@@ -53,12 +59,12 @@ def restore_params(workdir: str, abstract_params, role: str = "config.train.init
   """Parameters of a run's latest checkpoint (init_from: stage 2 starts from stage 1; inference).
   `role` names the flag or key that pointed here, for the error messages. With `fresh` (initialised
   parameters), the MAY_BE_FRESH ones the checkpoint lacks are taken from it."""
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  path = workdir_path(workdir) / "checkpoints"
   with ocp.CheckpointManager(path, item_names=("state", "data")) as other:
     step = other.latest_step()
     if step is None:
       raise ConfigError(f"{role}={workdir}: no complete checkpoint under {path}")
-    saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path) / str(step) / "state").tree
+    saved = ocp.PyTreeCheckpointHandler().metadata(path / str(step) / "state").tree
     absent = [k for k in MAY_BE_FRESH
               if fresh is not None and k in abstract_params["params"] and k not in saved["params"]["params"]]
     wanted = {"params": {k: v for k, v in abstract_params["params"].items() if k not in absent}}
@@ -93,11 +99,10 @@ SHAPELESS_MODEL_FIELDS = ("norm_eps", "rope_theta", "tie_embeddings", "qkv_bias"
 
 
 def check_init_from_config(init_from: str, config) -> None:
-  path = os.path.join(init_from, "config.json")
-  if not os.path.exists(path):
+  path = workdir_path(init_from) / "config.json"
+  if not path.exists():
     return
-  with open(path) as f:
-    source = json.load(f).get("model", {})
+  source = json.loads(path.read_text()).get("model", {})
   for key in SHAPELESS_MODEL_FIELDS:
     if key in source and source[key] != config.model[key]:
       raise ConfigError(f"config.model.{key}={config.model[key]!r}, but config.train.init_from="
@@ -107,16 +112,14 @@ def check_init_from_config(init_from: str, config) -> None:
 
 def check_workdir_config(workdir: str, config) -> None:
   """Writes config.json on first use; later runs must have the same model section."""
-  path = os.path.join(workdir, "config.json")
+  path = workdir_path(workdir) / "config.json"
   model = json.loads(config.model.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved.get("model") != model and os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved.get("model") != model and (workdir_path(workdir) / "checkpoints").exists():
       diff = sorted(k for k in set(model) | set(saved.get("model", {}))
                     if model.get(k) != saved.get("model", {}).get(k))
       raise ConfigError(f"{workdir} holds checkpoints of a different model (config.model keys differ: "
                         f"{diff}); use a new --workdir or the original config")
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    path.write_text(config.to_json_best_effort(indent=1))

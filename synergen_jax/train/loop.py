@@ -178,7 +178,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
   if config.train.batch_size % rows_axes:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over the "
                       f"mesh's data x fsdp = {rows_axes} devices; use a multiple of {rows_axes}")
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   config = _with_data(config, ensure_prepared(config))
   mc = validate_config(config)
   checkpoint.check_workdir_config(workdir, config)

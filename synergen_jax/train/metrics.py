@@ -8,6 +8,7 @@ import os
 import sys
 
 import jax
+from etils import epath
 
 # Dense bf16 TFLOP/s per chip (DESIGN section 7). CPU has no entry: MFU is null there.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -29,20 +30,33 @@ class MetricWriter:
   def __init__(self, workdir: str, total_steps: int):
     self.enabled = jax.process_index() == 0
     self.total = total_steps
+    self._tb = None
     if self.enabled:
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(workdir, flush_secs=30)
+      if "://" in workdir:
+        # Object stores (gs://) cannot append: the file is rewritten whole after each logged step
+        # (it holds one short line per step), and TensorBoard events stay local-only.
+        self._path = epath.Path(workdir) / "metrics.jsonl"
+        self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+        self._file = None
+        print(f"metrics: {self._path} (TensorBoard events are written for local workdirs only)")
+      else:
+        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(workdir, flush_secs=30)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     row = {"step": step, **{k: (None if v is None or (isinstance(v, float) and not math.isfinite(v))
                                 else v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    if self._file is None:
+      self._lines.append(json.dumps(row) + "\n")
+      self._path.write_text("".join(self._lines))
+    else:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
     for k, v in scalars.items():
-      if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+      if self._tb is not None and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
         self._tb.add_scalar(k, v, step)
 
   def progress(self, step: int, loss: float, tokens_per_sec: float, eta_s: float) -> None:
@@ -53,5 +67,7 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       print(file=sys.stderr)
-      self._file.close()
-      self._tb.close()
+      if self._file is not None:
+        self._file.close()
+      if self._tb is not None:
+        self._tb.close()
