@@ -8,29 +8,30 @@ heads). Implementations:
   is for tests, CPUs and short sequences.
 * `pallas_gpu`: our Pallas (Triton) flash attention, forward and backward (`kernels/flash_gpu.py`);
   `interpret=True` runs it with Pallas' interpreter on any backend (how the CPU tests run it).
+* `pallas_tpu`: our Pallas (Mosaic TPU) flash attention, forward and backward
+  (`kernels/flash_tpu.py`); `interpret=True` runs it in Pallas' TPU interpret mode on any backend.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only; no segment ids).
-* `pallas_tpu`: not built yet (the kernels issue). Asking for it raises a clear error; nothing falls
-  back silently.
 
-`auto` picks the best implementation verified on the platform and logs its choice once: XLA until the
-Pallas kernels have been compiled and timed on real hardware.
+`auto` picks per platform and logs its choice once: `pallas_tpu` on TPU (its kernels compile for TPU
+chips ahead of time and match the reference in interpret mode, and XLA's reference would build the
+full score tensor), `xla` elsewhere until the GPU kernel has been compiled and timed on a GPU.
 """
 
 from __future__ import annotations
 
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
-_AVAILABLE = ("xla", "pallas_gpu", "cudnn")
 _logged_auto_choice: set[str] = set()
 
 
 def _choose_auto() -> str:
   platform = jax.default_backend()
-  choice = "xla"  # the Pallas kernels pass in interpret mode; auto switches once timed on hardware
+  choice = "pallas_tpu" if platform == "tpu" else "xla"
   if platform not in _logged_auto_choice:
     _logged_auto_choice.add(platform)
     logging.info("attention impl=auto on %s: using %r", platform, choice)
@@ -70,19 +71,37 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
                      f"q_len == kv_len; got q{q.shape} k{k.shape}")
   if impl == "auto":
     impl = _choose_auto()
-  if impl not in _AVAILABLE:
-    raise NotImplementedError(
-        f"attention impl={impl!r} is not built yet (available: {_AVAILABLE}); "
-        f"set --config.model.attention_impl=xla")
-  if impl == "pallas_gpu":
-    from synergen_jax.kernels.flash_gpu import flash_attention
-    return flash_attention(q, k, v, segment_ids=segment_ids, causal=causal, interpret=interpret,
-                           block_q=block_q, block_k=block_k)
+  if impl in ("pallas_gpu", "pallas_tpu"):
+    if impl == "pallas_gpu":
+      from synergen_jax.kernels.flash_gpu import flash_attention as kernel
+    else:
+      from synergen_jax.kernels.flash_tpu import flash_attention as kernel
+    run = lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg, causal=causal, interpret=interpret,
+                                      block_q=block_q, block_k=block_k)
+    return _per_shard(run, q, k, v, segment_ids)
   if impl == "cudnn":
     if segment_ids is not None:
       raise ValueError("attention impl='cudnn' takes no segment_ids (packed rows); use pallas_gpu")
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
   return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+
+
+def _per_shard(run, q, k, v, segment_ids):
+  """Runs a Pallas kernel on each device's shard under the current mesh (XLA cannot partition a
+  custom kernel itself): rows split like the `batch` activation axis, heads like `act_heads` /
+  `act_kv_heads` (whole GQA groups stay together, since both head counts split the same way)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return run(q, k, v, segment_ids)
+  spec = lambda names: nn.logical_to_mesh_axes(names)
+  q_spec = spec(("batch", "length", "act_heads", None))
+  kv_spec = spec(("batch", "length", "act_kv_heads", None))
+  seg_spec = spec(("batch", "length"))
+  if segment_ids is None:
+    return jax.shard_map(lambda q, k, v: run(q, k, v, None), in_specs=(q_spec, kv_spec, kv_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v)
+  return jax.shard_map(run, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
+                       check_vma=False)(q, k, v, segment_ids)
 
 
 def xla_attention(q, k, v, *, segment_ids=None, causal=True):

@@ -84,6 +84,9 @@ def parse_mesh(text: str | None, config) -> None:
 def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report:
   import time
   mc = validate_config(config)                    # config errors before any compilation
+  if config.model.attention_impl == "auto":       # "auto" means the target's choice, not this host's
+    with config.unlocked():
+      config.model.attention_impl = "pallas_tpu"
   if not config.model.new_tokens:                 # only their count shapes the parameters
     with config.unlocked():
       config.model.new_tokens = tuple(range(mc.text_vocab - 3, mc.text_vocab))

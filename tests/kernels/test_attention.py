@@ -73,7 +73,8 @@ def test_bad_inputs_raise(rng):
     attention(q, kv, kv)
   with pytest.raises(ValueError, match="unknown"):
     attention(kv, kv, kv, impl="flash")
-  with pytest.raises(NotImplementedError, match="attention_impl=xla"):
-    attention(kv, kv, kv, impl="pallas_tpu")
+  long = np.zeros((1, 192, 2, 8), np.float32)
+  with pytest.raises(ValueError, match="pallas_tpu attention: length 192 must be a multiple"):
+    attention(long, long, long, impl="pallas_tpu", interpret=True)
   with pytest.raises(ValueError, match="segment_ids"):
     attention(kv, kv, kv, segment_ids=np.zeros((1, 3), np.int32))

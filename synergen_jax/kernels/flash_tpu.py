@@ -1,0 +1,324 @@
+"""Flash attention for TPUs in Pallas (Mosaic TPU backend): forward and backward, custom_vjp.
+
+The kernels run on [batch, heads, length, head_dim] (the wrapper transposes our [B, T, H, D]), so a
+block's last two dims are (rows, head_dim) as Mosaic's (8, 128) tiling wants. Every kernel walks the
+reduction in the innermost grid dimension ("arbitrary") with float32 accumulators in VMEM scratch:
+
+  forward  grid (b, h, q block, k block): online softmax; writes o and the logsumexp.
+  dK/dV    grid (b, kv head, k block, query head of the group, q block): sums over the group's
+           query heads and the q blocks, so GQA needs neither atomics nor repeated k/v.
+  dQ       grid (b, h, q block, k block).
+
+Causal: a block entirely above the diagonal is skipped (`pl.when`) and its index map is clamped to
+the last (first) useful block, so its DMA is not issued either. Segment ids of packed rows travel
+lane- and sublane-broadcast ([B, T, 128] for queries, [B, 8, T] for keys: the layouts Mosaic tiles)
+and mask keys of other examples; every query sees at least itself, so each softmax row has a real
+maximum. Per-row statistics (max, sum, logsumexp, delta) are kept 128 lanes wide for the same reason.
+
+`interpret=True` runs the same kernels in Pallas' TPU interpret mode (TPU memory spaces and grid
+semantics simulated on any backend): how the CPU tests run them. On a CPU host with libtpu they also
+compile for TPU topologies ahead of time (tests/kernels/test_flash_tpu.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
+LANES, SUBLANES = 128, 8
+DEFAULT_BLOCKS = (128, 128)
+_NT = (((1,), (1,)), ((), ()))   # a @ b.T
+_TN = (((0,), (0,)), ((), ()))   # a.T @ b
+
+
+def _dot(a, b, dims=None):
+  if dims is None:
+    return jax.lax.dot(a, b, preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _mask(i, j, block_q, block_k, qseg_ref, kseg_ref, causal):
+  """[block_q, block_k] visibility of k block j to q block i (None: everything visible)."""
+  mask = None
+  if causal:
+    rows = i * block_q + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_k), 0)
+    cols = j * block_k + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_k), 1)
+    mask = rows >= cols
+  if qseg_ref is not None:
+    same = qseg_ref[:, :1] == kseg_ref[:1, :]          # [bq, 1] == [1, bk]
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def _visible(i, j, block_q, block_k):
+  """Whether k block j holds any key at or before q block i's last row."""
+  return j * block_k <= (i + 1) * block_q - 1
+
+
+def _fwd_kernel(*refs, scale, causal, segmented, block_q, block_k):
+  if segmented:
+    q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
+  else:
+    q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
+    qseg_ref = kseg_ref = None
+  i, j = pl.program_id(2), pl.program_id(3)
+
+  @pl.when(j == 0)
+  def _init():
+    m_sc[...] = jnp.full(m_sc.shape, MASKED, jnp.float32)
+    l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
+    acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
+
+  def _step():
+    s = _dot(q_ref[...], k_ref[...], _NT) * scale                       # [bq, bk]
+    mask = _mask(i, j, block_q, block_k, qseg_ref, kseg_ref, causal)
+    if mask is not None:
+      s = jnp.where(mask, s, MASKED)
+    m_prev = m_sc[...]                                                   # [bq, 128], lanes equal
+    m_new = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
+    p = jnp.exp(s - m_new[:, :1])
+    correction = jnp.exp(m_prev - m_new)
+    l_sc[...] = correction * l_sc[...] + p.sum(axis=-1, keepdims=True)
+    m_sc[...] = m_new
+    v = v_ref[...]
+    acc_sc[...] = acc_sc[...] * correction[:, :1] + _dot(p.astype(v.dtype), v)
+
+  if causal:
+    pl.when(_visible(i, j, block_q, block_k))(_step)
+  else:
+    _step()
+
+  @pl.when(j == pl.num_programs(3) - 1)
+  def _finish():
+    l = l_sc[...]
+    o_ref[...] = (acc_sc[...] / l[:, :1]).astype(o_ref.dtype)
+    lse_ref[...] = m_sc[...] + jnp.log(l)
+
+
+def _dkv_kernel(*refs, scale, causal, segmented, block_q, block_k):
+  if segmented:
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dk_ref, dv_ref,
+     dk_sc, dv_sc) = refs
+  else:
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, dk_sc, dv_sc = refs
+    qseg_ref = kseg_ref = None
+  j, g, i = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+
+  @pl.when((g == 0) & (i == 0))
+  def _init():
+    dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
+    dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
+
+  def _step():
+    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+    p = jnp.exp(_dot(q, k, _NT) * scale - lse_ref[...][:, :1])           # [bq, bk]
+    mask = _mask(i, j, block_q, block_k, qseg_ref, kseg_ref, causal)
+    if mask is not None:
+      p = jnp.where(mask, p, 0.0)
+    dv_sc[...] += _dot(p.astype(do.dtype), do, _TN)
+    ds = p * (_dot(do, v, _NT) - delta_ref[...][:, :1]) * scale
+    dk_sc[...] += _dot(ds.astype(q.dtype), q, _TN)
+
+  if causal:
+    pl.when(_visible(i, j, block_q, block_k))(_step)
+  else:
+    _step()
+
+  @pl.when((g == pl.num_programs(3) - 1) & (i == pl.num_programs(4) - 1))
+  def _finish():
+    dk_ref[...] = dk_sc[...].astype(dk_ref.dtype)
+    dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
+
+
+def _dq_kernel(*refs, scale, causal, segmented, block_q, block_k):
+  if segmented:
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dq_ref, dq_sc = refs
+  else:
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_sc = refs
+    qseg_ref = kseg_ref = None
+  i, j = pl.program_id(2), pl.program_id(3)
+
+  @pl.when(j == 0)
+  def _init():
+    dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
+
+  def _step():
+    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+    p = jnp.exp(_dot(q, k, _NT) * scale - lse_ref[...][:, :1])
+    mask = _mask(i, j, block_q, block_k, qseg_ref, kseg_ref, causal)
+    if mask is not None:
+      p = jnp.where(mask, p, 0.0)
+    ds = p * (_dot(do, v, _NT) - delta_ref[...][:, :1]) * scale
+    dq_sc[...] += _dot(ds.astype(k.dtype), k)
+
+  if causal:
+    pl.when(_visible(i, j, block_q, block_k))(_step)
+  else:
+    _step()
+
+  @pl.when(j == pl.num_programs(3) - 1)
+  def _finish():
+    dq_ref[...] = dq_sc[...].astype(dq_ref.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# pallas_call wrappers and the custom_vjp. Arrays here are [B, H, T, D].
+# ---------------------------------------------------------------------------------------------------
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, semantics, interpret, *args):
+  return pl.pallas_call(
+      kernel, out_shape=out_shape,
+      grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=0, grid=grid, in_specs=in_specs,
+                                             out_specs=out_specs, scratch_shapes=scratch),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
+      interpret=pltpu.InterpretParams() if interpret else False)(*args)
+
+
+def _segment_layouts(seg):
+  """[B, T] ids -> queries' [B, T, 128] and keys' [B, 8, T] broadcasts."""
+  return (jnp.broadcast_to(seg[:, :, None], seg.shape + (LANES,)),
+          jnp.broadcast_to(seg[:, None, :], (seg.shape[0], SUBLANES, seg.shape[1])))
+
+
+def _floordiv(x, d: int):
+  """x // d for non-negative traced ints: a shift for powers of two (Mosaic lowers integer division
+  through sign(), which needs a TPU device to trace and so breaks ahead-of-time compilation)."""
+  if d & (d - 1) == 0:
+    return jax.lax.shift_right_logical(x, jnp.int32(d.bit_length() - 1))
+  return jax.lax.div(x, d)
+
+
+def _last_k_block(i, block_q, block_k):
+  return _floordiv((i + 1) * block_q - 1, block_k)
+
+
+def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
+  batch, heads, length, head_dim = q.shape
+  groups = heads // k.shape[1]
+  nq, nk = length // block_q, length // block_k
+  kv_index = ((lambda b, h, i, j: (b, _floordiv(h, groups), jnp.minimum(j, _last_k_block(i, block_q, block_k)), 0))
+              if causal else (lambda b, h, i, j: (b, _floordiv(h, groups), j, 0)))
+  in_specs = [pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0)),
+              pl.BlockSpec((None, None, block_k, head_dim), kv_index),
+              pl.BlockSpec((None, None, block_k, head_dim), kv_index)]
+  args = [q, k, v]
+  if seg is not None:
+    qseg, kseg = _segment_layouts(seg)
+    k_seg_index = ((lambda b, h, i, j: (b, 0, jnp.minimum(j, _last_k_block(i, block_q, block_k))))
+                   if causal else (lambda b, h, i, j: (b, 0, j)))
+    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j: (b, i, 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k), k_seg_index)]
+    args += [qseg, kseg]
+  kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, segmented=seg is not None,
+                             block_q=block_q, block_k=block_k)
+  o, lse = _call(
+      kernel, (batch, heads, nq, nk), in_specs,
+      [pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0)),
+       pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j: (b, h, i, 0))],
+      [jax.ShapeDtypeStruct(q.shape, q.dtype),
+       jax.ShapeDtypeStruct((batch, heads, length, LANES), jnp.float32)],
+      [pltpu.VMEM((block_q, LANES), jnp.float32), pltpu.VMEM((block_q, LANES), jnp.float32),
+       pltpu.VMEM((block_q, head_dim), jnp.float32)],
+      ("parallel", "parallel", "parallel", "arbitrary"), interpret, *args)
+  return o, lse
+
+
+def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
+  batch, heads, length, head_dim = q.shape
+  kv_heads = k.shape[1]
+  groups = heads // kv_heads
+  nq, nk = length // block_q, length // block_k
+  delta = jnp.einsum("bhtd,bhtd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
+  delta = jnp.broadcast_to(delta[..., None], delta.shape + (LANES,))
+  segmented = seg is not None
+  if segmented:
+    qseg, kseg = _segment_layouts(seg)
+
+  # dK/dV: grid (b, kv head, k block j, group member g, q block i); q blocks before the first one
+  # that can see k block j are clamped to it (no DMA) and skipped.
+  first_q = lambda j: _floordiv(j * block_k, block_q)
+  q_i = (lambda i, j: jnp.maximum(i, first_q(j))) if causal else (lambda i, j: i)
+  q_spec = pl.BlockSpec((None, None, block_q, head_dim),
+                        lambda b, kh, j, g, i: (b, kh * groups + g, q_i(i, j), 0))
+  row_spec = pl.BlockSpec((None, None, block_q, LANES),
+                          lambda b, kh, j, g, i: (b, kh * groups + g, q_i(i, j), 0))
+  kv_spec = pl.BlockSpec((None, None, block_k, head_dim), lambda b, kh, j, g, i: (b, kh, j, 0))
+  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [q, k, v, do, lse, delta]
+  if segmented:
+    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, kh, j, g, i: (b, q_i(i, j), 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k), lambda b, kh, j, g, i: (b, 0, j))]
+    args += [qseg, kseg]
+  dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, segmented=segmented,
+                          block_q=block_q, block_k=block_k)
+  dk, dv = _call(
+      dkv, (batch, kv_heads, nk, groups, nq), in_specs, [kv_spec, kv_spec],
+      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      [pltpu.VMEM((block_k, head_dim), jnp.float32), pltpu.VMEM((block_k, head_dim), jnp.float32)],
+      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), interpret, *args)
+
+  # dQ: grid (b, h, q block i, k block j), k blocks past the diagonal clamped and skipped.
+  k_j = (lambda i, j: jnp.minimum(j, _last_k_block(i, block_q, block_k))) if causal else (lambda i, j: j)
+  q_spec = pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0))
+  row_spec = pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j: (b, h, i, 0))
+  kv_spec = pl.BlockSpec((None, None, block_k, head_dim), lambda b, h, i, j: (b, _floordiv(h, groups), k_j(i, j), 0))
+  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [q, k, v, do, lse, delta]
+  if segmented:
+    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j: (b, i, 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k), lambda b, h, i, j: (b, 0, k_j(i, j)))]
+    args += [qseg, kseg]
+  dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, segmented=segmented,
+                                block_q=block_q, block_k=block_k)
+  dq = _call(dq_kernel, (batch, heads, nq, nk), in_specs, q_spec,
+             jax.ShapeDtypeStruct(q.shape, q.dtype), [pltpu.VMEM((block_q, head_dim), jnp.float32)],
+             ("parallel", "parallel", "parallel", "arbitrary"), interpret, *args)
+  return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
+  return _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
+
+
+def _flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
+  o, lse = _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret)
+  return o, (q, k, v, seg, o, lse)
+
+
+def _flash_bwd(causal, scale, block_q, block_k, interpret, residuals, do):
+  q, k, v, seg, o, lse = residuals
+  dq, dk, dv = _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
+  return dq, dk, dv, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q, k, v, *, segment_ids=None, causal=True, block_q=None, block_k=None,
+                    interpret=False):
+  """[batch, length, heads, head_dim] flash attention on TPU (see the module docstring)."""
+  length = q.shape[1]
+  if k.shape[1] != length:
+    raise ValueError(f"pallas_tpu attention needs q_len == kv_len (got {length} and {k.shape[1]}); "
+                     "KV-cache decoding uses kernels.attention.decode_attention")
+  block_q = min(block_q or DEFAULT_BLOCKS[0], length)
+  block_k = min(block_k or DEFAULT_BLOCKS[1], length)
+  sublanes = 16 if q.dtype == jnp.bfloat16 else SUBLANES
+  tiled = lambda block, unit: block % unit == 0 or block == length   # a whole-length block is fine
+  if length % block_q or length % block_k or not tiled(block_k, LANES) or not tiled(block_q, sublanes):
+    raise ValueError(
+        f"pallas_tpu attention: length {length} must be a multiple of block_q={block_q} and "
+        f"block_k={block_k}, with block_k a multiple of {LANES} and block_q of {sublanes} unless "
+        f"they span the whole length (Mosaic tiles {q.dtype} as ({sublanes}, {LANES})); pad the "
+        f"sequence to a multiple of {LANES}")
+  if segment_ids is not None:
+    segment_ids = segment_ids.astype(jnp.int32)
+  t = lambda x: jnp.swapaxes(x, 1, 2)        # [B, T, H, D] <-> [B, H, T, D]
+  out = _flash(t(q), t(k), t(v), segment_ids, causal, q.shape[-1] ** -0.5, block_q, block_k, interpret)
+  return t(out)
