@@ -22,7 +22,7 @@ from synergen_jax.kernels.attention import attention
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lengths", "1024,4096,16384", "sequence lengths")
-flags.DEFINE_string("impls", "xla,pallas_gpu,cudnn", "implementations to time")
+flags.DEFINE_string("impls", "xla,pallas_gpu,cudnn", "implementations to time (on a TPU: xla,pallas_tpu)")
 flags.DEFINE_integer("batch", 1, "rows")
 flags.DEFINE_integer("heads", 16, "query heads")
 flags.DEFINE_integer("kv_heads", 8, "key/value heads")
