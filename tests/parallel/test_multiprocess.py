@@ -87,4 +87,3 @@ def test_a_dead_process_stops_the_others(tiny_data, tmp_path):
         p.kill()
   assert code != 0, "the surviving process exited cleanly after its peer died"
   assert waited < 60
-  assert "another task died" in open(tmp_path / "p0.log").read() or code != 0
