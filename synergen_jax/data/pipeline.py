@@ -196,15 +196,17 @@ def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed:
 class DataIterator:
   """Host batches (numpy) or, with a mesh, global jax.Arrays; checkpointable via get/set_state.
 
-  Holds this process's logical shards; a batch is their rows concatenated in shard order. The pass
-  ends when any shard ends (one epoch of eval data), and under several processes when any process's
-  does, so every process runs the same number of steps.
+  Holds this process's logical shards; a batch is their rows concatenated in shard order. A finite
+  pass (num_epochs set: held-out data) ends when any shard ends, and under several processes when any
+  process's does, so every process runs the same number of steps; the training stream repeats
+  forever and skips that check (a collective per step).
   """
   shards: dict[int, Any]        # shard id -> Grain iterator of batches of rows_per_shard rows
   num_shards: int
   mesh: jax.sharding.Mesh | None
   too_long_skipped: int
   rows_per_process: int
+  finite: bool = False
   last_local: dict | None = None
 
   def __iter__(self):
@@ -217,7 +219,7 @@ class DataIterator:
         parts.append(next(it))
       except StopIteration:
         break
-    if jax.process_count() > 1 and self.mesh is not None:
+    if self.finite and jax.process_count() > 1 and self.mesh is not None:
       from jax.experimental import multihost_utils
       done = multihost_utils.process_allgather(np.int32(len(parts) < len(self.shards)))
       if np.any(done):
@@ -279,7 +281,8 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
                                                        per_worker_buffer_size=max(1, d.prefetch)))
     shards[shard] = iter(it)
-  return DataIterator(shards, num_shards, mesh, too_long, rows // process_count)
+  return DataIterator(shards, num_shards, mesh, too_long, rows // process_count,
+                      finite=num_epochs is not None)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
