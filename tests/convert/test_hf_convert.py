@@ -274,3 +274,38 @@ def test_import_refuses_a_used_workdir_and_export_a_full_out(tmp_path):
     export_checkpoint(str(tmp_path / "out"), str(tmp_path / "full"))
   with pytest.raises(ConfigError, match="q/k/v biases|family"):
     export_checkpoint(str(tmp_path / "out"), str(tmp_path / "e2"), family="gpt2")
+
+
+def test_decoding_and_sample_cli_on_an_import(tiny_data, tmp_path):
+  """Greedy KV-cached decoding of the imported weights equals transformers' greedy generate, and
+  `sample` captions with an import whose folder brought a SentencePiece tokenizer.model."""
+  import shutil
+  from PIL import Image as PILImage
+  from synergen_jax.data.layout import Text, layout_example
+  from synergen_jax.infer import tasks
+  model = write_family("llama", str(tmp_path / "hf"))
+  shutil.copy(os.path.join(tiny_data["data_dir"], "tokenizer.model"), tmp_path / "hf" / "tokenizer.model")
+  config = tiny()[0]
+  config.vq.workdir = tiny_data["vq_dir"]
+  import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "out"), config)
+  loaded = loader.load(str(tmp_path / "out"))
+  assert loaded.text_tokenizer is not None
+
+  prompt = [1, 17, 30, 9, 44]
+  ours = loaded.decoder.generate_text(
+      [layout_example([Text(prompt)], loaded.mc.fold, loaded.special, add_bos=False, add_eos=False)],
+      max_new_tokens=8, stop_tokens=())[0]
+  with torch.no_grad():
+    theirs = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+  assert ours == theirs
+
+  digit = np.zeros((28, 28, 3), np.uint8)
+  digit[6:22, 12:16] = 255
+  PILImage.fromarray(digit).save(tmp_path / "one.png")
+  out = subprocess.run([sys.executable, "-m", "synergen_jax.sample", "--workdir", str(tmp_path / "out"),
+                        "--image", str(tmp_path / "one.png"), "--max_new_tokens", "6"],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  want = tasks.caption(loaded, [tasks.image_codes(loaded, digit)], max_new_tokens=6)[0]
+  assert out.stdout.strip().splitlines()[-1] == want
