@@ -54,3 +54,45 @@ def init_params(mc, batch, seed: int = 0, **model_kwargs):
 
   from synergen_jax.model.synergen_vl import SynerGenVL
   return nn.unbox(jax.jit(SynerGenVL(mc, **model_kwargs).init)(jax.random.key(seed), batch))
+
+
+def attention_inputs(seed, batch, length, heads, kv_heads, head_dim, packed, dtype):
+  """Random q/k/v [batch, length, heads, head_dim] and, if packed, segment ids of 1-3 examples per
+  row followed by padding (id 0), cut anywhere (not on block boundaries)."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  q = rng.normal(size=(batch, length, heads, head_dim))
+  k = rng.normal(size=(batch, length, kv_heads, head_dim))
+  v = rng.normal(size=(batch, length, kv_heads, head_dim))
+  seg = None
+  if packed:
+    seg = np.zeros((batch, length), np.int32)
+    for row in range(batch):
+      cuts = np.sort(rng.choice(np.arange(1, length), 3, replace=False))
+      for s, (a, b) in enumerate(zip([0, *cuts[:-1]], cuts), start=1):
+        seg[row, a:b] = s
+    seg = jnp.asarray(seg)
+  cast = lambda x: jnp.asarray(x, dtype)
+  return cast(q), cast(k), cast(v), seg
+
+
+def check_flash_against_reference(flash, q, k, v, seg, causal, dtype, tol):
+  """A flash kernel `flash(q, k, v)` against the XLA reference in float32 from the same (possibly
+  bf16-rounded) inputs: the output, and dq/dk/dv of a random projection of it."""
+  import jax
+  import jax.numpy as jnp
+  from synergen_jax.kernels.attention import xla_attention
+  ref = lambda q, k, v: xla_attention(q, k, v, segment_ids=seg, causal=causal)
+  f32 = lambda x: x.astype(jnp.float32)
+  want = ref(f32(q), f32(k), f32(v))
+  got = jax.jit(flash)(q, k, v)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(f32(got), want, atol=tol * float(jnp.max(jnp.abs(want))), rtol=tol)
+  cot = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+  loss = lambda fn, cast: lambda q, k, v: jnp.sum(f32(fn(cast(q), cast(k), cast(v))) * cot)
+  grads = jax.jit(jax.grad(loss(flash, lambda x: x.astype(dtype)), argnums=(0, 1, 2)))(
+      f32(q), f32(k), f32(v))
+  want_grads = jax.grad(loss(ref, f32), argnums=(0, 1, 2))(f32(q), f32(k), f32(v))
+  for name, g, w in zip("qkv", grads, want_grads):
+    np.testing.assert_allclose(g, w, atol=tol * float(jnp.max(jnp.abs(w))) * 2, rtol=tol * 2,
+                               err_msg=f"d{name}")

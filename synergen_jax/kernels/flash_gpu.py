@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from synergen_jax.kernels.flash_vjp import flash_with_vjp
+
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
 
 
@@ -197,23 +199,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
   return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-  return _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
-
-
-def _flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-  o, lse = _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret)
-  return o, (q, k, v, seg, o, lse)
-
-
-def _flash_bwd(causal, scale, block_q, block_k, interpret, residuals, do):
-  q, k, v, seg, o, lse = residuals
-  dq, dk, dv = _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
-  return dq, dk, dv, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = flash_with_vjp(_forward, _backward)
 
 DEFAULT_BLOCKS = (64, 64)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import attention_inputs, check_flash_against_reference
 from synergen_jax.kernels.attention import attention, xla_attention
 from synergen_jax.kernels.flash_tpu import flash_attention
 
@@ -22,19 +23,7 @@ CASES = [  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_
 
 
 def _inputs(seed, length, heads, kv_heads, head_dim, packed, dtype):
-  rng = np.random.default_rng(seed)
-  q = rng.normal(size=(1, length, heads, head_dim))
-  k = rng.normal(size=(1, length, kv_heads, head_dim))
-  v = rng.normal(size=(1, length, kv_heads, head_dim))
-  seg = None
-  if packed:   # 1-3 examples then padding (id 0), cut anywhere (not on block boundaries)
-    seg = np.zeros((1, length), np.int32)
-    cuts = np.sort(rng.choice(np.arange(1, length), 3, replace=False))
-    for s, (a, b) in enumerate(zip([0, *cuts[:-1]], cuts), start=1):
-      seg[0, a:b] = s
-    seg = jnp.asarray(seg)
-  cast = lambda x: jnp.asarray(x, dtype)
-  return cast(q), cast(k), cast(v), seg
+  return attention_inputs(seed, 1, length, heads, kv_heads, head_dim, packed, dtype)
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
@@ -44,20 +33,7 @@ def test_forward_and_gradients_match_the_reference(case, dtype, tol):
   q, k, v, seg = _inputs(length + heads, length, heads, kv_heads, head_dim, packed, dtype)
   flash = lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, causal=causal, block_q=bq,
                                           block_k=bk, interpret=True)
-  ref = lambda q, k, v: xla_attention(q, k, v, segment_ids=seg, causal=causal)
-  f32 = lambda x: x.astype(jnp.float32)
-  want = ref(f32(q), f32(k), f32(v))
-  got = jax.jit(flash)(q, k, v)
-  assert got.dtype == dtype
-  np.testing.assert_allclose(f32(got), want, atol=tol * float(jnp.max(jnp.abs(want))), rtol=tol)
-  cot = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  loss = lambda fn, cast: lambda q, k, v: jnp.sum(f32(fn(cast(q), cast(k), cast(v))) * cot)
-  grads = jax.jit(jax.grad(loss(flash, lambda x: x.astype(dtype)), argnums=(0, 1, 2)))(
-      f32(q), f32(k), f32(v))
-  want_grads = jax.grad(loss(ref, f32), argnums=(0, 1, 2))(f32(q), f32(k), f32(v))
-  for name, g, w in zip("qkv", grads, want_grads):
-    np.testing.assert_allclose(g, w, atol=tol * float(jnp.max(jnp.abs(w))) * 2, rtol=tol * 2,
-                               err_msg=f"d{name}")
+  check_flash_against_reference(flash, q, k, v, seg, causal, dtype, tol)
 
 
 def test_entry_point_runs_the_pallas_tpu_kernel_in_interpret_mode():
