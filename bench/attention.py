@@ -1,6 +1,6 @@
 """Attention implementations side by side: forward and forward+backward time and TFLOP/s.
 
-  python -m bench.attention [--lengths 1024,4096,16384 --impls xla,pallas_gpu,cudnn --batch 1
+  python -m bench.attention [--lengths 1024,4096,16384 --impls xla,pallas_gpu,pallas_mgpu,cudnn --batch 1
                              --heads 16 --kv_heads 8 --head_dim 128 --dtype bfloat16]
 
 Causal, with and without packing (four equal segments per row; cuDNN takes no segment ids, so its
@@ -22,7 +22,7 @@ from synergen_jax.kernels.attention import attention
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lengths", "1024,4096,16384", "sequence lengths")
-flags.DEFINE_string("impls", "xla,pallas_gpu,cudnn", "implementations to time (on a TPU: xla,pallas_tpu)")
+flags.DEFINE_string("impls", "xla,pallas_gpu,pallas_mgpu,cudnn", "implementations to time (on a TPU: xla,pallas_tpu)")
 flags.DEFINE_integer("batch", 1, "rows")
 flags.DEFINE_integer("heads", 16, "query heads")
 flags.DEFINE_integer("kv_heads", 8, "key/value heads")

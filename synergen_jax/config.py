@@ -16,7 +16,7 @@ import ml_collections
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
 
 
 class ConfigError(ValueError):
@@ -169,9 +169,13 @@ class ModelConfig:
                                       "head_dim", "mlp_dim"})
     if unknown:
       raise ConfigError(f"unknown config.model.unfold keys {unknown}")
+    # The unfold head's rows are one window (fold_ratio codes), shorter than a wgmma tile (64 rows):
+    # with the Hopper kernel it uses the XLA reference, whose [N, heads, r, r] scores are tiny.
+    unfold_common = dict(common, attention_impl="xla" if m.attention_impl == "pallas_mgpu"
+                         else m.attention_impl)
     unfold = StackConfig(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
                          num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim,
-                         num_experts=1, qkv_bias=False, scan_layers=False, **common)
+                         num_experts=1, qkv_bias=False, scan_layers=False, **unfold_common)
     return cls(llm=llm, unfold=unfold, text_vocab=m.text_vocab, tie_embeddings=m.tie_embeddings,
                codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
                code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
@@ -206,6 +210,16 @@ def _check_stack(name: str, s: StackConfig) -> None:
   _check(s.attention_block_q >= 0 and s.attention_block_k >= 0,
          f"config.model.attention_block_q={s.attention_block_q}, attention_block_k="
          f"{s.attention_block_k} must be >= 0 (0 = the kernel's default)")
+  if s.attention_impl == "pallas_mgpu":
+    _check(s.dtype in ("bfloat16", "float16"),
+           f"config.model.attention_impl='pallas_mgpu' (wgmma) needs config.model.dtype bfloat16 or "
+           f"float16, not {s.dtype!r}; use attention_impl=pallas_gpu for float32")
+    _check(s.head_dim % 64 == 0 and s.head_dim <= 256,
+           f"config.model.attention_impl='pallas_mgpu' needs {name}.head_dim a multiple of 64 up to "
+           f"256; got {s.head_dim} (use pallas_gpu)")
+    _check(s.attention_block_q % 64 == 0 and s.attention_block_k % 64 == 0,
+           f"config.model.attention_impl='pallas_mgpu' needs attention_block_q/k multiples of 64 "
+           f"(or 0 = 64); got {s.attention_block_q}, {s.attention_block_k}")
   _check(s.norm_eps > 0, f"config.model.norm_eps={s.norm_eps} must be > 0")
   _check(s.rope_theta > 0, f"config.model.rope_theta={s.rope_theta} must be > 0")
 
@@ -252,6 +266,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
          f"config.data.seq_len={seq_len} cannot hold one image: {mc.code_grid[0]}x{mc.code_grid[1]} "
          f"codes folded {mc.fold[0]}x{mc.fold[1]} take {mc.windows_per_image} slots plus <boi>/<eoi> "
          f"= {needed}; raise seq_len or the fold ratio")
+  if mc.llm.attention_impl == "pallas_mgpu":
+    blocks = (mc.llm.attention_block_q or 64, mc.llm.attention_block_k or 64)
+    _check(seq_len % blocks[0] == 0 and seq_len % blocks[1] == 0,
+           f"config.data.seq_len={seq_len} must be a multiple of the pallas_mgpu attention blocks "
+           f"{blocks} (config.model.attention_block_q/k)")
   _check(mc.unfold_capacity is None or mc.unfold_capacity <= seq_len,
          f"config.model.unfold_capacity={mc.unfold_capacity} exceeds config.data.seq_len={seq_len}")
   _check(config.loss.image_weight >= 0, f"config.loss.image_weight={config.loss.image_weight} < 0")

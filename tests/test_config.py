@@ -104,3 +104,24 @@ def test_data_and_tokenizer_errors(key, value, message):
   config.data.tasks.captioning = 1.0
   with pytest.raises(ConfigError, match=r"unknown task\(s\) \['captioning'\]"):
     validate_config(config)
+
+
+def test_hopper_kernel_constraints_fail_before_device_work():
+  def mgpu(**changes):
+    def mutate(c):
+      c.model.attention_impl = "pallas_mgpu"
+      c.model.dtype, c.model.head_dim, c.data.seq_len = "bfloat16", 64, 128
+      for key, value in changes.items():
+        section, field = key.split("__")
+        setattr(c[section], field, value)
+    return mutate
+  _bad(mgpu(model__dtype="float32"), r"pallas_mgpu' \(wgmma\) needs config.model.dtype bfloat16")
+  _bad(mgpu(model__head_dim=96), r"config.model.head_dim a multiple of 64 up to 256; got 96")
+  _bad(mgpu(model__attention_block_k=32), r"attention_block_q/k multiples of 64")
+  _bad(mgpu(data__seq_len=96), r"seq_len=96 must be a multiple of the pallas_mgpu attention blocks")
+  # A valid Hopper config: the LLM uses the kernel; the unfold head's one-window rows (shorter than
+  # a wgmma tile, and its head_dim of 8 is not a multiple of 64) use the XLA reference.
+  config, _ = tiny()
+  mgpu()(config)
+  mc = validate_config(config)
+  assert (mc.llm.attention_impl, mc.unfold.attention_impl) == ("pallas_mgpu", "xla")

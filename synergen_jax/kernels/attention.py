@@ -8,6 +8,9 @@ heads). Implementations:
   is for tests, CPUs and short sequences.
 * `pallas_gpu`: our Pallas (Triton) flash attention, forward and backward (`kernels/flash_gpu.py`);
   `interpret=True` runs it with Pallas' interpreter on any backend (how the CPU tests run it).
+* `pallas_mgpu`: our Pallas (Mosaic GPU) flash attention for Hopper, forward and backward
+  (`kernels/flash_mgpu.py`): wgmma, TMA, bf16/f16; `interpret=True` runs it in Pallas' Mosaic GPU
+  interpret mode on any backend.
 * `pallas_tpu`: our Pallas (Mosaic TPU) flash attention, forward and backward
   (`kernels/flash_tpu.py`); `interpret=True` runs it in Pallas' TPU interpret mode on any backend.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only; no segment ids).
@@ -25,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
 _logged_auto_choice: set[str] = set()
 
 
@@ -71,11 +74,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
                      f"q_len == kv_len; got q{q.shape} k{k.shape}")
   if impl == "auto":
     impl = _choose_auto()
-  if impl in ("pallas_gpu", "pallas_tpu"):
-    if impl == "pallas_gpu":
-      from synergen_jax.kernels.flash_gpu import flash_attention as kernel
-    else:
-      from synergen_jax.kernels.flash_tpu import flash_attention as kernel
+  if impl.startswith("pallas_"):
+    kernel = _pallas_kernel(impl)
     run = lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg, causal=causal, interpret=interpret,
                                       block_q=block_q, block_k=block_k)
     return _per_shard(run, q, k, v, segment_ids)
@@ -84,6 +84,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Arra
       raise ValueError("attention impl='cudnn' takes no segment_ids (packed rows); use pallas_gpu")
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
   return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+
+
+def _pallas_kernel(impl):
+  if impl == "pallas_gpu":
+    from synergen_jax.kernels.flash_gpu import flash_attention
+  elif impl == "pallas_mgpu":
+    from synergen_jax.kernels.flash_mgpu import flash_attention
+  else:
+    from synergen_jax.kernels.flash_tpu import flash_attention
+  return flash_attention
 
 
 def _per_shard(run, q, k, v, segment_ids):

@@ -1,6 +1,9 @@
 """The Pallas GPU flash-attention kernels in interpret mode against the XLA reference: forward and
 gradients of q, k, v over random shapes, GQA ratios, causal masks, packed segments, f32 and bf16."""
 
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,6 +32,19 @@ def test_forward_and_gradients_match_the_reference(case, dtype, tol):
   flash = lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, causal=causal, block_q=bq,
                                           block_k=bk, interpret=True)
   check_flash_against_reference(flash, q, k, v, seg, causal, dtype, tol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernels_lower_to_triton_for_cuda(dtype):
+  """Forward, dK/dV and dQ go through Pallas' Triton lowering for a CUDA target on this CPU host (it
+  rejects primitives and block shapes Triton cannot take; compiling the Triton IR needs a GPU)."""
+  q, k, v, seg = _inputs(0, 512, 8, 2, 128, True, dtype)
+  loss = lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, causal=True).astype(
+      jnp.float32).sum()
+  from synergen_jax.kernels.flash_gpu import flash_attention
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
+      lowering_platforms=("cuda",))
+  assert re.findall(r"custom_call @([\w$.]+)", lowered.as_text()) == ["__gpu$xla.gpu.triton"] * 3
 
 
 def test_entry_point_runs_the_pallas_gpu_kernel_in_interpret_mode():
