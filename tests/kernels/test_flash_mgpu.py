@@ -67,6 +67,32 @@ def test_wgmma_kernels_lower_for_cuda(case):
   assert re.findall(r"custom_call @(\w+)", lowered.as_text()) == ["mosaic_gpu_v2"] * 3
 
 
+def test_kernels_run_per_shard_under_a_mesh():
+  """Under a (data, fsdp, tensor) = (2, 2, 2) mesh every Mosaic GPU kernel in the lowered forward and
+  backward takes one device's shard (rows over data x fsdp, heads over tensor), not the global
+  arrays: XLA cannot partition a custom kernel. (The Mosaic GPU interpreter deadlocks inside a
+  shard_map over fake CPU devices, so the numerics of the shared per-shard wrapper are checked with
+  the Triton kernel in test_flash_tpu.py.)"""
+  import flax.linen as nn
+  from synergen_jax.parallel.sharding import LOGICAL_RULES
+  q = jax.ShapeDtypeStruct((4, 256, 8, 64), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((4, 256, 4, 64), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((4, 256), jnp.int32)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  loss = lambda q, k, v, s: attention(q, k, v, segment_ids=s, impl="pallas_mgpu").astype(
+      jnp.float32).sum()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, seg).lower(
+        lowering_platforms=("cuda",)).as_text()
+  calls = [line for line in text.splitlines() if "custom_call @mosaic_gpu_v2" in line]
+  assert len(calls) == 3
+  signatures = [re.findall(r":\s*\(([^()]*)\)\s*->", line)[-1] for line in calls]
+  operands = [re.findall(r"tensor<([\dx]+)x(?:bf16|f32|i32)>", sig) for sig in signatures]
+  assert all(shapes and all(s.startswith("1x") for s in shapes) for shapes in operands), operands
+  assert "1x256x4x64" in operands[0] and "1x256x2x64" in operands[0]   # 8 / 2 query, 4 / 2 kv heads
+
+
 def test_shapes_the_kernel_cannot_take_are_named():
   q, k, v, _ = attention_inputs(0, 1, 192, 2, 2, 64, False, jnp.bfloat16)
   with pytest.raises(ValueError, match="bfloat16 or float16"):
