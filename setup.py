@@ -36,6 +36,9 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
         "tpu": ["jax[tpu]==0.10.2"],
+        # CUDA 13 plugin with ptxas: bench/gpu_compile.py compiles the GPU kernels for Hopper on any
+        # host. Several GB; install it in its own venv, not the test one.
+        "cuda": ["jax[cuda13]==0.10.2"],
         # torch==2.13.0 is the CPU build where pip finds it locally; unpinned, pip pulls CUDA builds.
         "hf": ["torch==2.13.0", "safetensors==0.8.0", "transformers==5.24.0"],
     },

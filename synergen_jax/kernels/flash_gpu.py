@@ -137,9 +137,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_r
 # pallas_call wrappers and the custom_vjp.
 # ---------------------------------------------------------------------------------------------------
 
-def _params(interpret):
-  return dict(interpret=interpret,
-              compiler_params=None if interpret else plgpu.CompilerParams(num_warps=4, num_stages=2))
+def _params(interpret, num_warps=4):
+  return dict(interpret=interpret, compiler_params=None if interpret else plgpu.CompilerParams(
+      num_warps=num_warps, num_stages=2))
 
 
 def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
@@ -171,7 +171,11 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
   segmented = seg is not None
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
-  dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, block_q=block_q,
+  # dK/dV holds two [block_k, head_dim] float32 accumulators: with 4 warps and 64-row q steps
+  # ptxas spills it at head_dim 128 (255 registers, 260 B; bench/gpu_compile.py). 8 warps over 32-row
+  # q steps need 200 registers and no spills.
+  dkv_block_q = 32 if block_q % 32 == 0 else block_q
+  dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, block_q=dkv_block_q,
                           segmented=segmented)
   full_q = pl.BlockSpec((None, length, groups, head_dim), lambda j, b, kh: (b, 0, kh, 0))
   kv_block = pl.BlockSpec((None, block_k, None, head_dim), lambda j, b, kh: (b, j, kh, 0))
@@ -183,7 +187,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
                 pl.BlockSpec((None, block_k), lambda j, b, kh: (b, j))],
       out_specs=[kv_block, kv_block],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      **_params(interpret))(q, k, v, do, lse, delta, seg, seg)
+      **_params(interpret, num_warps=8))(q, k, v, do, lse, delta, seg, seg)
   dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k,
                                 segmented=segmented)
   q_block = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, i, h, 0))

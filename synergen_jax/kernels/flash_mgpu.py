@@ -21,9 +21,9 @@ the blocks, q_len == kv_len.
 
 `interpret=True` runs the same kernels in Pallas' Mosaic GPU interpret mode on any backend, with its
 race detector on: TMA copies, barriers, slots, loop bounds and masks are all exercised. That
-interpreter takes neither register operands nor transposed refs in wgmma and has no lowering for
-layout casts, so there (and only there) `_mma` is a plain dot of the same operands and layouts are
-left out; the wgmma/layout path is checked by lowering the kernels for CUDA (tests do it on CPU hosts).
+interpreter takes neither register operands nor transposed refs in wgmma, has no `run_state` (the
+in-place accumulation) and no lowering for layout casts, so there (and only there) `_Ops.mma` is a
+plain dot of the same operands and layouts are left out; the wgmma/layout path is checked by lowering the kernels for CUDA (tests do it on CPU hosts).
 """
 
 from __future__ import annotations
@@ -65,17 +65,25 @@ class _Ops:
   def iota(self, shape, dim):
     return self.cast(lax.broadcasted_iota(jnp.int32, shape, dim), WGMMA)
 
-  def mma(self, a, b, *, transpose_b=False):
-    """a @ b (b.T if transpose_b) in float32; a from registers or SMEM, b from SMEM."""
+  def mma(self, a, b, *, transpose_b=False, acc=None):
+    """acc + a @ b (b.T if transpose_b) in float32; a from registers or SMEM, b from SMEM. Given acc,
+    wgmma accumulates into it in place, so the product never needs registers of its own."""
     if self.interpret:
       a = a if isinstance(a, jax.Array) else a[...]
       dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
-      return lax.dot_general(a, b[...], dims, preferred_element_type=jnp.float32)
+      out = lax.dot_general(a, b[...], dims, preferred_element_type=jnp.float32)
+      return out if acc is None else acc + out
 
     def run(acc_ref):
       plgpu.wgmma(acc_ref, a, plgpu.transpose_ref(b, (1, 0)) if transpose_b else b)
+    if acc is not None:
+      return pl.run_state(run)(plgpu.ACC.init(acc))
+
+    def run_fresh(acc_ref):
+      run(acc_ref)
       return acc_ref[...]
-    return pl.run_scoped(run, plgpu.ACC((a.shape[0], b.shape[0 if transpose_b else 1]), jnp.float32))
+    return pl.run_scoped(run_fresh,
+                         plgpu.ACC((a.shape[0], b.shape[0 if transpose_b else 1]), jnp.float32))
 
   def mask(self, shape, row_pos, col_pos, row_seg, col_seg, causal, q_on_rows):
     """Visible (query, key) pairs of a [rows, cols] tile whose first row/column sit at row_pos/col_pos;
@@ -167,8 +175,8 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
       p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
       l = l * alpha + p.sum(axis=1)
       plgpu.barrier_wait(v_bar.at[slot])
-      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + ops.mma(p.astype(dtype),
-                                                                        v_smem.at[slot])
+      acc = ops.mma(p.astype(dtype), v_smem.at[slot],
+                    acc=acc * lax.broadcast_in_dim(alpha, acc.shape, [0]))
       return acc, m_new, l
 
     carry = (ops.cast(jnp.zeros((block_q, head_dim), jnp.float32), WGMMA),
@@ -254,7 +262,7 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
       plgpu.barrier_wait(v_bar.at[slot])
       dp = ops.mma(do_smem, v_smem.at[slot], transpose_b=True)
       ds = p * (dp - lax.broadcast_in_dim(delta, s.shape, [0]))
-      return dq + ops.mma(ds.astype(dtype), k_smem.at[slot])
+      return ops.mma(ds.astype(dtype), k_smem.at[slot], acc=dq)
 
     dq = lax.fori_loop(0, stop, body, ops.cast(jnp.zeros((block_q, head_dim), jnp.float32), WGMMA))
     q_smem[...] = (dq * scale).astype(dtype)
@@ -335,12 +343,12 @@ def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpre
       if mask is not None:
         p_t = jnp.where(mask, p_t, 0.0)
       plgpu.barrier_wait(do_bar.at[slot])
-      dv = dv + ops.mma(p_t.astype(dtype), do_smem.at[slot])
+      dv = ops.mma(p_t.astype(dtype), do_smem.at[slot], acc=dv)
       dp_t = ops.mma(v_smem, do_smem.at[slot], transpose_b=True)
       plgpu.barrier_wait(rows_bar.at[3 * slot + 1])
       delta = ops.cast(delta_smem.at[slot][...], COLS)
       ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, s_t.shape, [1]))
-      return dk + ops.mma(ds_t.astype(dtype), q_smem.at[slot]), dv
+      return ops.mma(ds_t.astype(dtype), q_smem.at[slot], acc=dk), dv
 
     zeros = ops.cast(jnp.zeros((block_k, head_dim), jnp.float32), WGMMA)
     dk, dv = lax.fori_loop(0, steps, body, (zeros, zeros))
