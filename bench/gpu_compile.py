@@ -4,8 +4,7 @@ what ptxas reports per kernel: registers per thread and bytes spilled to local m
   pip install -e ".[cuda]"          # jax's CUDA 13 plugin, with ptxas (a separate venv is best)
   python -m bench.gpu_compile [--target h100 --lengths 4096 --head_dims 64,128 --impls pallas_gpu,pallas_mgpu]
 
-XLA's compile-only GPU client (`jax.experimental.topologies.get_topology_desc(platform="cuda",
-target_config=...)`) runs the whole GPU pipeline for the target: Triton kernels become PTX that XLA
+XLA's compile-only GPU client (`synergen_jax/parallel/gpu_targets.py`) runs the whole GPU pipeline for the target: Triton kernels become PTX that XLA
 assembles, Mosaic GPU kernels go through their MLIR passes to PTX and ptxas. This tool reads the
 PTX XLA dumps for the Triton kernels and runs ptxas -v on it (same target, sm_90a), and Mosaic GPU's
 own ptxas log (MOSAIC_GPU_DUMP_PTXAS). Nothing runs, so there are no timings: spills and register
@@ -33,8 +32,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from synergen_jax.parallel.gpu_targets import TARGETS, gpu_topology  # noqa: E402
+
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("target", "h100", ["h100", "h200"], "GPU to compile for")
+flags.DEFINE_enum("target", "h100", sorted(TARGETS), "GPU to compile for")
 flags.DEFINE_string("lengths", "4096", "sequence lengths")
 flags.DEFINE_string("head_dims", "64,128", "head dimensions")
 flags.DEFINE_string("impls", "pallas_gpu,pallas_mgpu", "kernels to compile")
@@ -42,28 +43,6 @@ flags.DEFINE_integer("heads", 16, "query heads")
 flags.DEFINE_integer("kv_heads", 8, "key/value heads")
 flags.DEFINE_string("dtype", "bfloat16", "input dtype")
 flags.DEFINE_bool("packed", True, "with segment ids")
-
-# GpuTargetConfigProto fields of the SXM parts (public specifications: SMs, shared memory per SM and
-# per block, L2, HBM size and bandwidth, boost clock).
-_SM90 = """gpu_device_info {{
-  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
-  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
-  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
-  memory_bandwidth: {bandwidth} l2_cache_size: 52428800 clock_rate_ghz: 1.98
-  device_memory_size: {memory} shared_memory_per_block_optin: 232448
-  cuda_compute_capability {{ major: 9 }} registers_per_core_limit: 65536
-  registers_per_block_limit: 65536
-}}
-platform_name: "CUDA"
-dnn_version_info {{ major: 9 minor: 10 }}
-runtime_version {{ major: 13 minor: 0 }}
-device_description_str: "{name}"
-"""
-TARGETS = {
-    "h100": _SM90.format(bandwidth=3352320000000, memory=84929347584, name="NVIDIA H100 80GB HBM3"),
-    "h200": _SM90.format(bandwidth=4800000000000, memory=150754820096, name="NVIDIA H200"),
-}
-
 
 TRITON_NAMES = {"_fwd_kernel": "forward", "_dkv_kernel": "dK/dV", "_dq_kernel": "dQ"}
 
@@ -112,8 +91,7 @@ def _kernels(impl, scale, packed):
 def main(argv):
   del argv
   from jax.experimental import topologies
-  topology = topologies.get_topology_desc(platform="cuda", target_config=TARGETS[FLAGS.target],
-                                          topology="1x1x1")
+  topology, _ = gpu_topology(FLAGS.target)
   mesh = topologies.make_mesh(topology, (1,), ("x",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   dtype = jnp.dtype(FLAGS.dtype)

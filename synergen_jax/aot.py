@@ -1,14 +1,16 @@
-"""Compile the real train step for a TPU topology on a CPU host and say whether it fits.
+"""Compile the real train step for a TPU topology or GPU hosts on a CPU host and say whether it fits.
 
   pip install -e ".[tpu]"     # libtpu: TPU device descriptions and the TPU compiler, no TPU needed
   python -m synergen_jax.aot --config configs/synergen_vl_2b.py --topology v5p:4x4x4 \
       [--mesh data=1,fsdp=-1,tensor=1] [--config.train.batch_size=...] [--hbm_gb 95]
+  pip install -e ".[cuda]"    # jax's CUDA plugin: XLA's compile-only GPU client (its own venv)
+  python -m synergen_jax.aot --config configs/qwen2_0p5b_ablation.py --topology h100:1x8
 
 `jax.experimental.topologies.get_topology_desc` describes the slice's chips; the mesh is built from
 them exactly as the trainer builds it from real devices, and `build_train_step` (the trainer's own
-step) is lowered with abstract state and batch and compiled by libtpu. Printed per device:
-parameters, optimizer state, the batch, XLA's temporary buffers (activations, gradients, collectives)
-and the total against the chip's HBM; plus model FLOPs per step (framework count, MFU convention) and
+step) is lowered with abstract state and batch and compiled by libtpu (for GPU targets: by XLA's GPU
+compiler, through ptxas). Printed per device: parameters, optimizer state, the batch, XLA's temporary
+buffers (activations, gradients, collectives) and the total against the chip's HBM; plus model FLOPs per step (framework count, MFU convention) and
 XLA's own FLOP count. Exits 1 when the step does not fit (when the TPU compiler itself refuses, its
 temporaries figure and available HBM are reported).
 """
@@ -26,7 +28,8 @@ from synergen_jax.parallel.topology import compile_report, format_report, parse_
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
-flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x4, v4:2x2x2, v5e:4x4")
+flags.DEFINE_string("topology", None, "TPU slice (v5p:4x4x4, v4:2x2x2, v5e:4x4) or GPU target "
+                    "GPU[:HOSTSxDEVICES] (h100, h100:1x8, h200:2x8)")
 flags.DEFINE_string("mesh", None, "mesh override, e.g. data=1,fsdp=-1,tensor=1")
 flags.DEFINE_float("hbm_gb", None, "HBM per chip in GiB (default: from the device kind)")
 flags.DEFINE_string("json", None, "also write the report as JSON here")

@@ -17,6 +17,7 @@ import ml_collections
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
+GPU_KERNELS = ("pallas_gpu", "pallas_mgpu")
 
 
 class ConfigError(ValueError):
@@ -169,9 +170,10 @@ class ModelConfig:
                                       "head_dim", "mlp_dim"})
     if unknown:
       raise ConfigError(f"unknown config.model.unfold keys {unknown}")
-    # The unfold head's rows are one window (fold_ratio codes), shorter than a wgmma tile (64 rows):
-    # with the Hopper kernel it uses the XLA reference, whose [N, heads, r, r] scores are tiny.
-    unfold_common = dict(common, attention_impl="xla" if m.attention_impl == "pallas_mgpu"
+    # The unfold head's rows are one window (fold_ratio codes), shorter than a GPU kernel's tiles (16
+    # rows for Triton's dots, 64 for wgmma): with the GPU kernels it uses the XLA reference, whose
+    # [N, heads, r, r] scores are tiny.
+    unfold_common = dict(common, attention_impl="xla" if m.attention_impl in GPU_KERNELS
                          else m.attention_impl)
     unfold = StackConfig(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
                          num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim,
@@ -210,6 +212,14 @@ def _check_stack(name: str, s: StackConfig) -> None:
   _check(s.attention_block_q >= 0 and s.attention_block_k >= 0,
          f"config.model.attention_block_q={s.attention_block_q}, attention_block_k="
          f"{s.attention_block_k} must be >= 0 (0 = the kernel's default)")
+  if s.attention_impl == "pallas_gpu":
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0
+    _check(s.head_dim in (16, 32, 64, 128, 256),
+           f"config.model.attention_impl='pallas_gpu' (Triton) needs {name}.head_dim a power of two in "
+           f"16..256; got {s.head_dim}")
+    _check(all(b == 0 or pow2(b) for b in (s.attention_block_q, s.attention_block_k)),
+           f"config.model.attention_impl='pallas_gpu' needs power-of-two attention_block_q/k (or 0 = "
+           f"64); got {s.attention_block_q}, {s.attention_block_k}")
   if s.attention_impl == "pallas_mgpu":
     _check(s.dtype in ("bfloat16", "float16"),
            f"config.model.attention_impl='pallas_mgpu' (wgmma) needs config.model.dtype bfloat16 or "

@@ -125,3 +125,16 @@ def test_hopper_kernel_constraints_fail_before_device_work():
   mgpu()(config)
   mc = validate_config(config)
   assert (mc.llm.attention_impl, mc.unfold.attention_impl) == ("pallas_mgpu", "xla")
+
+
+def test_triton_kernel_constraints_fail_before_device_work():
+  def triton(**changes):
+    def mutate(c):
+      c.model.update({"attention_impl": "pallas_gpu", "head_dim": 16, **changes})
+    return mutate
+  _bad(triton(head_dim=48), r"'pallas_gpu' \(Triton\) needs config.model.head_dim a power of two")
+  _bad(triton(attention_block_q=48), r"power-of-two attention_block_q/k")
+  config, _ = tiny()
+  triton()(config)
+  mc = validate_config(config)      # the unfold head's head_dim of 8 is fine: it runs the reference
+  assert (mc.llm.attention_impl, mc.unfold.attention_impl) == ("pallas_gpu", "xla")

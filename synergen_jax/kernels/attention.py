@@ -32,9 +32,14 @@ IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
 _logged_auto_choice: set[str] = set()
 
 
+def auto_impl(platform: str) -> str:
+  """What impl="auto" means on a platform ("tpu", "gpu"/"cuda", "cpu")."""
+  return "pallas_tpu" if platform == "tpu" else "xla"
+
+
 def _choose_auto() -> str:
   platform = jax.default_backend()
-  choice = "pallas_tpu" if platform == "tpu" else "xla"
+  choice = auto_impl(platform)
   if platform not in _logged_auto_choice:
     _logged_auto_choice.add(platform)
     logging.info("attention impl=auto on %s: using %r", platform, choice)

@@ -1,4 +1,5 @@
-"""The trainer's step compiled ahead of time for a TPU topology described by libtpu: memory and FLOPs.
+"""The trainer's step compiled ahead of time for a TPU topology described by libtpu, or for GPUs
+described to XLA's compile-only GPU client (parallel/gpu_targets.py): memory and FLOPs.
 
 The CLI and its output: synergen_jax/aot.py.
 """
@@ -16,7 +17,9 @@ import numpy as np
 
 from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.data.synthetic import synthetic_batch
+from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.model import accounting
+from synergen_jax.parallel.gpu_targets import gpu_topology, is_gpu_target
 from synergen_jax.parallel.mesh import AXES, make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train.loop import build_train_step
@@ -51,16 +54,28 @@ class Report:
 
 
 def topology_devices(topology: str):
+  """(devices, HBM bytes per device or None) of a TPU slice (v5p:4x4x4) or a GPU target (h100:1x8)."""
+  if is_gpu_target(topology):
+    try:
+      description, hbm = gpu_topology(topology)
+    except ValueError as e:
+      raise ConfigError(f"--topology={topology!r}: {e}") from None
+    return description.devices, hbm
   # libtpu takes a machine-wide lock meant for real chips; compiling needs none, and without this a
   # second AOT process on the same host (a test, a sweep) is refused.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies
-    return topologies.get_topology_desc(topology, "tpu").devices
+    return topologies.get_topology_desc(topology, "tpu").devices, None
   except Exception as e:   # no libtpu, or a name libtpu does not know
     raise ConfigError(f"--topology={topology!r}: cannot describe it ({type(e).__name__}: {e}). Install "
                       "the tpu extra (pip install -e '.[tpu]') and name a slice as GEN:TOPOLOGY, "
-                      "e.g. v5p:2x2x1, v4:2x2x2, v5e:4x4") from None
+                      "e.g. v5p:2x2x1, v4:2x2x2, v5e:4x4, or a GPU target such as h100:1x8 (cuda "
+                      "extra)") from None
+
+
+def is_tpu(device) -> bool:
+  return "tpu" in device.platform.lower() or device.device_kind.startswith("TPU")
 
 
 def _per_device_bytes(abstract, shardings) -> int:
@@ -84,21 +99,21 @@ def parse_mesh(text: str | None, config) -> None:
 def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report:
   import time
   mc = validate_config(config)                    # config errors before any compilation
+  devices, target_hbm = topology_devices(topology)
   if config.model.attention_impl == "auto":       # "auto" means the target's choice, not this host's
     with config.unlocked():
-      config.model.attention_impl = "pallas_tpu"
+      config.model.attention_impl = auto_impl("tpu" if is_tpu(devices[0]) else "gpu")
   if not config.model.new_tokens:                 # only their count shapes the parameters
     with config.unlocked():
       config.model.new_tokens = tuple(range(mc.text_vocab - 3, mc.text_vocab))
-    mc = validate_config(config)
-  devices = topology_devices(topology)
+  mc = validate_config(config)
   mesh = make_mesh(config.mesh, devices)
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % rows:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over data x "
                       f"fsdp = {rows} devices of {topology}; use a multiple of {rows}")
   kind = devices[0].device_kind
-  hbm = int((hbm_gb if hbm_gb else HBM_GIB.get(kind, 0)) * 2**30)
+  hbm = int(hbm_gb * 2**30) if hbm_gb else target_hbm or int(HBM_GIB.get(kind, 0) * 2**30)
   if not hbm:
     raise ConfigError(f"unknown HBM size for {kind!r}; pass --hbm_gb")
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
@@ -130,7 +145,7 @@ def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report
   else:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}   # None from GPU AOT
     temp, xla_flops = memory.temp_size_in_bytes, float(cost.get("flops", 0.0))
     total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
              - memory.alias_size_in_bytes + temp)
@@ -150,4 +165,5 @@ def format_report(r: Report) -> str:
       f"{gib(r.batch_bytes)}, XLA temporaries {gib(r.temp_bytes)}",
       f"  per device total {gib(r.total_bytes)} of {gib(r.hbm_bytes)} HBM: "
       + ("fits" if r.fits else "DOES NOT FIT"),
-      f"  model FLOPs per step {r.model_flops:.3e} (slice), XLA FLOPs per device {r.xla_flops:.3e}"])
+      f"  model FLOPs per step {r.model_flops:.3e} (slice), XLA FLOPs per device "
+      + (f"{r.xla_flops:.3e}" if r.xla_flops else "n/a (this compiler does not count them)")])
