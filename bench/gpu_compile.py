@@ -4,12 +4,13 @@ what ptxas reports per kernel: registers per thread and bytes spilled to local m
   pip install -e ".[cuda]"          # jax's CUDA 13 plugin, with ptxas (a separate venv is best)
   python -m bench.gpu_compile [--target h100 --lengths 4096 --head_dims 64,128 --impls pallas_gpu,pallas_mgpu]
 
-XLA's compile-only GPU client (`synergen_jax/parallel/gpu_targets.py`) runs the whole GPU pipeline for the target: Triton kernels become PTX that XLA
-assembles, Mosaic GPU kernels go through their MLIR passes to PTX and ptxas. This tool reads the
-PTX XLA dumps for the Triton kernels and runs ptxas -v on it (same target, sm_90a), and Mosaic GPU's
-own ptxas log (MOSAIC_GPU_DUMP_PTXAS). Nothing runs, so there are no timings: spills and register
-counts are what compile-time evidence can show (a kernel at 255 registers that spills keeps part of
-its accumulators in L1-backed local memory).
+XLA's compile-only GPU client (`synergen_jax/parallel/gpu_targets.py`) runs the whole GPU pipeline
+for the target: Triton kernels become PTX that XLA assembles, Mosaic GPU kernels go through their
+MLIR passes to PTX and ptxas. This tool reads the PTX XLA dumps for the Triton kernels and runs
+ptxas -v on it (same target, sm_90a), and Mosaic GPU's own ptxas log (MOSAIC_GPU_DUMP_PTXAS).
+Nothing runs, so there are no timings: spills and register counts are what compile-time evidence can
+show (a kernel at 255 registers that spills keeps part of its accumulators in L1-backed local
+memory).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from synergen_jax.kernels.flash_vjp import flash_with_vjp
+from synergen_jax.kernels.segment_blocks import visible_block_ranges
 
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
 
@@ -40,7 +41,18 @@ def _mask(q_pos, k_pos, q_seg, k_seg, causal):
   return mask
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, scale, causal,
+def _k_block_range(range_ref, i, causal, block_q, block_k, k_blocks, segmented):
+  """[start, stop) of the k blocks q block i can see: causal blocks end at the diagonal, and with
+  segment ids only blocks that hold one of its segments count (range_ref, segment_blocks.py)."""
+  start, stop = 0, k_blocks
+  if causal:
+    stop = jax.lax.div((i + 1) * block_q + block_k - 1, block_k)
+  if segmented:
+    start, stop = range_ref[0], jnp.minimum(stop, range_ref[1])
+  return start, stop
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref, *, scale, causal,
                 block_k, segmented):
   block_q, head_dim = q_ref.shape
   kv_len = k_ref.shape[0]
@@ -64,16 +76,16 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, scal
     acc = acc * correction[:, None] + plgpu.dot(p.astype(v.dtype), v)
     return acc, m_new, l * correction + p.sum(axis=-1)
 
-  # Causal: k blocks past this q block's last row hold no visible key.
-  stop = (jax.lax.div((i + 1) * block_q + block_k - 1, block_k) if causal else kv_len // block_k)
+  start, stop = _k_block_range(range_ref, i, causal, block_q, block_k, kv_len // block_k, segmented)
   carry = (jnp.zeros((block_q, head_dim), jnp.float32), jnp.full((block_q,), MASKED, jnp.float32),
            jnp.zeros((block_q,), jnp.float32))
-  acc, m, l = jax.lax.fori_loop(0, stop, body, carry)
+  acc, m, l = jax.lax.fori_loop(start, stop, body, carry)
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log(l)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dk_ref, dv_ref,
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref, dk_ref,
+                dv_ref,
                 *, scale, causal, block_q, segmented):
   block_k, head_dim = k_ref.shape
   q_len, groups = q_ref.shape[0], q_ref.shape[1]
@@ -82,7 +94,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_
   k_pos = j * block_k + jnp.arange(block_k)
   k_seg = kseg_ref[...] if segmented else None
   # Causal: q blocks that end before this k block starts cannot see it.
-  start = jax.lax.div(j * block_k, block_q) if causal else 0
+  start, stop = (jax.lax.div(j * block_k, block_q) if causal else 0), q_len // block_q
+  if segmented:   # only q blocks that hold one of this k block's segments
+    start, stop = jnp.maximum(start, range_ref[0]), jnp.minimum(stop, range_ref[1])
   dk = jnp.zeros((block_k, head_dim), jnp.float32)
   dv = jnp.zeros((block_k, head_dim), jnp.float32)
   for g in range(groups):                      # the query heads that share this kv head
@@ -101,12 +115,13 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_
       dp = plgpu.dot(do, v, trans_b=True)
       ds = p * (dp - delta_ref[g, qs][:, None]) * scale
       return dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True), dv
-    dk, dv = jax.lax.fori_loop(start, q_len // block_q, body, (dk, dv))
+    dk, dv = jax.lax.fori_loop(start, stop, body, (dk, dv))
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dq_ref, *, scale,
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref, dq_ref, *,
+               scale,
                causal, block_k, segmented):
   block_q, head_dim = q_ref.shape
   kv_len = k_ref.shape[0]
@@ -128,8 +143,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_r
     ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None]) * scale
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-  stop = (jax.lax.div((i + 1) * block_q + block_k - 1, block_k) if causal else kv_len // block_k)
-  dq = jax.lax.fori_loop(0, stop, body, jnp.zeros((block_q, head_dim), jnp.float32))
+  start, stop = _k_block_range(range_ref, i, causal, block_q, block_k, kv_len // block_k, segmented)
+  dq = jax.lax.fori_loop(start, stop, body, jnp.zeros((block_q, head_dim), jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
@@ -140,6 +155,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_r
 def _params(interpret, num_warps=4):
   return dict(interpret=interpret, compiler_params=None if interpret else plgpu.CompilerParams(
       num_warps=num_warps, num_stages=2))
+
+
+def _ranges(seg, segmented, block_rows, block_cols):
+  """Per row block, the column-block range sharing its segments; zeros (never read) unsegmented."""
+  if not segmented:
+    return jnp.zeros((seg.shape[0], seg.shape[1] // block_rows, 2), jnp.int32)
+  return visible_block_ranges(seg, block_rows, block_cols)
 
 
 def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
@@ -155,12 +177,13 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
                 pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // groups, 0)),
                 pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // groups, 0)),
                 pl.BlockSpec((None, block_q), lambda i, b, h: (b, i)),
-                pl.BlockSpec((None, length), lambda i, b, h: (b, 0))],
+                pl.BlockSpec((None, length), lambda i, b, h: (b, 0)),
+                pl.BlockSpec((None, None, 2), lambda i, b, h: (b, i, 0))],
       out_specs=[pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, i, h, 0)),
                  pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
-      **_params(interpret))(q, k, v, seg, seg)
+      **_params(interpret))(q, k, v, seg, seg, _ranges(seg, segmented, block_q, block_k))
   return o, lse
 
 
@@ -184,10 +207,12 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
       dkv, grid=(length // block_k, batch, kv_heads),
       in_specs=[full_q, kv_block, kv_block, full_q, rows, rows,
                 pl.BlockSpec((None, length), lambda j, b, kh: (b, 0)),
-                pl.BlockSpec((None, block_k), lambda j, b, kh: (b, j))],
+                pl.BlockSpec((None, block_k), lambda j, b, kh: (b, j)),
+                pl.BlockSpec((None, None, 2), lambda j, b, kh: (b, j, 0))],
       out_specs=[kv_block, kv_block],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      **_params(interpret, num_warps=8))(q, k, v, do, lse, delta, seg, seg)
+      **_params(interpret, num_warps=8))(q, k, v, do, lse, delta, seg, seg,
+                                         _ranges(seg, segmented, block_k, dkv_block_q))
   dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k,
                                 segmented=segmented)
   q_block = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, i, h, 0))
@@ -197,9 +222,11 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
       dq_kernel, grid=(length // block_q, batch, heads),
       in_specs=[q_block, full_kv, full_kv, q_block, q_rows, q_rows,
                 pl.BlockSpec((None, block_q), lambda i, b, h: (b, i)),
-                pl.BlockSpec((None, length), lambda i, b, h: (b, 0))],
+                pl.BlockSpec((None, length), lambda i, b, h: (b, 0)),
+                pl.BlockSpec((None, None, 2), lambda i, b, h: (b, i, 0))],
       out_specs=q_block, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      **_params(interpret))(q, k, v, do, lse, delta, seg, seg)
+      **_params(interpret))(q, k, v, do, lse, delta, seg, seg,
+                            _ranges(seg, segmented, block_q, block_k))
   return dq, dk, dv
 
 

@@ -11,9 +11,11 @@ copies into swizzled SMEM, double-buffered: step n+1's tiles are in flight while
             that can see the block, so a kv head's gradient is summed in registers (no atomics, no
             per-query-head dK that XLA would have to add up).
 
-Causal masking skips every block above the diagonal (the loops start/stop at the first/last block
-that can hold a visible key). Segment ids mask keys of other packed examples; every query sees at least
-itself (padding carries its own id), which keeps each softmax row non-empty.
+The loops visit only blocks that can hold a visible key: causal masking ends them at the diagonal,
+and with segment ids they also skip blocks that share no segment (`segment_blocks.py`: with several
+examples packed in a row, most blocks). Inside the visited blocks segment ids mask keys of other
+packed examples; every query sees at least itself (padding carries its own id), which keeps each
+softmax row non-empty.
 
 Constraints (checked with a message): bf16 or f16 inputs (wgmma; f32 goes to `pallas_gpu`), head_dim
 a multiple of 64 up to 256 (128-byte swizzled tiles), blocks multiples of 64, length a multiple of
@@ -23,7 +25,8 @@ the blocks, q_len == kv_len.
 race detector on: TMA copies, barriers, slots, loop bounds and masks are all exercised. That
 interpreter takes neither register operands nor transposed refs in wgmma, has no `run_state` (the
 in-place accumulation) and no lowering for layout casts, so there (and only there) `_Ops.mma` is a
-plain dot of the same operands and layouts are left out; the wgmma/layout path is checked by lowering the kernels for CUDA (tests do it on CPU hosts).
+plain dot of the same operands and layouts are left out; the wgmma/layout path is checked by
+lowering the kernels for CUDA (tests do it on CPU hosts).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from synergen_jax.kernels.flash_vjp import flash_with_vjp
+from synergen_jax.kernels.segment_blocks import visible_block_ranges
 
 LOG2E = math.log2(math.e)
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
@@ -113,9 +117,22 @@ def _kernel(body, out_type, grid, names, scratch, interpret):
                       interpret=_interpret_params() if interpret else None)
 
 
-def _causal_stop(i, block_q, block_k):
-  """The k blocks a causal q block i can see: [0, stop)."""
-  return lax.div((i + 1) * block_q + block_k - 1, jnp.int32(block_k))
+def _k_block_range(ranges_ref, b, i, causal, block_q, block_k, k_blocks):
+  """[start, stop) of the k blocks q block i can see: causal blocks end at the diagonal, and with
+  segment ids (ranges_ref given) only blocks that hold one of its segments count."""
+  start, stop = 0, k_blocks
+  if causal:
+    stop = lax.div((i + 1) * block_q + block_k - 1, jnp.int32(block_k))
+  if ranges_ref is not None:
+    start, stop = ranges_ref[b, i, 0], jnp.minimum(stop, ranges_ref[b, i, 1])
+  return start, stop
+
+
+def _ranges(seg, block_rows, block_cols):
+  """Segment block ranges for the kernels, or a placeholder they never read."""
+  if seg is None:
+    return jnp.zeros((1, 1, 2), jnp.int32)
+  return visible_block_ranges(seg, block_rows, block_cols)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,12 +147,13 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
   ops = _Ops(interpret)
   c = scale * LOG2E
 
-  def kernel(q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, q_smem, k_smem, v_smem, qseg_smem,
-             kseg_smem, lse_smem, q_bar, k_bar, v_bar, kseg_bar):
+  def kernel(q_ref, k_ref, v_ref, seg_ref, ranges_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
+             qseg_smem, kseg_smem, lse_smem, q_bar, k_bar, v_bar, kseg_bar):
     h, i, b = lax.axis_index("heads"), lax.axis_index("q"), lax.axis_index("batch")
     kh = lax.div(h, jnp.int32(groups))
     q_rows = pl.ds(i * block_q, block_q)
-    stop = _causal_stop(i, block_q, block_k) if causal else length // block_k
+    start, stop = _k_block_range(ranges_ref if segmented else None, b, i, causal, block_q, block_k,
+                                 length // block_k)
 
     def fetch(step, slot):
       rows = pl.ds(step * block_k, block_k)
@@ -144,7 +162,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
       if segmented:
         plgpu.copy_gmem_to_smem(seg_ref.at[b, rows], kseg_smem.at[slot], kseg_bar.at[slot])
 
-    fetch(0, 0)
+    fetch(start, 0)
     plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_smem, q_bar.at[0])
     q_seg = None
     if segmented:
@@ -155,7 +173,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
 
     def body(step, carry):
       acc, m, l = carry
-      slot = lax.rem(step, 2)
+      slot = lax.rem(step - start, 2)
 
       @pl.when(step + 1 < stop)
       def _prefetch():   # into the other slot, whose readers (step - 1's wgmmas) have finished
@@ -182,7 +200,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
     carry = (ops.cast(jnp.zeros((block_q, head_dim), jnp.float32), WGMMA),
              ops.cast(jnp.full((block_q,), MASKED, jnp.float32), ROWS),
              ops.cast(jnp.zeros((block_q,), jnp.float32), ROWS))
-    acc, m, l = lax.fori_loop(0, stop, body, carry)
+    acc, m, l = lax.fori_loop(start, stop, body, carry)
     q_smem[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
     lse_smem[...] = m + jnp.log2(l)
     plgpu.commit_smem()
@@ -197,9 +215,10 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=2)]
   out_type = (jax.ShapeDtypeStruct(q.shape, dtype),
               jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
+  ranges = _ranges(seg, block_q, block_k)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, out_type, (heads, length // block_q, batch), ("heads", "q", "batch"),
-                 scratch, interpret)(q, k, v, seg)
+                 scratch, interpret)(q, k, v, seg, ranges)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,13 +233,14 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
   ops = _Ops(interpret)
   c = scale * LOG2E
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref, dq_ref, q_smem, do_smem,
-             lse_smem, delta_smem, qseg_smem, k_smem, v_smem, kseg_smem, q_bar, k_bar, v_bar,
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref, ranges_ref, dq_ref, q_smem,
+             do_smem, lse_smem, delta_smem, qseg_smem, k_smem, v_smem, kseg_smem, q_bar, k_bar, v_bar,
              kseg_bar):
     h, i, b = lax.axis_index("heads"), lax.axis_index("q"), lax.axis_index("batch")
     kh = lax.div(h, jnp.int32(groups))
     q_rows = pl.ds(i * block_q, block_q)
-    stop = _causal_stop(i, block_q, block_k) if causal else length // block_k
+    start, stop = _k_block_range(ranges_ref if segmented else None, b, i, causal, block_q, block_k,
+                                 length // block_k)
 
     def fetch(step, slot):
       rows = pl.ds(step * block_k, block_k)
@@ -229,7 +249,7 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
       if segmented:
         plgpu.copy_gmem_to_smem(seg_ref.at[b, rows], kseg_smem.at[slot], kseg_bar.at[slot])
 
-    fetch(0, 0)
+    fetch(start, 0)
     plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_smem, q_bar.at[0])
     plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_smem, q_bar.at[1])
     plgpu.copy_gmem_to_smem(lse_ref.at[b, h, q_rows], lse_smem, q_bar.at[2])
@@ -243,7 +263,7 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
     q_seg = ops.cast(qseg_smem[...], ROWS) if segmented else None
 
     def body(step, dq):
-      slot = lax.rem(step, 2)
+      slot = lax.rem(step - start, 2)
 
       @pl.when(step + 1 < stop)
       def _prefetch():
@@ -264,7 +284,7 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
       ds = p * (dp - lax.broadcast_in_dim(delta, s.shape, [0]))
       return ops.mma(ds.astype(dtype), k_smem.at[slot], acc=dq)
 
-    dq = lax.fori_loop(0, stop, body, ops.cast(jnp.zeros((block_q, head_dim), jnp.float32), WGMMA))
+    dq = lax.fori_loop(start, stop, body, ops.cast(jnp.zeros((block_q, head_dim), jnp.float32), WGMMA))
     q_smem[...] = (dq * scale).astype(dtype)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[b, q_rows, h])
@@ -276,9 +296,11 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
              _smem((2, block_k, head_dim), dtype, True), _smem((2, block_k), jnp.int32),
              plgpu.Barrier(num_barriers=5), plgpu.Barrier(num_barriers=2),
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=2)]
+  ranges = _ranges(seg, block_q, block_k)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, jax.ShapeDtypeStruct(q.shape, dtype), (heads, length // block_q, batch),
-                 ("heads", "q", "batch"), scratch, interpret)(q, k, v, do, lse, delta, seg)
+                 ("heads", "q", "batch"), scratch, interpret)(
+                     q, k, v, do, lse, delta, seg, ranges)
 
 
 def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret):
@@ -291,14 +313,18 @@ def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpre
   c = scale * LOG2E
   q_blocks = length // block_q
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref, dk_ref, dv_ref, k_smem,
-             v_smem, kseg_smem, q_smem, do_smem, lse_smem, delta_smem, qseg_smem, k_bar, q_bar,
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_ref, ranges_ref, dk_ref, dv_ref,
+             k_smem, v_smem, kseg_smem, q_smem, do_smem, lse_smem, delta_smem, qseg_smem, k_bar, q_bar,
              do_bar, rows_bar):
     kh, j, b = lax.axis_index("kv_heads"), lax.axis_index("k"), lax.axis_index("batch")
     k_rows = pl.ds(j * block_k, block_k)
-    # Causal: q blocks that end before this k block starts cannot see it.
-    start = lax.div(j * block_k, jnp.int32(block_q)) if causal else 0
-    visible = q_blocks - start
+    # Causal: q blocks that end before this k block starts cannot see it; with segment ids only q
+    # blocks that hold one of its segments can.
+    start, end = (lax.div(j * block_k, jnp.int32(block_q)) if causal else 0), q_blocks
+    if segmented:
+      start = jnp.maximum(start, ranges_ref[b, j, 0])
+      end = jnp.minimum(end, ranges_ref[b, j, 1])
+    visible = end - start
     steps = groups * visible          # (query head of the group, visible q block) pairs
 
     def fetch(step, slot):
@@ -366,9 +392,11 @@ def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpre
              plgpu.Barrier(num_barriers=3), plgpu.Barrier(num_barriers=2),
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=6)]
   out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
+  ranges = _ranges(seg, block_k, block_q)       # q blocks per k block
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, out_type, (kv_heads, length // block_k, batch),
-                 ("kv_heads", "k", "batch"), scratch, interpret)(q, k, v, do, lse, delta, seg)
+                 ("kv_heads", "k", "batch"), scratch, interpret)(
+                     q, k, v, do, lse, delta, seg, ranges)
 
 
 def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
