@@ -9,8 +9,9 @@ reduction in the innermost grid dimension ("arbitrary") with float32 accumulator
            query heads and the q blocks, so GQA needs neither atomics nor repeated k/v.
   dQ       grid (b, h, q block, k block).
 
-Causal: a block entirely above the diagonal is skipped (`pl.when`) and its index map is clamped to
-the last (first) useful block, so its DMA is not issued either. Segment ids of packed rows travel
+Skipping: a block entirely above the diagonal, or (with segment ids) one sharing no segment with the
+block being computed (`segment_blocks.py`'s ranges, scalar-prefetched into SMEM), is skipped
+(`pl.when`) and its index map is clamped to the nearest useful block, so its DMA is not issued either. Segment ids of packed rows travel
 lane- and sublane-broadcast ([B, T, 128] for queries, [B, 8, T] for keys: the layouts Mosaic tiles)
 and mask keys of other examples; every query sees at least itself, so each softmax row has a real
 maximum. Per-row statistics (max, sum, logsumexp, delta) are kept 128 lanes wide for the same reason.
@@ -30,6 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from synergen_jax.kernels.flash_vjp import flash_with_vjp
+from synergen_jax.kernels.segment_blocks import visible_block_ranges
 
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
 LANES, SUBLANES = 128, 8
@@ -62,13 +64,40 @@ def _visible(i, j, block_q, block_k):
   return j * block_k <= (i + 1) * block_q - 1
 
 
-def _fwd_kernel(*refs, scale, causal, segmented, block_q, block_k):
+def _block_range(ranges_ref, b, row, rows):
+  """[start, stop) of the column blocks that share a segment with row block `row` of batch row b
+  (segment_blocks.py; scalar-prefetched into SMEM, flattened)."""
+  at = 2 * (b * rows + row)
+  return ranges_ref[at], ranges_ref[at + 1]
+
+
+def _run_if(condition, step):
+  if condition is None:
+    step()
+  else:
+    pl.when(condition)(step)
+
+
+def _and(a, b):
+  return b if a is None else a & b
+
+
+def _k_step_visible(ranges_ref, b, i, j, causal, segmented, block_q, block_k, q_blocks):
+  """Whether k block j can hold a key visible to q block i (None: always)."""
+  condition = _visible(i, j, block_q, block_k) if causal else None
+  if segmented:
+    start, stop = _block_range(ranges_ref, b, i, q_blocks)
+    condition = _and(condition, (j >= start) & (j < stop))
+  return condition
+
+
+def _fwd_kernel(ranges_ref, *refs, scale, causal, segmented, block_q, block_k):
   if segmented:
     q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
   else:
     q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
     qseg_ref = kseg_ref = None
-  i, j = pl.program_id(2), pl.program_id(3)
+  b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
   def _init():
@@ -90,10 +119,8 @@ def _fwd_kernel(*refs, scale, causal, segmented, block_q, block_k):
     v = v_ref[...]
     acc_sc[...] = acc_sc[...] * correction[:, :1] + _dot(p.astype(v.dtype), v)
 
-  if causal:
-    pl.when(_visible(i, j, block_q, block_k))(_step)
-  else:
-    _step()
+  _run_if(_k_step_visible(ranges_ref, b, i, j, causal, segmented, block_q, block_k,
+                          pl.num_programs(2)), _step)
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -102,14 +129,14 @@ def _fwd_kernel(*refs, scale, causal, segmented, block_q, block_k):
     lse_ref[...] = m_sc[...] + jnp.log(l)
 
 
-def _dkv_kernel(*refs, scale, causal, segmented, block_q, block_k):
+def _dkv_kernel(ranges_ref, *refs, scale, causal, segmented, block_q, block_k):
   if segmented:
     (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dk_ref, dv_ref,
      dk_sc, dv_sc) = refs
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, dk_sc, dv_sc = refs
     qseg_ref = kseg_ref = None
-  j, g, i = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+  b, j, g, i = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
 
   @pl.when((g == 0) & (i == 0))
   def _init():
@@ -126,10 +153,11 @@ def _dkv_kernel(*refs, scale, causal, segmented, block_q, block_k):
     ds = p * (_dot(do, v, _NT) - delta_ref[...][:, :1]) * scale
     dk_sc[...] += _dot(ds.astype(q.dtype), q, _TN)
 
-  if causal:
-    pl.when(_visible(i, j, block_q, block_k))(_step)
-  else:
-    _step()
+  condition = _visible(i, j, block_q, block_k) if causal else None
+  if segmented:   # only q blocks that share a segment with k block j
+    start, stop = _block_range(ranges_ref, b, j, pl.num_programs(2))
+    condition = _and(condition, (i >= start) & (i < stop))
+  _run_if(condition, _step)
 
   @pl.when((g == pl.num_programs(3) - 1) & (i == pl.num_programs(4) - 1))
   def _finish():
@@ -137,13 +165,13 @@ def _dkv_kernel(*refs, scale, causal, segmented, block_q, block_k):
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(*refs, scale, causal, segmented, block_q, block_k):
+def _dq_kernel(ranges_ref, *refs, scale, causal, segmented, block_q, block_k):
   if segmented:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, dq_ref, dq_sc = refs
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_sc = refs
     qseg_ref = kseg_ref = None
-  i, j = pl.program_id(2), pl.program_id(3)
+  b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
   def _init():
@@ -158,10 +186,8 @@ def _dq_kernel(*refs, scale, causal, segmented, block_q, block_k):
     ds = p * (_dot(do, v, _NT) - delta_ref[...][:, :1]) * scale
     dq_sc[...] += _dot(ds.astype(k.dtype), k)
 
-  if causal:
-    pl.when(_visible(i, j, block_q, block_k))(_step)
-  else:
-    _step()
+  _run_if(_k_step_visible(ranges_ref, b, i, j, causal, segmented, block_q, block_k,
+                          pl.num_programs(2)), _step)
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -172,13 +198,34 @@ def _dq_kernel(*refs, scale, causal, segmented, block_q, block_k):
 # pallas_call wrappers and the custom_vjp. Arrays here are [B, H, T, D].
 # ---------------------------------------------------------------------------------------------------
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, semantics, interpret, *args):
+def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, semantics, interpret, ranges,
+          *args):
+  """pallas_call with the flattened block ranges scalar-prefetched into SMEM: kernels and index maps
+  get them as their first / last argument."""
   return pl.pallas_call(
       kernel, out_shape=out_shape,
-      grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=0, grid=grid, in_specs=in_specs,
+      grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=1, grid=grid, in_specs=in_specs,
                                              out_specs=out_specs, scratch_shapes=scratch),
       compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
-      interpret=pltpu.InterpretParams() if interpret else False)(*args)
+      interpret=pltpu.InterpretParams() if interpret else False)(ranges.reshape(-1), *args)
+
+
+def _ranges(seg, block_rows, block_cols):
+  """Segment block ranges (segment_blocks.py), or a placeholder the kernels never read."""
+  if seg is None:
+    return jnp.zeros((2,), jnp.int32)
+  return visible_block_ranges(seg, block_rows, block_cols)
+
+
+def _clamp_k(ranges_ref, b, i, j, causal, segmented, block_q, block_k, q_blocks):
+  """The k block to fetch at step j of q block i: j itself while visible, else the nearest visible
+  block, so skipped steps repeat a block index and Pallas issues no DMA for them."""
+  if causal:
+    j = jnp.minimum(j, _last_k_block(i, block_q, block_k))
+  if segmented:
+    start, stop = _block_range(ranges_ref, b, i, q_blocks)
+    j = jnp.maximum(jnp.minimum(j, stop - 1), start)
+  return j
 
 
 def _segment_layouts(seg):
@@ -203,30 +250,30 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
   batch, heads, length, head_dim = q.shape
   groups = heads // k.shape[1]
   nq, nk = length // block_q, length // block_k
-  kv_index = ((lambda b, h, i, j: (b, _floordiv(h, groups), jnp.minimum(j, _last_k_block(i, block_q, block_k)), 0))
-              if causal else (lambda b, h, i, j: (b, _floordiv(h, groups), j, 0)))
-  in_specs = [pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0)),
-              pl.BlockSpec((None, None, block_k, head_dim), kv_index),
-              pl.BlockSpec((None, None, block_k, head_dim), kv_index)]
+  segmented = seg is not None
+  k_j = lambda b, i, j, r: _clamp_k(r, b, i, j, causal, segmented, block_q, block_k, nq)
+  kv_spec = pl.BlockSpec((None, None, block_k, head_dim),
+                         lambda b, h, i, j, r: (b, _floordiv(h, groups), k_j(b, i, j, r), 0))
+  q_spec = pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j, r: (b, h, i, 0))
+  in_specs = [q_spec, kv_spec, kv_spec]
   args = [q, k, v]
-  if seg is not None:
+  if segmented:
     qseg, kseg = _segment_layouts(seg)
-    k_seg_index = ((lambda b, h, i, j: (b, 0, jnp.minimum(j, _last_k_block(i, block_q, block_k))))
-                   if causal else (lambda b, h, i, j: (b, 0, j)))
-    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j: (b, i, 0)),
-                 pl.BlockSpec((None, SUBLANES, block_k), k_seg_index)]
+    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j, r: (b, i, 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k),
+                              lambda b, h, i, j, r: (b, 0, k_j(b, i, j, r)))]
     args += [qseg, kseg]
-  kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, segmented=seg is not None,
+  kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, segmented=segmented,
                              block_q=block_q, block_k=block_k)
   o, lse = _call(
       kernel, (batch, heads, nq, nk), in_specs,
-      [pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0)),
-       pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j: (b, h, i, 0))],
+      [q_spec, pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j, r: (b, h, i, 0))],
       [jax.ShapeDtypeStruct(q.shape, q.dtype),
        jax.ShapeDtypeStruct((batch, heads, length, LANES), jnp.float32)],
       [pltpu.VMEM((block_q, LANES), jnp.float32), pltpu.VMEM((block_q, LANES), jnp.float32),
        pltpu.VMEM((block_q, head_dim), jnp.float32)],
-      ("parallel", "parallel", "parallel", "arbitrary"), interpret, *args)
+      ("parallel", "parallel", "parallel", "arbitrary"), interpret,
+      _ranges(seg, block_q, block_k), *args)
   return o, lse
 
 
@@ -241,20 +288,27 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
   if segmented:
     qseg, kseg = _segment_layouts(seg)
 
-  # dK/dV: grid (b, kv head, k block j, group member g, q block i); q blocks before the first one
-  # that can see k block j are clamped to it (no DMA) and skipped.
-  first_q = lambda j: _floordiv(j * block_k, block_q)
-  q_i = (lambda i, j: jnp.maximum(i, first_q(j))) if causal else (lambda i, j: i)
+  # dK/dV: grid (b, kv head, k block j, group member g, q block i); q blocks that cannot see k block
+  # j (before the diagonal, or sharing none of its segments) are clamped to the nearest one that can
+  # (no DMA) and skipped.
+  def q_i(b, j, i, r):
+    if causal:
+      i = jnp.maximum(i, _floordiv(j * block_k, block_q))
+    if segmented:
+      start, stop = _block_range(r, b, j, nk)
+      i = jnp.maximum(jnp.minimum(i, stop - 1), start)
+    return i
   q_spec = pl.BlockSpec((None, None, block_q, head_dim),
-                        lambda b, kh, j, g, i: (b, kh * groups + g, q_i(i, j), 0))
+                        lambda b, kh, j, g, i, r: (b, kh * groups + g, q_i(b, j, i, r), 0))
   row_spec = pl.BlockSpec((None, None, block_q, LANES),
-                          lambda b, kh, j, g, i: (b, kh * groups + g, q_i(i, j), 0))
-  kv_spec = pl.BlockSpec((None, None, block_k, head_dim), lambda b, kh, j, g, i: (b, kh, j, 0))
+                          lambda b, kh, j, g, i, r: (b, kh * groups + g, q_i(b, j, i, r), 0))
+  kv_spec = pl.BlockSpec((None, None, block_k, head_dim), lambda b, kh, j, g, i, r: (b, kh, j, 0))
   in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   args = [q, k, v, do, lse, delta]
   if segmented:
-    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, kh, j, g, i: (b, q_i(i, j), 0)),
-                 pl.BlockSpec((None, SUBLANES, block_k), lambda b, kh, j, g, i: (b, 0, j))]
+    in_specs += [pl.BlockSpec((None, block_q, LANES),
+                              lambda b, kh, j, g, i, r: (b, q_i(b, j, i, r), 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k), lambda b, kh, j, g, i, r: (b, 0, j))]
     args += [qseg, kseg]
   dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, segmented=segmented,
                           block_q=block_q, block_k=block_k)
@@ -262,24 +316,28 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
       dkv, (batch, kv_heads, nk, groups, nq), in_specs, [kv_spec, kv_spec],
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       [pltpu.VMEM((block_k, head_dim), jnp.float32), pltpu.VMEM((block_k, head_dim), jnp.float32)],
-      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), interpret, *args)
+      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), interpret,
+      _ranges(seg, block_k, block_q), *args)
 
-  # dQ: grid (b, h, q block i, k block j), k blocks past the diagonal clamped and skipped.
-  k_j = (lambda i, j: jnp.minimum(j, _last_k_block(i, block_q, block_k))) if causal else (lambda i, j: j)
-  q_spec = pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j: (b, h, i, 0))
-  row_spec = pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j: (b, h, i, 0))
-  kv_spec = pl.BlockSpec((None, None, block_k, head_dim), lambda b, h, i, j: (b, _floordiv(h, groups), k_j(i, j), 0))
+  # dQ: grid (b, h, q block i, k block j), invisible k blocks clamped and skipped as in the forward.
+  k_j = lambda b, i, j, r: _clamp_k(r, b, i, j, causal, segmented, block_q, block_k, nq)
+  q_spec = pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i, j, r: (b, h, i, 0))
+  row_spec = pl.BlockSpec((None, None, block_q, LANES), lambda b, h, i, j, r: (b, h, i, 0))
+  kv_spec = pl.BlockSpec((None, None, block_k, head_dim),
+                         lambda b, h, i, j, r: (b, _floordiv(h, groups), k_j(b, i, j, r), 0))
   in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   args = [q, k, v, do, lse, delta]
   if segmented:
-    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j: (b, i, 0)),
-                 pl.BlockSpec((None, SUBLANES, block_k), lambda b, h, i, j: (b, 0, k_j(i, j)))]
+    in_specs += [pl.BlockSpec((None, block_q, LANES), lambda b, h, i, j, r: (b, i, 0)),
+                 pl.BlockSpec((None, SUBLANES, block_k),
+                              lambda b, h, i, j, r: (b, 0, k_j(b, i, j, r)))]
     args += [qseg, kseg]
   dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, segmented=segmented,
                                 block_q=block_q, block_k=block_k)
   dq = _call(dq_kernel, (batch, heads, nq, nk), in_specs, q_spec,
              jax.ShapeDtypeStruct(q.shape, q.dtype), [pltpu.VMEM((block_q, head_dim), jnp.float32)],
-             ("parallel", "parallel", "parallel", "arbitrary"), interpret, *args)
+             ("parallel", "parallel", "parallel", "arbitrary"), interpret,
+             _ranges(seg, block_q, block_k), *args)
   return dq, dk, dv
 
 

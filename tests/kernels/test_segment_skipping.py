@@ -1,4 +1,4 @@
-"""The GPU flash kernels never visit blocks that share no segment with the block they work on.
+"""The flash kernels never visit blocks that share no segment with the block they work on.
 
 Skipping is checked by its effect: NaNs placed only where one packed example's queries cannot look
 (the other example's values, or its cotangents) reach that example's outputs and gradients if and
@@ -12,7 +12,8 @@ import pytest
 
 from synergen_jax.kernels.attention import attention, xla_attention
 
-CASES = [("pallas_gpu", jnp.float32, 2e-5, 64), ("pallas_mgpu", jnp.bfloat16, 3e-2, 64)]
+CASES = [("pallas_gpu", jnp.float32, 2e-5, 64), ("pallas_mgpu", jnp.bfloat16, 3e-2, 64),
+         ("pallas_tpu", jnp.float32, 2e-5, 128)]
 
 
 @pytest.mark.parametrize("impl,dtype,tol,block", CASES, ids=[c[0] for c in CASES])
