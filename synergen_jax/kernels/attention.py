@@ -17,7 +17,8 @@ heads). Implementations:
 
 `auto` picks per platform and logs its choice once: `pallas_tpu` on TPU (its kernels compile for TPU
 chips ahead of time and match the reference in interpret mode, and XLA's reference would build the
-full score tensor), `xla` elsewhere until the GPU kernel has been compiled and timed on a GPU.
+full score tensor), `xla` elsewhere until the GPU kernels (which compile for H100, see
+bench/gpu_compile.py) have been timed on a GPU: which of them is faster there is not known yet.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ kernel sums over the query heads of its group without atomics.
             group's query heads and the q blocks that can see the block) and one for dQ (grid over
             q blocks, loop over k blocks).
 
-Causal masking skips every k block entirely above the diagonal (the loops start/stop at the first
-and last block that can hold a visible key). Segment ids mask keys of other packed examples; every
-query sees at least itself (padding carries its own id), which keeps each softmax row non-empty.
+The loops start/stop at the first and last block that can hold a visible key: causal masking ends
+them at the diagonal, and with segment ids they skip blocks sharing no segment with the block
+(`segment_blocks.py`). Inside, segment ids mask keys of other packed examples; every query sees at
+least itself (padding carries its own id), which keeps each softmax row non-empty.
 Scores and accumulators are float32 for f32 and bf16 inputs. `interpret=True` runs the same kernels
 with Pallas' interpreter on any backend (the CPU tests).
 """
@@ -52,8 +53,8 @@ def _k_block_range(range_ref, i, causal, block_q, block_k, k_blocks, segmented):
   return start, stop
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref, *, scale, causal,
-                block_k, segmented):
+def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref, *, scale,
+                causal, block_k, segmented):
   block_q, head_dim = q_ref.shape
   kv_len = k_ref.shape[0]
   i = pl.program_id(0)
@@ -84,9 +85,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_r
   lse_ref[...] = m + jnp.log(l)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref, dk_ref,
-                dv_ref,
-                *, scale, causal, block_q, segmented):
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref,
+                dk_ref, dv_ref, *, scale, causal, block_q, segmented):
   block_k, head_dim = k_ref.shape
   q_len, groups = q_ref.shape[0], q_ref.shape[1]
   j = pl.program_id(0)
@@ -120,9 +120,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref, dq_ref, *,
-               scale,
-               causal, block_k, segmented):
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref, range_ref,
+               dq_ref, *, scale, causal, block_k, segmented):
   block_q, head_dim = q_ref.shape
   kv_len = k_ref.shape[0]
   i = pl.program_id(0)
