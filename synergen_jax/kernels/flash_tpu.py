@@ -10,11 +10,12 @@ reduction in the innermost grid dimension ("arbitrary") with float32 accumulator
   dQ       grid (b, h, q block, k block).
 
 Skipping: a block entirely above the diagonal, or (with segment ids) one sharing no segment with the
-block being computed (`segment_blocks.py`'s ranges, scalar-prefetched into SMEM), is skipped
-(`pl.when`) and its index map is clamped to the nearest useful block, so its DMA is not issued either. Segment ids of packed rows travel
-lane- and sublane-broadcast ([B, T, 128] for queries, [B, 8, T] for keys: the layouts Mosaic tiles)
-and mask keys of other examples; every query sees at least itself, so each softmax row has a real
-maximum. Per-row statistics (max, sum, logsumexp, delta) are kept 128 lanes wide for the same reason.
+block being computed, is skipped (`pl.when`) and its index map is clamped to the nearest useful
+block, so its DMA is not issued either. The segment ranges (`segment_blocks.py`) are
+scalar-prefetched into SMEM: two int32 per (row, block), 8 KiB for 32 rows of 4,096 in 128-blocks.
+Segment ids of packed rows travel lane- and sublane-broadcast ([B, T, 128] for queries, [B, 8, T]
+for keys: the layouts Mosaic tiles) and mask keys of other examples; every query sees at least
+itself, so each softmax row has a real maximum. Per-row statistics (max, sum, logsumexp, delta) are kept 128 lanes wide for the same reason.
 
 `interpret=True` runs the same kernels in Pallas' TPU interpret mode (TPU memory spaces and grid
 semantics simulated on any backend): how the CPU tests run them. On a CPU host with libtpu they also
