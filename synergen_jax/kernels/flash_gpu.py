@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from synergen_jax.kernels.flash_vjp import flash_with_vjp
-from synergen_jax.kernels.segment_blocks import visible_block_ranges
+from synergen_jax.kernels.flash_vjp import check_self_attention, flash_with_vjp
+from synergen_jax.kernels.segment_blocks import kernel_block_ranges
 
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
 
@@ -156,17 +156,11 @@ def _params(interpret, num_warps=4):
       num_warps=num_warps, num_stages=2))
 
 
-def _ranges(seg, segmented, block_rows, block_cols):
-  """Per row block, the column-block range sharing its segments; zeros (never read) unsegmented."""
-  if not segmented:
-    return jnp.zeros((seg.shape[0], seg.shape[1] // block_rows, 2), jnp.int32)
-  return visible_block_ranges(seg, block_rows, block_cols)
-
-
 def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
   batch, length, heads, head_dim = q.shape
   groups = heads // k.shape[2]
   segmented = seg is not None
+  ranges = kernel_block_ranges(seg, batch, length, block_q, block_k)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, block_k=block_k,
                              segmented=segmented)
@@ -182,7 +176,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
                  pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
-      **_params(interpret))(q, k, v, seg, seg, _ranges(seg, segmented, block_q, block_k))
+      **_params(interpret))(q, k, v, seg, seg, ranges)
   return o, lse
 
 
@@ -191,12 +185,14 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
   kv_heads = k.shape[2]
   groups = heads // kv_heads
   segmented = seg is not None
+  dkv_block_q = 32 if block_q % 32 == 0 else block_q      # see the dK/dV call below
+  q_ranges = kernel_block_ranges(seg, batch, length, block_q, block_k)
+  k_ranges = kernel_block_ranges(seg, batch, length, block_k, dkv_block_q)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
   # dK/dV holds two [block_k, head_dim] float32 accumulators: with 4 warps and 64-row q steps
   # ptxas spills it at head_dim 128 (255 registers, 260 B; bench/gpu_compile.py). 8 warps over 32-row
   # q steps need 200 registers and no spills.
-  dkv_block_q = 32 if block_q % 32 == 0 else block_q
   dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, block_q=dkv_block_q,
                           segmented=segmented)
   full_q = pl.BlockSpec((None, length, groups, head_dim), lambda j, b, kh: (b, 0, kh, 0))
@@ -210,8 +206,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
                 pl.BlockSpec((None, None, 2), lambda j, b, kh: (b, j, 0))],
       out_specs=[kv_block, kv_block],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      **_params(interpret, num_warps=8))(q, k, v, do, lse, delta, seg, seg,
-                                         _ranges(seg, segmented, block_k, dkv_block_q))
+      **_params(interpret, num_warps=8))(q, k, v, do, lse, delta, seg, seg, k_ranges)
   dq_kernel = functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k,
                                 segmented=segmented)
   q_block = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, i, h, 0))
@@ -224,8 +219,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
                 pl.BlockSpec((None, length), lambda i, b, h: (b, 0)),
                 pl.BlockSpec((None, None, 2), lambda i, b, h: (b, i, 0))],
       out_specs=q_block, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      **_params(interpret))(q, k, v, do, lse, delta, seg, seg,
-                            _ranges(seg, segmented, block_q, block_k))
+      **_params(interpret))(q, k, v, do, lse, delta, seg, seg, q_ranges)
   return dq, dk, dv
 
 
@@ -238,9 +232,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, block_q=None, blo
                     interpret=False):
   """[batch, length, heads, head_dim] flash attention (see the module docstring)."""
   length, head_dim = q.shape[1], q.shape[3]
-  if k.shape[1] != length:
-    raise ValueError(f"pallas_gpu attention needs q_len == kv_len (got {length} and {k.shape[1]}); "
-                     "KV-cache decoding uses kernels.attention.decode_attention")
+  check_self_attention("pallas_gpu", q, k)
   block_q = min(block_q or DEFAULT_BLOCKS[0], length)
   block_k = min(block_k or DEFAULT_BLOCKS[1], length)
   if length % block_q or length % block_k:

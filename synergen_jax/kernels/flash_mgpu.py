@@ -40,8 +40,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from synergen_jax.kernels.flash_vjp import flash_with_vjp
-from synergen_jax.kernels.segment_blocks import visible_block_ranges
+from synergen_jax.kernels.flash_vjp import check_self_attention, flash_with_vjp
+from synergen_jax.kernels.segment_blocks import kernel_block_ranges
 
 LOG2E = math.log2(math.e)
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
@@ -128,11 +128,17 @@ def _k_block_range(ranges_ref, b, i, causal, block_q, block_k, k_blocks):
   return start, stop
 
 
-def _ranges(seg, block_rows, block_cols):
-  """Segment block ranges for the kernels, or a placeholder they never read."""
-  if seg is None:
-    return jnp.zeros((1, 1, 2), jnp.int32)
-  return visible_block_ranges(seg, block_rows, block_cols)
+def _kv_fetcher(k_ref, v_ref, seg_ref, k_smem, v_smem, kseg_smem, k_bar, v_bar, kseg_bar, b, kh,
+                block_k):
+  """fetch(step, slot): TMA copies of k block `step` of kv head kh (and its key segment ids when
+  seg_ref is given) into SMEM slot `slot`, each arriving on that slot's barrier."""
+  def fetch(step, slot):
+    rows = pl.ds(step * block_k, block_k)
+    plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kh], k_smem.at[slot], k_bar.at[slot])
+    plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kh], v_smem.at[slot], v_bar.at[slot])
+    if seg_ref is not None:
+      plgpu.copy_gmem_to_smem(seg_ref.at[b, rows], kseg_smem.at[slot], kseg_bar.at[slot])
+  return fetch
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,13 +160,8 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
     q_rows = pl.ds(i * block_q, block_q)
     start, stop = _k_block_range(ranges_ref if segmented else None, b, i, causal, block_q, block_k,
                                  length // block_k)
-
-    def fetch(step, slot):
-      rows = pl.ds(step * block_k, block_k)
-      plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kh], k_smem.at[slot], k_bar.at[slot])
-      plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kh], v_smem.at[slot], v_bar.at[slot])
-      if segmented:
-        plgpu.copy_gmem_to_smem(seg_ref.at[b, rows], kseg_smem.at[slot], kseg_bar.at[slot])
+    fetch = _kv_fetcher(k_ref, v_ref, seg_ref if segmented else None, k_smem, v_smem, kseg_smem,
+                        k_bar, v_bar, kseg_bar, b, kh, block_k)
 
     fetch(start, 0)
     plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_smem, q_bar.at[0])
@@ -215,7 +216,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=2)]
   out_type = (jax.ShapeDtypeStruct(q.shape, dtype),
               jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
-  ranges = _ranges(seg, block_q, block_k)
+  ranges = kernel_block_ranges(seg, batch, length, block_q, block_k)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, out_type, (heads, length // block_q, batch), ("heads", "q", "batch"),
                  scratch, interpret)(q, k, v, seg, ranges)
@@ -241,13 +242,8 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
     q_rows = pl.ds(i * block_q, block_q)
     start, stop = _k_block_range(ranges_ref if segmented else None, b, i, causal, block_q, block_k,
                                  length // block_k)
-
-    def fetch(step, slot):
-      rows = pl.ds(step * block_k, block_k)
-      plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kh], k_smem.at[slot], k_bar.at[slot])
-      plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kh], v_smem.at[slot], v_bar.at[slot])
-      if segmented:
-        plgpu.copy_gmem_to_smem(seg_ref.at[b, rows], kseg_smem.at[slot], kseg_bar.at[slot])
+    fetch = _kv_fetcher(k_ref, v_ref, seg_ref if segmented else None, k_smem, v_smem, kseg_smem,
+                        k_bar, v_bar, kseg_bar, b, kh, block_k)
 
     fetch(start, 0)
     plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_smem, q_bar.at[0])
@@ -296,7 +292,7 @@ def _dq(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpret
              _smem((2, block_k, head_dim), dtype, True), _smem((2, block_k), jnp.int32),
              plgpu.Barrier(num_barriers=5), plgpu.Barrier(num_barriers=2),
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=2)]
-  ranges = _ranges(seg, block_q, block_k)
+  ranges = kernel_block_ranges(seg, batch, length, block_q, block_k)
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, jax.ShapeDtypeStruct(q.shape, dtype), (heads, length // block_q, batch),
                  ("heads", "q", "batch"), scratch, interpret)(
@@ -392,7 +388,7 @@ def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpre
              plgpu.Barrier(num_barriers=3), plgpu.Barrier(num_barriers=2),
              plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=6)]
   out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
-  ranges = _ranges(seg, block_k, block_q)       # q blocks per k block
+  ranges = kernel_block_ranges(seg, batch, length, block_k, block_q)       # q blocks per k block
   seg = seg if segmented else jnp.zeros((batch, length), jnp.int32)
   return _kernel(kernel, out_type, (kv_heads, length // block_k, batch),
                  ("kv_heads", "k", "batch"), scratch, interpret)(
@@ -413,9 +409,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, block_q=None, blo
                     interpret=False):
   """[batch, length, heads, head_dim] flash attention on Hopper (see the module docstring)."""
   length, head_dim = q.shape[1], q.shape[3]
-  if k.shape[1] != length:
-    raise ValueError(f"pallas_mgpu attention needs q_len == kv_len (got {length} and {k.shape[1]}); "
-                     "KV-cache decoding uses kernels.attention.decode_attention")
+  check_self_attention("pallas_mgpu", q, k)
   if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"pallas_mgpu attention (wgmma) takes bfloat16 or float16 q/k/v; got "
                      f"{q.dtype}/{k.dtype}/{v.dtype} (pallas_gpu takes float32)")

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from synergen_jax.kernels.flash_vjp import flash_with_vjp
-from synergen_jax.kernels.segment_blocks import visible_block_ranges
+from synergen_jax.kernels.flash_vjp import check_self_attention, flash_with_vjp
+from synergen_jax.kernels.segment_blocks import kernel_block_ranges
 
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
 LANES, SUBLANES = 128, 8
@@ -211,13 +211,6 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, semantics, inte
       interpret=pltpu.InterpretParams() if interpret else False)(ranges.reshape(-1), *args)
 
 
-def _ranges(seg, block_rows, block_cols):
-  """Segment block ranges (segment_blocks.py), or a placeholder the kernels never read."""
-  if seg is None:
-    return jnp.zeros((2,), jnp.int32)
-  return visible_block_ranges(seg, block_rows, block_cols)
-
-
 def _clamp_k(ranges_ref, b, i, j, causal, segmented, block_q, block_k, q_blocks):
   """The k block to fetch at step j of q block i: j itself while visible, else the nearest visible
   block, so skipped steps repeat a block index and Pallas issues no DMA for them."""
@@ -274,7 +267,7 @@ def _forward(q, k, v, seg, causal, scale, block_q, block_k, interpret):
       [pltpu.VMEM((block_q, LANES), jnp.float32), pltpu.VMEM((block_q, LANES), jnp.float32),
        pltpu.VMEM((block_q, head_dim), jnp.float32)],
       ("parallel", "parallel", "parallel", "arbitrary"), interpret,
-      _ranges(seg, block_q, block_k), *args)
+      kernel_block_ranges(seg, batch, length, block_q, block_k), *args)
   return o, lse
 
 
@@ -318,7 +311,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       [pltpu.VMEM((block_k, head_dim), jnp.float32), pltpu.VMEM((block_k, head_dim), jnp.float32)],
       ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), interpret,
-      _ranges(seg, block_k, block_q), *args)
+      kernel_block_ranges(seg, batch, length, block_k, block_q), *args)
 
   # dQ: grid (b, h, q block i, k block j), invisible k blocks clamped and skipped as in the forward.
   k_j = lambda b, i, j, r: _clamp_k(r, b, i, j, causal, segmented, block_q, block_k, nq)
@@ -338,7 +331,7 @@ def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpr
   dq = _call(dq_kernel, (batch, heads, nq, nk), in_specs, q_spec,
              jax.ShapeDtypeStruct(q.shape, q.dtype), [pltpu.VMEM((block_q, head_dim), jnp.float32)],
              ("parallel", "parallel", "parallel", "arbitrary"), interpret,
-             _ranges(seg, block_q, block_k), *args)
+             kernel_block_ranges(seg, batch, length, block_q, block_k), *args)
   return dq, dk, dv
 
 
@@ -349,9 +342,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, block_q=None, blo
                     interpret=False):
   """[batch, length, heads, head_dim] flash attention on TPU (see the module docstring)."""
   length = q.shape[1]
-  if k.shape[1] != length:
-    raise ValueError(f"pallas_tpu attention needs q_len == kv_len (got {length} and {k.shape[1]}); "
-                     "KV-cache decoding uses kernels.attention.decode_attention")
+  check_self_attention("pallas_tpu", q, k)
   block_q = min(block_q or DEFAULT_BLOCKS[0], length)
   block_k = min(block_k or DEFAULT_BLOCKS[1], length)
   sublanes = 16 if q.dtype == jnp.bfloat16 else SUBLANES

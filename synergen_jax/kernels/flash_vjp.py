@@ -1,5 +1,6 @@
-"""The custom_vjp both flash kernels share: forward saves (q, k, v, segment ids, o, logsumexp), the
-backward pass gets them back. Each kernel module supplies its own `forward` and `backward`."""
+"""What the flash kernels share: the custom_vjp (forward saves q, k, v, segment ids, o and the
+logsumexp; the backward pass gets them back; each kernel module supplies its own `forward` and
+`backward`) and the check that they are given self-attention."""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def flash_with_vjp(forward, backward):
 
   flash.defvjp(flash_fwd, flash_bwd)
   return flash
+
+
+def check_self_attention(impl: str, q, k) -> None:
+  """The flash kernels attend a sequence to itself (training, scoring, prefill of whole rows)."""
+  if k.shape[1] != q.shape[1]:
+    raise ValueError(f"{impl} attention needs q_len == kv_len (got {q.shape[1]} and {k.shape[1]}); "
+                     "KV-cache decoding uses kernels.attention.decode_attention")

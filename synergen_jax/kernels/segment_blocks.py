@@ -36,3 +36,12 @@ def visible_block_ranges(segment_ids: jax.Array, block_rows: int, block_cols: in
   first = first.reshape(batch, length // block_rows, block_rows).min(axis=-1)
   last = last.reshape(batch, length // block_rows, block_rows).max(axis=-1)
   return jnp.stack([first // block_cols, last // block_cols + 1], axis=-1).astype(jnp.int32)
+
+
+def kernel_block_ranges(segment_ids: jax.Array | None, batch: int, length: int, block_rows: int,
+                        block_cols: int) -> jax.Array:
+  """visible_block_ranges for a kernel's operand; without segment ids, zeros of the same shape (the
+  kernels then never read them, but their pallas_call still takes the operand)."""
+  if segment_ids is None:
+    return jnp.zeros((batch, length // block_rows, 2), jnp.int32)
+  return visible_block_ranges(segment_ids, block_rows, block_cols)
