@@ -44,6 +44,8 @@ flags.DEFINE_integer("heads", 16, "query heads")
 flags.DEFINE_integer("kv_heads", 8, "key/value heads")
 flags.DEFINE_string("dtype", "bfloat16", "input dtype")
 flags.DEFINE_bool("packed", True, "with segment ids")
+flags.DEFINE_integer("block_q", 0, "query block (0 = the kernel's default)")
+flags.DEFINE_integer("block_k", 0, "key block (0 = the kernel's default)")
 
 TRITON_NAMES = {"_fwd_kernel": "forward", "_dkv_kernel": "dK/dV", "_dq_kernel": "dQ"}
 
@@ -75,14 +77,16 @@ def _kernels(impl, scale, packed):
   s = lambda seg: seg if packed else None
   if impl == "pallas_mgpu":
     from synergen_jax.kernels import flash_mgpu as m
-    bq, bk = m.DEFAULT_BLOCKS
-    blocks = (True, scale, bq, bk, False)
+    bq, bk = FLAGS.block_q or m.DEFAULT_BLOCKS[0], FLAGS.block_k or m.DEFAULT_BLOCKS[1]
+    fwd, bwd = (True, scale, bq, bk, False), (True, scale, *m.BACKWARD_BLOCKS, False)
+    if FLAGS.block_q or FLAGS.block_k:      # probing other blocks: the backward takes them too
+      bwd = fwd
     return [
-        ("forward", lambda q, k, v, seg, do, lse, delta: m._forward(q, k, v, s(seg), *blocks)),
-        ("dK/dV", lambda q, k, v, seg, do, lse, delta: m._dkv(q, k, v, s(seg), do, lse, delta, *blocks)),
-        ("dQ", lambda q, k, v, seg, do, lse, delta: m._dq(q, k, v, s(seg), do, lse, delta, *blocks))]
+        ("forward", lambda q, k, v, seg, do, lse, delta: m._forward(q, k, v, s(seg), *fwd)),
+        ("dK/dV", lambda q, k, v, seg, do, lse, delta: m._dkv(q, k, v, s(seg), do, lse, delta, *bwd)),
+        ("dQ", lambda q, k, v, seg, do, lse, delta: m._dq(q, k, v, s(seg), do, lse, delta, *bwd))]
   from synergen_jax.kernels import flash_gpu as g
-  bq, bk = g.DEFAULT_BLOCKS
+  bq, bk = FLAGS.block_q or g.DEFAULT_BLOCKS[0], FLAGS.block_k or g.DEFAULT_BLOCKS[1]
   blocks = (True, scale, bq, bk, False)
   return [("forward", lambda q, k, v, seg, do, lse, delta: g._forward(q, k, v, s(seg), *blocks)),
           ("backward", lambda q, k, v, seg, do, lse, delta: g._backward(q, k, v, s(seg), do, lse, do,
@@ -99,7 +103,8 @@ def main(argv):
   ptxas = _ptxas()
   seen: set[str] = set()
   print(f"target: {topology.devices[0].device_kind} (sm_90a), compile-only; heads "
-        f"{FLAGS.heads}/{FLAGS.kv_heads}, {dtype}, causal, packed={FLAGS.packed}")
+        f"{FLAGS.heads}/{FLAGS.kv_heads}, {dtype}, causal, packed={FLAGS.packed}, blocks "
+        f"{FLAGS.block_q or 'default'} x {FLAGS.block_k or 'default'}")
   print("| impl | kernel | T | head_dim | registers | spill stores / loads (bytes) |")
   print("|---|---|---|---|---|---|")
   for t in map(int, FLAGS.lengths.split(",")):

@@ -224,12 +224,13 @@ def _check_stack(name: str, s: StackConfig) -> None:
     _check(s.dtype in ("bfloat16", "float16"),
            f"config.model.attention_impl='pallas_mgpu' (wgmma) needs config.model.dtype bfloat16 or "
            f"float16, not {s.dtype!r}; use attention_impl=pallas_gpu for float32")
-    _check(s.head_dim % 64 == 0 and s.head_dim <= 256,
-           f"config.model.attention_impl='pallas_mgpu' needs {name}.head_dim a multiple of 64 up to "
-           f"256; got {s.head_dim} (use pallas_gpu)")
-    _check(s.attention_block_q % 64 == 0 and s.attention_block_k % 64 == 0,
-           f"config.model.attention_impl='pallas_mgpu' needs attention_block_q/k multiples of 64 "
-           f"(or 0 = 64); got {s.attention_block_q}, {s.attention_block_k}")
+    _check(s.head_dim in (64, 128),
+           f"config.model.attention_impl='pallas_mgpu' needs {name}.head_dim 64 or 128; got "
+           f"{s.head_dim} (use pallas_gpu)")
+    _check(s.attention_block_q in (0, 64) and s.attention_block_k in (0, 64, 128),
+           f"config.model.attention_impl='pallas_mgpu' needs attention_block_q 64 and "
+           f"attention_block_k 64 or 128 (0 = 64 x 128; larger blocks spill registers); got "
+           f"{s.attention_block_q}, {s.attention_block_k}")
   _check(s.norm_eps > 0, f"config.model.norm_eps={s.norm_eps} must be > 0")
   _check(s.rope_theta > 0, f"config.model.rope_theta={s.rope_theta} must be > 0")
 
@@ -277,7 +278,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
          f"codes folded {mc.fold[0]}x{mc.fold[1]} take {mc.windows_per_image} slots plus <boi>/<eoi> "
          f"= {needed}; raise seq_len or the fold ratio")
   if mc.llm.attention_impl == "pallas_mgpu":
-    blocks = (mc.llm.attention_block_q or 64, mc.llm.attention_block_k or 64)
+    blocks = (64, mc.llm.attention_block_k or 128)
     _check(seq_len % blocks[0] == 0 and seq_len % blocks[1] == 0,
            f"config.data.seq_len={seq_len} must be a multiple of the pallas_mgpu attention blocks "
            f"{blocks} (config.model.attention_block_q/k)")

@@ -116,9 +116,10 @@ def test_hopper_kernel_constraints_fail_before_device_work():
         setattr(c[section], field, value)
     return mutate
   _bad(mgpu(model__dtype="float32"), r"pallas_mgpu' \(wgmma\) needs config.model.dtype bfloat16")
-  _bad(mgpu(model__head_dim=96), r"config.model.head_dim a multiple of 64 up to 256; got 96")
-  _bad(mgpu(model__attention_block_k=32), r"attention_block_q/k multiples of 64")
-  _bad(mgpu(data__seq_len=96), r"seq_len=96 must be a multiple of the pallas_mgpu attention blocks")
+  _bad(mgpu(model__head_dim=256), r"config.model.head_dim 64 or 128; got 256")
+  _bad(mgpu(model__attention_block_q=128), r"attention_block_q 64 and attention_block_k 64 or 128")
+  _bad(mgpu(model__attention_block_k=32), r"attention_block_q 64 and attention_block_k 64 or 128")
+  _bad(mgpu(data__seq_len=192), r"seq_len=192 must be a multiple of the pallas_mgpu attention blocks")
   # A valid Hopper config: the LLM uses the kernel; the unfold head's one-window rows (shorter than
   # a wgmma tile, and its head_dim of 8 is not a multiple of 64) use the XLA reference.
   config, _ = tiny()

@@ -18,8 +18,8 @@ packed examples; every query sees at least itself (padding carries its own id), 
 softmax row non-empty.
 
 Constraints (checked with a message): bf16 or f16 inputs (wgmma; f32 goes to `pallas_gpu`), head_dim
-a multiple of 64 up to 256 (128-byte swizzled tiles), blocks multiples of 64, length a multiple of
-the blocks, q_len == kv_len.
+64 or 128, block_q 64 and block_k 64 or 128 for the forward (the backward runs 64 x 64: see
+DEFAULT_BLOCKS for why), length a multiple of the blocks, q_len == kv_len.
 
 `interpret=True` runs the same kernels in Pallas' Mosaic GPU interpret mode on any backend, with its
 race detector on: TMA copies, barriers, slots, loop bounds and masks are all exercised. That
@@ -45,7 +45,14 @@ from synergen_jax.kernels.segment_blocks import kernel_block_ranges
 
 LOG2E = math.log2(math.e)
 MASKED = -1e30          # finite: a row masked within one block must not produce NaNs
-DEFAULT_BLOCKS = (64, 64)
+# One warpgroup holds a 64-row tile of scores plus its float32 accumulators in registers. What ptxas
+# fits without spilling (bench/gpu_compile.py, H100, head_dim 64 and 128): the forward with 64 x 64
+# or 64 x 128 blocks, the backward only with 64 x 64 (its dK/dV keeps two [block_k, head_dim]
+# accumulators), and no kernel with 128-row q blocks or head_dim 256.
+DEFAULT_BLOCKS = (64, 128)            # forward (block_q, block_k); block_q is always 64
+FORWARD_BLOCK_K = (64, 128)
+BACKWARD_BLOCKS = (64, 64)
+HEAD_DIMS = (64, 128)
 WGMMA = plgpu.Layout.WGMMA
 ROWS = WGMMA.reduce(1)  # one value per row of a WGMMA-layout tile
 COLS = WGMMA.reduce(0)  # one value per column
@@ -396,8 +403,9 @@ def _dkv(q, k, v, seg, do, lse, delta, causal, scale, block_q, block_k, interpre
 
 
 def _backward(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
+  del block_q, block_k         # the forward's; the logsumexp is per query, whatever the blocks
   delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
-  args = (q, k, v, seg, do.astype(q.dtype), lse, delta, causal, scale, block_q, block_k, interpret)
+  args = (q, k, v, seg, do.astype(q.dtype), lse, delta, causal, scale, *BACKWARD_BLOCKS, interpret)
   dk, dv = _dkv(*args)
   return _dq(*args), dk, dv
 
@@ -413,14 +421,16 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, block_q=None, blo
   if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"pallas_mgpu attention (wgmma) takes bfloat16 or float16 q/k/v; got "
                      f"{q.dtype}/{k.dtype}/{v.dtype} (pallas_gpu takes float32)")
-  if head_dim % 64 or head_dim > 256:
-    raise ValueError(f"pallas_mgpu attention needs head_dim a multiple of 64 up to 256 (128-byte "
-                     f"swizzled tiles); got {head_dim}")
+  if head_dim not in HEAD_DIMS:
+    raise ValueError(f"pallas_mgpu attention needs head_dim in {HEAD_DIMS} (128-byte swizzled tiles; "
+                     f"256 spills registers in dK/dV); got {head_dim} (pallas_gpu takes others)")
   block_q = block_q or DEFAULT_BLOCKS[0]
   block_k = block_k or DEFAULT_BLOCKS[1]
-  if block_q % 64 or block_k % 64:
-    raise ValueError(f"pallas_mgpu attention needs blocks that are multiples of 64 (a warpgroup's "
-                     f"wgmma); got block_q={block_q}, block_k={block_k}")
+  if block_q != 64 or block_k not in FORWARD_BLOCK_K:
+    raise ValueError(f"pallas_mgpu attention needs block_q=64 (one warpgroup's rows) and block_k in "
+                     f"{FORWARD_BLOCK_K} (larger blocks spill registers); got block_q={block_q}, "
+                     f"block_k={block_k}. The backward always runs {BACKWARD_BLOCKS[0]} x "
+                     f"{BACKWARD_BLOCKS[1]}")
   if length % block_q or length % block_k:
     raise ValueError(f"pallas_mgpu attention: length {length} must be a multiple of "
                      f"block_q={block_q} and block_k={block_k}; pad the sequence or choose blocks "

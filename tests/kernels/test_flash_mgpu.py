@@ -18,9 +18,9 @@ from synergen_jax.kernels.flash_mgpu import flash_attention
 CASES = [  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k, dtype)
     (192, 4, 4, 64, True, True, 64, 64, jnp.bfloat16),      # length not a power of two
     (128, 4, 2, 128, False, True, 64, 64, jnp.float16),     # GQA 2, head_dim 128, f16
-    (256, 4, 1, 64, True, False, 128, 64, jnp.bfloat16),    # GQA 4, block_q > block_k
-    (256, 2, 2, 64, True, True, 64, 128, jnp.float16),      # block_k > block_q
-    (128, 2, 1, 128, False, False, 128, 128, jnp.bfloat16),  # one block per row
+    (256, 4, 1, 64, True, False, 64, 128, jnp.bfloat16),    # GQA 4, the forward's 128-key blocks
+    (256, 2, 2, 64, True, True, 64, 128, jnp.float16),
+    (128, 2, 1, 128, False, False, 64, 128, jnp.bfloat16),  # one key block per row
 ]
 TOL = {jnp.bfloat16: 3e-2, jnp.float16: 1e-2}
 
@@ -47,9 +47,8 @@ def test_entry_point_runs_the_mosaic_gpu_kernel_in_interpret_mode():
 
 LOWER_CASES = [  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k, dtype)
     (256, 8, 2, 128, True, True, 64, 64, jnp.bfloat16),
-    (512, 4, 4, 64, False, False, 128, 128, jnp.float16),
-    (256, 2, 1, 256, True, False, 64, 64, jnp.bfloat16),
-    (1024, 4, 1, 128, True, True, 128, 64, jnp.bfloat16),
+    (512, 4, 4, 64, False, False, 64, 128, jnp.float16),
+    (1024, 4, 1, 128, True, True, 64, 128, jnp.bfloat16),
 ]
 
 
@@ -97,14 +96,16 @@ def test_shapes_the_kernel_cannot_take_are_named():
   q, k, v, _ = attention_inputs(0, 1, 192, 2, 2, 64, False, jnp.bfloat16)
   with pytest.raises(ValueError, match="bfloat16 or float16"):
     flash_attention(q.astype(jnp.float32), k, v, interpret=True)
-  with pytest.raises(ValueError, match="multiple of 64 up to 256"):
+  with pytest.raises(ValueError, match=r"head_dim in \(64, 128\)"):
     flash_attention(q[..., :32], k[..., :32], v[..., :32], interpret=True)
-  with pytest.raises(ValueError, match="multiples of 64"):
-    flash_attention(q, k, v, block_q=32, interpret=True)
-  with pytest.raises(ValueError, match="multiple of block_q=128"):
-    flash_attention(q, k, v, block_q=128, interpret=True)
+  with pytest.raises(ValueError, match="block_q=64 .* got block_q=128"):
+    flash_attention(q, k, v, block_q=128, block_k=64, interpret=True)
+  with pytest.raises(ValueError, match=r"block_k in \(64, 128\)"):
+    flash_attention(q, k, v, block_k=192, interpret=True)
+  with pytest.raises(ValueError, match="multiple of block_q=64 and block_k=128"):
+    flash_attention(q, k, v, interpret=True)         # 192 rows, default 128-key blocks
   with pytest.raises(ValueError, match="q_len == kv_len"):
     flash_attention(q[:, :64], k, v, interpret=True)
   # The entry point hands the configured block sizes to the kernel.
-  with pytest.raises(ValueError, match="block_k=128"):
-    attention(q, k, v, impl="pallas_mgpu", interpret=True, block_k=128)
+  with pytest.raises(ValueError, match="got block_q=128, block_k=64"):
+    attention(q, k, v, impl="pallas_mgpu", interpret=True, block_q=128, block_k=64)
