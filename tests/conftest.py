@@ -1,9 +1,11 @@
-"""Test setup: 8 fake CPU devices, set before jax initialises its backends."""
+"""Test setup: 8 fake CPU devices (SYNERGEN_TEST_CPU_DEVICES overrides; the Mosaic GPU interpreter
+runs in a one-device child process), set before jax initialises its backends."""
 
 import os
 
+CPU_DEVICES = int(os.environ.get("SYNERGEN_TEST_CPU_DEVICES", "8"))
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           f" --xla_force_host_platform_device_count={CPU_DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402

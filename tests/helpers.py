@@ -1,5 +1,6 @@
 """Helpers shared by the tests: config loading and random packed batches."""
 
+import os
 import pathlib
 
 import numpy as np
@@ -96,3 +97,22 @@ def check_flash_against_reference(flash, q, k, v, seg, causal, dtype, tol):
   for name, g, w in zip("qkv", grads, want_grads):
     np.testing.assert_allclose(g, w, atol=tol * float(jnp.max(jnp.abs(w))) * 2, rtol=tol * 2,
                                err_msg=f"d{name}")
+
+
+# Pallas' Mosaic GPU interpreter runs host callbacks that dispatch JAX ops; in the long test process
+# (8 fake devices, 2 cores, whatever earlier tests left running) that deadlocked once. Its tests run
+# in a fresh one-device child process instead (tests/kernels/test_flash_mgpu.py starts it).
+MGPU_INTERPRET_CHILD = os.environ.get("SYNERGEN_MGPU_INTERPRET") == "1"
+
+
+def mgpu_interpret_mark():
+  """skipif mark: these tests run only in the Mosaic GPU interpreter's child process."""
+  import pytest
+  return pytest.mark.skipif(
+      not MGPU_INTERPRET_CHILD,
+      reason="runs in the one-device child process of test_flash_mgpu.py::"
+             "test_interpret_mode_checks_pass_in_a_fresh_process")
+
+
+def mgpu_interpret(test):
+  return mgpu_interpret_mark()(test)

@@ -31,7 +31,6 @@ lowering the kernels for CUDA (tests do it on CPU hosts).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax

@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import mgpu_interpret_mark
 from synergen_jax.kernels.attention import attention, xla_attention
 
-CASES = [("pallas_gpu", jnp.float32, 2e-5, 64), ("pallas_mgpu", jnp.bfloat16, 3e-2, 64),
+CASES = [("pallas_gpu", jnp.float32, 2e-5, 64),
+         pytest.param("pallas_mgpu", jnp.bfloat16, 3e-2, 64, marks=mgpu_interpret_mark()),
          ("pallas_tpu", jnp.float32, 2e-5, 128)]
 
 
-@pytest.mark.parametrize("impl,dtype,tol,block", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("impl,dtype,tol,block", CASES, ids=["pallas_gpu", "pallas_mgpu", "pallas_tpu"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_blocks_of_other_examples_are_skipped(impl, dtype, tol, block, causal):
   length, half = 4 * block, 2 * block
