@@ -8,7 +8,7 @@ packed rows are skipped). FLOPs count the useful work, the visible (query, key) 
 half of QK^T and PV (4 * B * H * T^2 * D / 2 for the forward, 2.5x that for forward+backward), and
 a quarter of that for the packed rows, where a query sees only its own example; an implementation
 that computes masked blocks anyway is scored on the same useful work. The last two columns compare
-forward+backward times within a (T, packed) group: against cuDNN (the issue's target is <= 1.1 at
+forward+backward times within a (T, packed) group: against cuDNN (the kernels' target is <= 1.1 at
 T = 8k on an H100) and the XLA reference's time over this one (target >= 3). A row whose
 implementation fails (out of memory, unsupported shape or platform) prints the reason.
 """

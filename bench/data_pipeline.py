@@ -18,16 +18,17 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from synergen_jax import train_vq
-from synergen_jax.config import load_config, validate_config
-from synergen_jax.data.image_tokenizer import ImageTokenizer
+from synergen_jax import cli
+from synergen_jax.config import validate_config
 from synergen_jax.data.pipeline import make_iterator
-from synergen_jax.data.prepare import prepare
+from synergen_jax.data.writer import prepare
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.vq import training as vq_training
+from synergen_jax.vq.tokenizer import ImageTokenizer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/demo.py", "config file[:arg]")
+cli.define_config_flag("configs/demo.py")
 flags.DEFINE_string("data", None, "prepared data for the config (default: build a throwaway one)")
 flags.DEFINE_integer("batches", 40, "timed batches per worker count (after one warm-up batch)")
 flags.DEFINE_integer("steps", 5, "timed train steps (after one compile step)")
@@ -40,13 +41,13 @@ def _examples(batch) -> int:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = load_config(FLAGS.config)
+  config = FLAGS.config
   mc = validate_config(config)
   data = FLAGS.data
   if data is None:
     tmp = tempfile.mkdtemp(prefix="bench_data_")
     config.vq.steps = 50
-    train_vq.train(config, f"{tmp}/vq")
+    vq_training.train(config, f"{tmp}/vq")
     prepare(config, f"{tmp}/data", ImageTokenizer.load(f"{tmp}/vq"))
     data = f"{tmp}/data"
   config.data.path = data
@@ -74,7 +75,7 @@ def main(argv):
   step_s = (time.perf_counter() - start) / FLAGS.steps
   per_step = _examples(first)
 
-  print(f"\n{FLAGS.config}: batch {config.train.batch_size}x{config.data.seq_len}, fold "
+  print(f"\n{cli.config_spec()}: batch {config.train.batch_size}x{config.data.seq_len}, fold "
         f"{mc.fold[0]}x{mc.fold[1]}, {jax.devices()[0].platform}; train step {step_s * 1e3:.0f} ms "
         f"= {per_step / step_s:.0f} examples/s consumed")
   print(f"{'workers':>8} {'ms/batch':>9} {'examples/s':>11} {'x needed':>9} {'data wait':>10}")

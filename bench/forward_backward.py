@@ -1,9 +1,10 @@
 """CPU/GPU timing of one forward+backward of a config at several fold ratios; prints a table.
 
   python -m bench.forward_backward --config configs/demo.py --folds 1x1,2x2,2x4 [--steps 5]
+      [--config.train.batch_size=...]
 
 Each fold ratio runs the same packed examples (alternating generation / captioning of random codes)
-in the real batch layout; model FLOPs follow DESIGN.md section 7 (synergen_jax/model/accounting.py).
+in the real batch layout; model FLOPs are the framework's count (synergen_jax/model/accounting.py).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import time
 import jax
 from absl import app, flags
 
-from synergen_jax.config import load_config, validate_config
+from synergen_jax import cli
+from synergen_jax.config import validate_config
+from synergen_jax.data.synthetic import synthetic_batch
 from synergen_jax.model import accounting
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
-from synergen_jax.data.synthetic import synthetic_batch
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/demo.py", "config file (its get_config must take fold=)")
+cli.define_config_flag("configs/demo.py")   # its get_config must take fold=
 flags.DEFINE_string("folds", "1x1,2x2,2x4", "comma-separated fold ratios")
 flags.DEFINE_integer("steps", 5, "timed steps per fold ratio (after one compile step)")
 
@@ -29,7 +31,7 @@ def main(argv):
   del argv
   rows = []
   for fold in FLAGS.folds.split(","):
-    config = load_config(f"{FLAGS.config}:fold={fold}")
+    config = cli.reload(fold=fold)
     mc = validate_config(config)
     batch = synthetic_batch(mc, config.train.batch_size, config.data.seq_len)
     model = SynerGenVL(mc)
@@ -47,7 +49,7 @@ def main(argv):
     rows.append((fold, mc.windows_per_image, accounting.param_count(mc).total, images,
                  compile_s, step_s * 1e3, accounting.batch_train_flops(mc, batch) / step_s / 1e9))
   device = jax.devices()[0].device_kind
-  print(f"\n{FLAGS.config}, batch {config.train.batch_size}x{config.data.seq_len}, {device}")
+  print(f"\n{cli.config_spec()}, batch {config.train.batch_size}x{config.data.seq_len}, {device}")
   print("| fold | slots/image | params | images/batch | compile s | fwd+bwd ms | images/s | GFLOP/s |")
   print("|---|---|---|---|---|---|---|---|")
   for fold, slots, params, images, comp, ms, gflops in rows:

@@ -4,7 +4,7 @@ what ptxas reports per kernel: registers per thread and bytes spilled to local m
   pip install -e ".[cuda]"          # jax's CUDA 13 plugin, with ptxas (a separate venv is best)
   python -m bench.gpu_compile [--target h100 --lengths 4096 --head_dims 64,128 --impls pallas_gpu,pallas_mgpu]
 
-XLA's compile-only GPU client (`synergen_jax/parallel/gpu_targets.py`) runs the whole GPU pipeline
+XLA's compile-only GPU client (`synergen_jax/aot/targets.py`) runs the whole GPU pipeline
 for the target: Triton kernels become PTX that XLA assembles, Mosaic GPU kernels go through their
 MLIR passes to PTX and ptxas. This tool reads the PTX XLA dumps for the Triton kernels and runs
 ptxas -v on it (same target, sm_90a), and Mosaic GPU's own ptxas log (MOSAIC_GPU_DUMP_PTXAS).
@@ -33,10 +33,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from synergen_jax.parallel.gpu_targets import TARGETS, gpu_topology  # noqa: E402
+from synergen_jax.aot.targets import gpu_topology  # noqa: E402
+from synergen_jax.hardware import GPU_TARGETS  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("target", "h100", sorted(TARGETS), "GPU to compile for")
+flags.DEFINE_enum("target", "h100", sorted(GPU_TARGETS), "GPU to compile for")
 flags.DEFINE_string("lengths", "4096", "sequence lengths")
 flags.DEFINE_string("head_dims", "64,128", "head dimensions")
 flags.DEFINE_string("impls", "pallas_gpu,pallas_mgpu", "kernels to compile")

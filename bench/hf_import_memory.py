@@ -1,32 +1,42 @@
 """Peak host memory of `convert.hf_import` against the size of what it builds.
 
-  python bench/hf_import_memory.py [--layers 8 --d_model 1024 --vocab 32000]
+  python -m bench.hf_import_memory [--layers 8 --d_model 1024 --vocab 32000]
+      [--config configs/tiny.py[:arg]] [--config.model.code_embed_dim=...]
 
 Writes a random Llama checkpoint (bf16 safetensors, 2 shards) of the given shape, then imports it in a
-fresh process with configs/tiny.py's vision parts and reports that process's peak RSS above its RSS
+fresh process with the config's vision parts (default configs/tiny.py) and reports that process's peak RSS above its RSS
 just before the import. The target: model bytes (float32, vision experts included) plus about one
 tensor, i.e. no second copy of the model and nothing per device.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
+from absl import app, flags
+
+from synergen_jax import cli
+
+FLAGS = flags.FLAGS
+cli.define_config_flag("configs/tiny.py")
+flags.DEFINE_integer("layers", 8, "LLM layers of the random checkpoint")
+flags.DEFINE_integer("d_model", 1024, "its width")
+flags.DEFINE_integer("vocab", 32000, "its vocabulary")
+
 CHILD = r"""
 import json, resource, sys
 import jax, numpy as np
-from synergen_jax.config import load_config
+from synergen_jax import cli
 from synergen_jax.convert.importer import import_checkpoint
 import synergen_jax.convert.importer, orbax.checkpoint   # everything imported before the baseline
 def rss_mb():
   return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 base = rss_mb()
-record = import_checkpoint(sys.argv[1], sys.argv[2], load_config(sys.argv[3]))
+record = import_checkpoint(sys.argv[1], sys.argv[2], cli.reload(sys.argv[3], json.loads(sys.argv[4])))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(base_mb=base, peak_mb=peak, parameters=record["parameters"])))
 """
@@ -68,20 +78,17 @@ def write_checkpoint(path: str, layers: int, d: int, vocab: int) -> int:
   return largest
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--layers", type=int, default=8)
-  parser.add_argument("--d_model", type=int, default=1024)
-  parser.add_argument("--vocab", type=int, default=32000)
-  args = parser.parse_args()
+def main(argv):
+  del argv
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with tempfile.TemporaryDirectory() as tmp:
-    largest = write_checkpoint(os.path.join(tmp, "hf"), args.layers, args.d_model, args.vocab)
+    largest = write_checkpoint(os.path.join(tmp, "hf"), FLAGS.layers, FLAGS.d_model, FLAGS.vocab)
     size = sum(os.path.getsize(os.path.join(tmp, "hf", n)) for n in os.listdir(os.path.join(tmp, "hf")))
-    config = os.path.join(root, "configs", "tiny.py")
+    spec = os.path.abspath(cli.config_spec().partition(":")[0]) + (
+        ":" + cli.config_spec().partition(":")[2] if ":" in cli.config_spec() else "")
     out = subprocess.run([sys.executable, "-c", CHILD, os.path.join(tmp, "hf"), os.path.join(tmp, "out"),
-                          config], check=True, capture_output=True, text=True, cwd=root,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          spec, json.dumps(cli.overrides())], check=True, capture_output=True,
+                         text=True, cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     r = json.loads(out.stdout.strip().splitlines()[-1])
   model_mb = r["parameters"] * 4 / 2**20
   rise = r["peak_mb"] - r["base_mb"]
@@ -93,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -2,9 +2,12 @@
 then aggregates DIR/summary.csv and DIR/summary.png.
 
   python launch/sweep.py --sweep configs/sweeps/fold_ratio.py[:runlocal] --workdir DIR [--print_only]
+      [--config configs/demo.py[:arg]] [--config.train.steps=...]
 
 A sweep file's get_sweep(arg) returns `config` (a config file), `points` (name, the config's
-get_config argument, dotted `overrides`) and `evaluate` (the evaluation's settings). Locally each
+get_config argument, dotted `overrides`) and `evaluate` (the evaluation's settings). `--config`
+replaces the sweep's config file (its argument is merged with each point's), and `--config.a.b=v`
+overrides apply to every point before the point's own overrides. Locally each
 point trains into DIR/<name> (rerunning resumes; a finished point is not retrained) and is
 evaluated into DIR/<name>/eval.json. With --print_only the train and evaluate commands are printed
 instead, one line each, for launch scripts or a scheduler; aggregate later with --summarize_only.
@@ -18,52 +21,52 @@ import os
 
 from absl import app, flags, logging
 
-from synergen_jax.config import ConfigError, load_config, load_module
+from synergen_jax import cli
+from synergen_jax.config import load_config, load_module
 
 COLUMNS = ("point", "fold", "steps", "final_loss", "loss_text", "loss_image", "examples_per_sec",
            "tokens_per_sec", "caption_accuracy", "zero_shot_accuracy", "prompt_accuracy",
            "frechet_distance", "eval_images", "seed")
 
 
-def load_sweep(spec: str):
+def load_sweep(spec: str, config: str | None = None, overrides: dict | None = None):
+  """The sweep of `spec`; `config` replaces its config file, `overrides` go into every point."""
   path, _, arg = spec.partition(":")
-  return load_module(path, "sweep file").get_sweep(arg or None)
+  sweep = load_module(path, "sweep file").get_sweep(arg or None)
+  if config:
+    sweep.config = config
+  for point in sweep.points:
+    point["overrides"] = {**(overrides or {}), **point["overrides"]}
+  return sweep
+
+
+def point_spec(sweep, point) -> str:
+  return cli.with_args(sweep.config, point["arg"])
 
 
 def point_config(sweep, point):
-  config = load_config(f"{sweep.config}:{point['arg']}")
-  for key, value in point["overrides"].items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise ConfigError(f"sweep point {point['name']}: override {key} is not a config key")
-    node[leaf] = value
-  return config
+  return cli.apply_overrides(load_config(point_spec(sweep, point)), point["overrides"],
+                             f"sweep point {point['name']}: override ")
 
 
 def commands(sweep, point, workdir: str) -> list[str]:
   flags_ = " ".join(f"--config.{k}={v}" for k, v in point["overrides"].items())
   e = sweep.evaluate
-  return [f"python -m synergen_jax.train --config {sweep.config}:{point['arg']} --workdir "
+  return [f"python -m synergen_jax.train --config {point_spec(sweep, point)} --workdir "
           f"{workdir} {flags_}".strip(),
           f"python -m synergen_jax.evaluate --workdir {workdir} --count {e['count']} "
           f"--per_class {e['per_class']} --cfg {e['cfg_scale']} --top_k {e['top_k']}"]
 
 
 def run_point(sweep, point, workdir: str) -> None:
-  from synergen_jax.infer import loader
   from synergen_jax.infer.decode import Sampling
-  from synergen_jax.infer.evaluate import evaluate
+  from synergen_jax.infer.report import evaluate_workdir
   from synergen_jax.train.loop import train
 
   train(point_config(sweep, point), workdir)
   e = sweep.evaluate
-  report = evaluate(loader.load(workdir), workdir, count=e["count"], per_class=e["per_class"],
-                    cfg_scale=e["cfg_scale"], sampling=Sampling(top_k=e["top_k"]))
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  evaluate_workdir(workdir, count=e["count"], per_class=e["per_class"], cfg_scale=e["cfg_scale"],
+                   sampling=Sampling(top_k=e["top_k"]))
 
 
 def summary_row(name: str, workdir: str) -> dict | None:
@@ -116,8 +119,9 @@ def write_summary(rows: list[dict], directory: str) -> None:
   plt.close(fig)
 
 
-def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_only: bool = False):
-  sweep = load_sweep(spec)
+def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_only: bool = False,
+               config: str | None = None, overrides: dict | None = None):
+  sweep = load_sweep(spec, config, overrides)
   os.makedirs(directory, exist_ok=True)
   rows = []
   for point in sweep.points:
@@ -144,11 +148,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  sweep_main(f.sweep, f.workdir, f.print_only, f.summarize_only)
+  sweep_main(f.sweep, f.workdir, f.print_only, f.summarize_only, cli.config_spec(), cli.overrides())
 
 
 if __name__ == "__main__":
   # Flags only when run as a script: tests import this file next to other CLIs' flags.
+  cli.define_config_flag()
   flags.DEFINE_string("sweep", None, "sweep file[:arg]")
   flags.DEFINE_string("workdir", None, "one subdirectory per point, summary.csv and summary.png")
   flags.DEFINE_bool("print_only", False, "print each point's commands instead of running them")

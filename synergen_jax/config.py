@@ -14,10 +14,10 @@ from typing import Any
 
 import ml_collections
 
+from synergen_jax.kernels.attention import GPU_KERNELS, IMPLS as ATTENTION_IMPLS
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
-GPU_KERNELS = ("pallas_gpu", "pallas_mgpu")
 
 
 class ConfigError(ValueError):
@@ -97,25 +97,88 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
-  """Shape and execution options of one stack of decoder blocks (the LLM, or the unfold head)."""
+  """Shape and execution options of one stack of decoder blocks (the LLM, or the unfold head); built
+  by ModelConfig.from_config from the keys declared in ModelKeys (see there for what each means)."""
   num_layers: int
   d_model: int
   num_heads: int
   num_kv_heads: int
   head_dim: int
   mlp_dim: int
-  num_experts: int = 1          # 2 = text FFN + vision FFN, hard-routed by modality.
+  num_experts: int              # 2 = text FFN + vision FFN, hard-routed by modality
+  norm_eps: float
+  rope_theta: float
+  qkv_bias: bool
+  dtype: str
+  param_dtype: str
+  attention_impl: str
+  attention_block_q: int
+  attention_block_k: int
+  scan_layers: bool
+  remat_policy: str
+  copy_expert_init: bool = False  # every expert starts as a copy of expert 0 (vision FFN = text FFN)
+
+
+# `config.model`, declared once: its keys, their types and defaults (a key without a default must be
+# set by every config). base_config() fills the defaults, ModelConfig.from_config() rejects unknown
+# and missing keys against these declarations and builds the typed config from them.
+
+@dataclasses.dataclass(frozen=True)
+class UnfoldKeys:
+  """`config.model.unfold`: the unfold head's transformer (the LLM's block design, its own sizes)."""
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKeys:
+  """`config.model`, key by key."""
+  text_vocab: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  codebook_size: int
+  code_embed_dim: int             # width of the image-code embedding before folding
+  code_grid: tuple[int, int]      # codes per image (rows, columns)
+  fold: tuple[int, int]           # (fh, fw) codes per sequence slot; (1, 1) = no folding
+  fold_mlp_hidden: int
+  unfold: UnfoldKeys
   norm_eps: float = 1e-5
   rope_theta: float = 10_000.0
-  qkv_bias: bool = False        # Qwen2 has q/k/v biases; Llama and InternLM2 do not.
-  dtype: str = "float32"        # compute dtype
-  param_dtype: str = "float32"  # master weights
-  attention_impl: str = "auto"
-  attention_block_q: int = 0    # flash-attention query / key block sizes (0 = the kernel's default)
-  attention_block_k: int = 0
+  qkv_bias: bool = False          # Qwen2 has q/k/v biases; Llama and InternLM2 do not
+  tie_embeddings: bool = False
+  vision_experts: bool = True     # a vision FFN beside the text FFN in every layer
+  init_vision_from_text: bool = True
   scan_layers: bool = False
   remat_policy: str = "none"
-  copy_expert_init: bool = False  # every expert starts as a copy of expert 0 (vision FFN = text FFN)
+  dtype: str = "float32"          # compute dtype
+  param_dtype: str = "float32"    # master weights
+  attention_impl: str = "auto"
+  attention_block_q: int = 0      # flash-attention query / key block sizes (0 = the kernel's default)
+  attention_block_k: int = 0
+  unfold_capacity: int | None = None   # image windows per row sent through the unfold head (None = all)
+  new_tokens: tuple[int, ...] = ()     # ids whose embedding / LM-head rows are separate parameters
+
+
+def _defaults(keys) -> dict:
+  return {f.name: f.default for f in dataclasses.fields(keys) if f.default is not dataclasses.MISSING}
+
+
+def _check_keys(keys, section: ml_collections.ConfigDict, where: str) -> None:
+  names = {f.name for f in dataclasses.fields(keys)}
+  unknown = sorted(set(section.keys()) - names)
+  if unknown:
+    raise ConfigError(f"unknown {where} keys {unknown}; valid keys: {sorted(names)}")
+  missing = sorted(names - set(section.keys()))
+  if missing:
+    raise ConfigError(f"{where} is missing keys {missing}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,19 +206,11 @@ class ModelConfig:
     return (self.code_grid[0] // self.fold[0]) * (self.code_grid[1] // self.fold[1])
 
   @classmethod
-  def from_config(cls, m: ml_collections.ConfigDict) -> "ModelConfig":
-    known = {"text_vocab", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-             "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings", "vision_experts",
-             "init_vision_from_text", "codebook_size", "code_embed_dim", "code_grid", "fold",
-             "fold_mlp_hidden", "unfold", "scan_layers", "remat_policy", "dtype", "param_dtype",
-             "attention_impl", "attention_block_q", "attention_block_k", "unfold_capacity",
-             "new_tokens"}
-    unknown = sorted(set(m.keys()) - known)
-    if unknown:
-      raise ConfigError(f"unknown config.model keys {unknown}; valid keys: {sorted(known)}")
-    missing = sorted(known - set(m.keys()))
-    if missing:
-      raise ConfigError(f"config.model is missing keys {missing}")
+  def from_config(cls, section: ml_collections.ConfigDict) -> "ModelConfig":
+    _check_keys(ModelKeys, section, "config.model")
+    _check_keys(UnfoldKeys, section.unfold, "config.model.unfold")
+    m = ModelKeys(**{k: v for k, v in section.items() if k != "unfold"},
+                  unfold=UnfoldKeys(**section.unfold))
     common = dict(norm_eps=m.norm_eps, rope_theta=m.rope_theta, dtype=m.dtype,
                   param_dtype=m.param_dtype, attention_impl=m.attention_impl,
                   attention_block_q=m.attention_block_q, attention_block_k=m.attention_block_k,
@@ -165,19 +220,13 @@ class ModelConfig:
                       num_experts=2 if m.vision_experts else 1, qkv_bias=m.qkv_bias,
                       scan_layers=m.scan_layers, copy_expert_init=m.init_vision_from_text,
                       **common)
-    u = m.unfold
-    unknown = sorted(set(u.keys()) - {"num_layers", "d_model", "num_heads", "num_kv_heads",
-                                      "head_dim", "mlp_dim"})
-    if unknown:
-      raise ConfigError(f"unknown config.model.unfold keys {unknown}")
     # The unfold head's rows are one window (fold_ratio codes), shorter than a GPU kernel's tiles (16
     # rows for Triton's dots, 64 for wgmma): with the GPU kernels it uses the XLA reference, whose
     # [N, heads, r, r] scores are tiny.
     unfold_common = dict(common, attention_impl="xla" if m.attention_impl in GPU_KERNELS
                          else m.attention_impl)
-    unfold = StackConfig(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
-                         num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim,
-                         num_experts=1, qkv_bias=False, scan_layers=False, **unfold_common)
+    unfold = StackConfig(**dataclasses.asdict(m.unfold), num_experts=1, qkv_bias=False,
+                         scan_layers=False, **unfold_common)
     return cls(llm=llm, unfold=unfold, text_vocab=m.text_vocab, tie_embeddings=m.tie_embeddings,
                codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
                code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
@@ -354,13 +403,7 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   The names under `train`, `model.fold`, `stage`, `mesh` and `data.name` are used by other tools
   (launch scripts, sweeps) and must keep their spelling.
   """
-  m = dict(
-      norm_eps=1e-5, rope_theta=10_000.0, qkv_bias=False, tie_embeddings=False,
-      vision_experts=True, init_vision_from_text=True, scan_layers=False, remat_policy="none",
-      dtype="float32", param_dtype="float32", attention_impl="auto", attention_block_q=0,
-      attention_block_k=0, unfold_capacity=None,
-      new_tokens=(),
-      fold=parse_fold(fold))
+  m = dict(_defaults(ModelKeys), fold=parse_fold(fold))
   m.update(model)
   m["unfold"] = ml_collections.ConfigDict(unfold)
   config = ml_collections.ConfigDict(dict(

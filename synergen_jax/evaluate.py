@@ -2,20 +2,16 @@
 
   python -m synergen_jax.evaluate --workdir DIR [--count 500 --per_class 10 --cfg 7.5 --seed 0]
 
-What each number means: synergen_jax/infer/evaluate.py. Every number comes with the held-out size
+What each number means: synergen_jax/infer/report.py. Every number comes with the held-out size
 and the seed; the generation judge is trained once per dataset and cached.
 """
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app, flags, logging
 
-from synergen_jax.infer import loader
 from synergen_jax.infer.decode import Sampling
-from synergen_jax.infer.evaluate import evaluate, format_table
+from synergen_jax.infer.report import evaluate_workdir, format_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "a training workdir")
@@ -31,13 +27,10 @@ flags.DEFINE_string("source_path", None, "raw jsonl file / image folder (data.na
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  model = loader.load(FLAGS.workdir)
-  report = evaluate(model, FLAGS.workdir, count=FLAGS.count or None, per_class=FLAGS.per_class,
-                    cfg_scale=FLAGS.cfg, seed=FLAGS.seed,
-                    sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k),
-                    source_path=FLAGS.source_path)
-  with open(os.path.join(FLAGS.workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  report = evaluate_workdir(
+      FLAGS.workdir, count=FLAGS.count or None, per_class=FLAGS.per_class, cfg_scale=FLAGS.cfg,
+      seed=FLAGS.seed, sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k),
+      source_path=FLAGS.source_path)
   print(format_table(report))
 
 

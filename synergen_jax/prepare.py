@@ -1,4 +1,4 @@
-"""Pre-tokenizes the configured dataset into ArrayRecord shards + meta.json (data/prepare.py).
+"""Pre-tokenizes the configured dataset into ArrayRecord shards + meta.json (data/writer.py).
 
   python -m synergen_jax.prepare --config configs/demo.py --out data/mnist5k --vq_workdir workdirs/vq
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from synergen_jax import cli
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.image_tokenizer import ImageTokenizer
-from synergen_jax.data.prepare import prepare
+from synergen_jax.data.writer import prepare
+from synergen_jax.vq.tokenizer import ImageTokenizer
 
-config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string("out", None, "output folder for shards and meta.json")
 flags.DEFINE_string("vq_workdir", None, "image tokenizer workdir (default: config.vq.workdir)")
 

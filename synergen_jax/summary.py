@@ -1,6 +1,7 @@
 """Prints a config's parameter count and FLOPs and runs one forward+backward on a laid-out batch.
 
   python -m synergen_jax.summary --config configs/demo.py[:fold=2x4] [--steps 3]
+      [--config.train.batch_size=8 ...]
 
 The parameter table is analytic (synergen_jax/model/accounting.py) and checked against the real
 module; the step runs on whatever backend JAX finds, on random examples in the real batch layout.
@@ -14,16 +15,16 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from synergen_jax.config import load_config, validate_config
+from synergen_jax import cli
+from synergen_jax.config import validate_config
 from synergen_jax.data.synthetic import synthetic_batch
 from synergen_jax.model import accounting
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/demo.py", "config file[:arg]")
+cli.define_config_flag("configs/demo.py")
 flags.DEFINE_integer("steps", 3, "forward+backward steps to time (0 = counts only)")
-flags.DEFINE_integer("batch_size", 0, "override config.train.batch_size for the timed step")
 
 
 def _fmt(n: float) -> str:
@@ -35,10 +36,10 @@ def _fmt(n: float) -> str:
 
 def main(argv):
   del argv
-  config = load_config(FLAGS.config)
+  config = FLAGS.config
   mc = validate_config(config)
   count = accounting.param_count(mc)
-  print(f"config {FLAGS.config}: fold {mc.fold[0]}x{mc.fold[1]}, code grid "
+  print(f"config {cli.config_spec()}: fold {mc.fold[0]}x{mc.fold[1]}, code grid "
         f"{mc.code_grid[0]}x{mc.code_grid[1]} -> {mc.windows_per_image} slots per image")
   print(f"{'part':<14}{'params':>12}")
   for part, n in count.parts.items():
@@ -51,7 +52,7 @@ def main(argv):
   if FLAGS.steps <= 0:
     return
 
-  rows = FLAGS.batch_size or config.train.batch_size
+  rows = config.train.batch_size
   batch = synthetic_batch(mc, rows, config.data.seq_len)
   model = SynerGenVL(mc)
   params = jax.jit(model.init)(jax.random.key(0), batch)

@@ -21,13 +21,13 @@ def rng():
 def tiny_data(tmp_path_factory):
   """configs/tiny.py's image tokenizer trained on MNIST-5k and its prepared shards (built once)."""
   from helpers import tiny
-  from synergen_jax import train_vq
-  from synergen_jax.data.image_tokenizer import ImageTokenizer
-  from synergen_jax.data.prepare import prepare
+  from synergen_jax.data.writer import prepare
+  from synergen_jax.vq import training as vq_training
+  from synergen_jax.vq.tokenizer import ImageTokenizer
 
   config, mc = tiny()
   root = tmp_path_factory.mktemp("tiny_data")
-  report = train_vq.train(config, str(root / "vq"))
+  report = vq_training.train(config, str(root / "vq"))
   tokenizer = ImageTokenizer.load(str(root / "vq"))
   meta = prepare(config, str(root / "prepared"), tokenizer)
   config.data.path = str(root / "prepared")

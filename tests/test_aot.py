@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("libtpu", reason="needs the tpu extra: pip install -e '.[tpu]'")
 
 from helpers import ROOT, tiny  # noqa: E402
-from synergen_jax.parallel.topology import compile_report  # noqa: E402
+from synergen_jax.aot.compile_report import compile_report  # noqa: E402
 from synergen_jax.config import ConfigError  # noqa: E402
 from synergen_jax.model import accounting  # noqa: E402
 

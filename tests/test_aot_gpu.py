@@ -7,8 +7,8 @@ import pytest
 
 from helpers import tiny
 from synergen_jax.config import ConfigError
-from synergen_jax.parallel.gpu_targets import gpu_topology, is_gpu_target
-from synergen_jax.parallel.topology import compile_report
+from synergen_jax.aot.compile_report import compile_report
+from synergen_jax.aot.targets import gpu_topology, is_gpu_target
 
 HAS_CUDA_PLUGIN = any(importlib.util.find_spec(m) for m in ("jax_cuda13_plugin", "jax_cuda12_plugin"))
 needs_plugin = pytest.mark.skipif(not HAS_CUDA_PLUGIN,

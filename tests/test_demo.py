@@ -10,7 +10,7 @@ from synergen_jax import demo
 def test_demo_chains_stages_evaluates_and_resumes(tmp_path, monkeypatch):
   monkeypatch.setenv("SYNERGEN_CACHE", str(tmp_path / "cache"))   # a fresh machine: nothing cached
   workdir = str(tmp_path / "demo")
-  report = demo.run(workdir, "2x2", config_path("tiny.py"), cfg_scale=2.0, top_k=8)
+  report = demo.run(workdir, config_path("tiny.py") + ":fold=2x2", cfg_scale=2.0, top_k=8)
   for name in ("stage1", "stage2", "sft"):
     assert report[name]["steps"] == 30 and report[name]["eval/examples"] > 0
     assert json.load(open(os.path.join(workdir, name, "config.json")))["stage"] == name.replace(
@@ -26,6 +26,6 @@ def test_demo_chains_stages_evaluates_and_resumes(tmp_path, monkeypatch):
     assert os.path.getsize(os.path.join(workdir, "sft", png)) > 0
   assert json.load(open(os.path.join(workdir, "demo.json")))["total_seconds"] > 0
   # Rerunning finds every stage finished: nothing is trained again, the evaluation is the same.
-  again = demo.run(workdir, "2x2", config_path("tiny.py"), cfg_scale=2.0, top_k=8)
+  again = demo.run(workdir, config_path("tiny.py") + ":fold=2x2", cfg_scale=2.0, top_k=8)
   assert again["evaluation"]["understanding"] == report["evaluation"]["understanding"]
   assert again["sft"]["final_loss"] is None

@@ -15,8 +15,7 @@ import numpy as np
 
 from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.convert.hf_families import FAMILIES, LLMShape, global_names, hf_config, write_layer
-from synergen_jax.convert.paths import HF_FILES, IMPORT_RECORD
-from synergen_jax.infer.loader import read_config, restore
+from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD, read_config, restore_on_device
 
 LAYER_LEAVES = ("attention/query_kernel", "attention/key_kernel", "attention/value_kernel",
                 "attention/output_kernel", "attention/query_bias", "attention/key_bias",
@@ -121,7 +120,7 @@ def export_checkpoint(workdir: str, out: str, *, family: str | None = None, dtyp
     raise ConfigError(f"--out={out} is not empty; export into a new directory")
   os.makedirs(out, exist_ok=True)
   # Host (CPU) parameters: an export never needs accelerator memory.
-  params, step = restore(workdir, mc, device=jax.devices("cpu")[0])
+  params, step = restore_on_device(workdir, mc, device=jax.devices("cpu")[0])
   files = _write_shards(hf_tensors(mc, params, family), out, jnp.dtype(dtype), max_shard_bytes)
   base = record.get("hf_config") if record.get("family") == family else None
   c = hf_config(shape_of(mc), family, base)

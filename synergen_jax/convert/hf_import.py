@@ -20,13 +20,12 @@ checkpoint at step 0 (parameters only), hf_import.json (source family and config
 from __future__ import annotations
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from synergen_jax import cli
 from synergen_jax.convert.importer import import_checkpoint
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/synergen_vl_2b.py",
-                                "framework config for the vision parts and training sections")
+cli.define_config_flag("configs/synergen_vl_2b.py")   # the vision parts and training sections
 flags.DEFINE_string("hf_dir", None, "HF checkpoint folder (config.json + *.safetensors)")
 flags.DEFINE_string("workdir", None, "output workdir")
 flags.DEFINE_integer("extra_tokens", 0, "vocabulary rows to append for pieces the tokenizer lacks")

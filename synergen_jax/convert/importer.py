@@ -15,21 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from synergen_jax import batch as batch_lib
 from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.convert.hf_checkpoint import CheckpointError, HFCheckpoint
-from synergen_jax.convert.paths import HF_FILES, IMPORT_RECORD
 from synergen_jax.convert.hf_families import detect_family, global_names, llm_shape, read_layer
-from synergen_jax.data.pipeline import BATCH_FIELDS
 from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
 
 # Tensors HF checkpoints may carry that hold no weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def example_batch(mc, length: int = 8) -> dict:
-  r = mc.fold_ratio
-  return {k: jnp.zeros((1, length, r) if k in ("image_codes", "image_targets") else (1, length),
-                       jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
 
 
 def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0):
@@ -51,14 +45,14 @@ def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0):
 
 
 def _leaf_path(path) -> str:
-  return "/".join(str(getattr(p, "key", p)) for p in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _fresh_parts(model, mc, seed: int, keep) -> dict[str, np.ndarray]:
   """The usual random init of the parameters `keep(path)` selects, on the CPU. Under jit, XLA drops
   the initialisers of every other parameter, so the LLM is never initialised only to be overwritten."""
   def init():
-    params = nn.unbox(model.init(jax.random.key(seed), example_batch(mc)))["params"]
+    params = nn.unbox(model.init(jax.random.key(seed), batch_lib.zeros(1, 8, mc.fold_ratio, jnp)))["params"]
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {_leaf_path(p): x for p, x in flat if keep(_leaf_path(p))}
   with jax.default_device(jax.devices("cpu")[0]):
@@ -74,7 +68,7 @@ def build_params(ckpt: HFCheckpoint, family: str, shape, mc, seed: int = 0) -> d
   """The full {"params": ...} tree as host numpy arrays in mc.llm.param_dtype."""
   model = SynerGenVL(mc)
   dtype = np.dtype(jnp.dtype(mc.llm.param_dtype))
-  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(seed), example_batch(mc))))
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(seed), batch_lib.zeros(1, 8, mc.fold_ratio, jnp))))
   wanted = {_leaf_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(abstract["params"])[0]}
   copy_vision = mc.init_vision_from_text
   fresh = _fresh_parts(model, mc, seed, lambda p: not _is_llm_text(p)

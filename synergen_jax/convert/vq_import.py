@@ -11,14 +11,14 @@ naming map and what cannot be imported: synergen_jax/convert/vq_weights.py.
 from __future__ import annotations
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from synergen_jax import cli
 from synergen_jax.config import validate_config
 from synergen_jax.convert import vq_weights
-from synergen_jax.model import vq
+from synergen_jax.vq import autoencoder as vq
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config giving the tokenizer's shape")
+cli.define_config_flag()   # its vq section gives the tokenizer's shape
 flags.DEFINE_string("weights", None, ".safetensors (or .pt/.bin/.ckpt with --allow_pickle)")
 flags.DEFINE_string("workdir", None, "new image-tokenizer workdir")
 flags.DEFINE_string("prefix", "", "key prefix to strip (e.g. 'vqmodel.')")

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from synergen_jax.convert.hf_checkpoint import CheckpointError
-from synergen_jax.model import vq
+from synergen_jax.vq import autoencoder as vq
 
 
 def _res_block(ours: str, theirs: str) -> dict[str, str]:
@@ -58,7 +58,7 @@ def module_map(config: vq.VQConfig) -> dict[str, str]:
 
 
 def _flat(params) -> dict[str, np.ndarray]:
-  return {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(x)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
           for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
@@ -94,7 +94,7 @@ def to_state_dict(params, config: vq.VQConfig) -> dict[str, np.ndarray]:
 def from_state_dict(state: dict[str, np.ndarray], config: vq.VQConfig, where: str) -> dict:
   """A torch-layout state dict -> {"params": ...}; every key must be used and every shape match."""
   modules = module_map(config)
-  wanted = {"/".join(str(getattr(k, "key", k)) for k in path): s.shape
+  wanted = {jax.tree_util.keystr(path, simple=True, separator="/"): s.shape
             for path, s in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]}
   names = {p: _torch_name(p, modules) for p in wanted}
   missing = sorted(n for n in names.values() if n not in state)

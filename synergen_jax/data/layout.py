@@ -19,9 +19,7 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from synergen_jax.model.folding import grid_to_windows
-
-TEXT, IMAGE = 0, 1
+from synergen_jax.batch import IMAGE, SLOT_FIELDS, TEXT, grid_to_windows, zeros
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +45,6 @@ class Image:
 
 
 Part = Union[Text, Image]
-FIELDS = ("text_tokens", "image_codes", "window_ids", "modality", "positions", "text_targets",
-          "text_weights", "image_targets", "image_weights")
 
 
 def layout_example(parts: Sequence[Part], fold, special: SpecialTokens = SpecialTokens(),
@@ -99,17 +95,14 @@ def layout_example(parts: Sequence[Part], fold, special: SpecialTokens = Special
 
 def pack(examples: Sequence[dict[str, np.ndarray]], seq_len: int, fold) -> dict[str, np.ndarray]:
   """Places laid-out examples one after another in one row of seq_len slots (no splitting)."""
-  r = fold[0] * fold[1]
-  row = {k: np.zeros((seq_len, r) if k in ("image_codes", "image_targets") else (seq_len,),
-                     np.float32 if k.endswith("weights") else np.int32) for k in FIELDS}
-  row["segment_ids"] = np.zeros(seq_len, np.int32)
+  row = {k: v[0] for k, v in zeros(1, seq_len, fold[0] * fold[1]).items()}
   start = 0
   for seg, ex in enumerate(examples, start=1):
     n = len(ex["text_tokens"])
     if start + n > seq_len:
       raise ValueError(f"pack: example {seg - 1} of {n} slots does not fit the {seq_len - start} "
                        f"slots left in a row of {seq_len}")
-    for k in FIELDS:
+    for k in SLOT_FIELDS:
       row[k][start:start + n] = ex[k]
     row["segment_ids"][start:start + n] = seg
     start += n

@@ -1,6 +1,6 @@
 """Prepared shards -> packed, batched model inputs, with Grain.
 
-  ArrayRecord shards (prepare.py)
+  ArrayRecord shards (data/writer.py; records decoded by data/records.py)
     -> drop or reject examples longer than a row        (counted from the index, before any reading)
     -> seeded global shuffle, reshuffled every epoch
     -> logical data shard s of S (every S-th example)   S = config.data.shards (0: one per process)
@@ -32,14 +32,12 @@ import numpy as np
 from absl import flags
 from grain.experimental import FirstFitPackIterDataset
 
+from synergen_jax.batch import SLOT_FIELDS
 from synergen_jax.config import ModelConfig, validate_config
 from synergen_jax.data import layout
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.prepare import FORMAT_VERSION, IMAGE, decode_record
-from synergen_jax.parallel.sharding import LOGICAL_RULES
-
-SLOT_FIELDS = layout.FIELDS          # packed per slot; positions restart per example in the layout
-BATCH_FIELDS = SLOT_FIELDS + ("segment_ids",)
+from synergen_jax.data.records import FORMAT_VERSION, decode_record, record_parts
+from synergen_jax.parallel.sharding import batch_sharding
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,16 +146,7 @@ class ToSlots(grain.transforms.Map):
       raise DataError(f"{self.split.locate(index)} in {self.split.directory}: image code "
                       f"{int(codes.min() if codes.min() < 0 else codes.max())} outside "
                       f"[0, config.model.codebook_size={self.mc.codebook_size})")
-    parts, offset, n_text, n_image = [], 0, 0, 0
-    for kind, loss in zip(record["kinds"], record["loss"]):
-      if kind == IMAGE:
-        parts.append(layout.Image(codes[n_image], bool(loss)))
-        n_image += 1
-      else:
-        n = int(record["text_lens"][n_text])
-        parts.append(layout.Text(text[offset:offset + n], bool(loss)))
-        offset, n_text = offset + n, n_text + 1
-    return layout.layout_example(parts, self.mc.fold, self.special)
+    return layout.layout_example(record_parts(record), self.mc.fold, self.special)
 
 
 def _finish_row(row: dict) -> dict:
@@ -283,12 +272,6 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
     shards[shard] = iter(it)
   return DataIterator(shards, num_shards, mesh, too_long, rows // process_count,
                       finite=num_epochs is not None)
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """Rows over the mesh axes the rules table gives `batch`; everything else replicated."""
-  axes = tuple(a for a in dict(LOGICAL_RULES)["batch"] if a in mesh.axis_names)
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
 
 
 def global_batch(local: dict, mesh: jax.sharding.Mesh) -> dict:

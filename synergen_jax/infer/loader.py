@@ -18,21 +18,16 @@ import functools
 import json
 import os
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from synergen_jax.config import ConfigError, validate_config
-from synergen_jax.convert.paths import HF_FILES, IMPORT_RECORD
+from synergen_jax.config import validate_config
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.image_tokenizer import ImageTokenizer
 from synergen_jax.data.layout import SpecialTokens
-from synergen_jax.data.pipeline import BATCH_FIELDS
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.infer.decode import Decoder
-from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.train import checkpoint
+from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
+from synergen_jax.vq.tokenizer import ImageTokenizer
 
 
 @dataclasses.dataclass
@@ -76,26 +71,17 @@ class Loaded:
     return self.tokenizer().encode(text)
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"{workdir} is not a training workdir (no config.json); give the --workdir of "
-                      "a train run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def _imported_tokenizer(workdir: str, config) -> TextTokenizer | None:
   path = os.path.join(workdir, HF_FILES, "tokenizer.model")
   return TextTokenizer.load(path, config.data.reserved_tokens) if os.path.exists(path) else None
 
 
 def load(workdir: str) -> Loaded:
-  config = read_config(workdir)
+  config = checkpoint.read_config(workdir)
   mc = validate_config(config)
   data_dir = config.data.path
   if not data_dir and os.path.exists(os.path.join(workdir, IMPORT_RECORD)):
-    params, step = restore(workdir, mc)
+    params, step = checkpoint.restore_on_device(workdir, mc)
     return Loaded(workdir, config, mc, params, step, {}, _imported_tokenizer(workdir, config))
   if not data_dir or not os.path.exists(os.path.join(data_dir, "meta.json")):
     raise DataError(f"{workdir}/config.json names data.path={data_dir!r}, which holds no meta.json; "
@@ -107,18 +93,6 @@ def load(workdir: str) -> Loaded:
     raise DataError(f"{data_dir}/tokenizer.model does not match meta.json's text_tokenizer "
                     f"({text_tok.fingerprint} != {meta['text_tokenizer']})")
 
-  params, step = restore(workdir, mc)
+  params, step = checkpoint.restore_on_device(workdir, mc)
   return Loaded(workdir, config, mc, params, step, meta, text_tok)
-
-
-def restore(workdir: str, mc, device=None) -> tuple[dict, int]:
-  """The latest parameters of workdir, on `device` (default: the first device)."""
-  model = SynerGenVL(mc)
-  r = mc.fold_ratio
-  example = {k: jnp.zeros((1, 8, r) if k in ("image_codes", "image_targets") else (1, 8),
-                          jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
-  device = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-  return checkpoint.restore_params(workdir, abstract, role="--workdir")
 

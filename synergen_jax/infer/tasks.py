@@ -53,7 +53,7 @@ def generate_codes(loaded: Loaded, texts: Sequence[str], *, cfg_scale: float = 7
 def image_codes(loaded: Loaded, pixels: np.ndarray) -> list[np.ndarray]:
   """One decoded image (uint8 [H, W, 3]) -> its tiles' code grids, as prepare makes them."""
   d, tok = loaded.config.data, loaded.image_tokenizer
-  size, channels = tok.config.image_size, tok.config.channels
+  size, channels = tok.image_size, tok.channels
   if d.max_tiles > 1:
     tiles = [image_ops.fit(t, size, channels, "exact")
              for t in image_ops.dynamic_tiles(pixels, size, d.max_tiles, d.thumbnail)]

@@ -29,7 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_mgpu", "pallas_tpu")   # config.model.attention_impl
+GPU_KERNELS = ("pallas_gpu", "pallas_mgpu")
 _logged_auto_choice: set[str] = set()
 
 

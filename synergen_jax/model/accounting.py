@@ -1,4 +1,4 @@
-"""Parameter counts and model FLOPs (DESIGN.md section 7), analytic so they work for any config.
+"""Parameter counts and model FLOPs (the MFU convention below), analytic so they work for any config.
 
 FLOPs convention (used for MFU): 2 FLOPs per multiply-add of every matmul a token really takes:
 attention projections, the FFN of the expert it is routed to, the fold MLP (image slots), the unfold

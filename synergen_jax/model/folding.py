@@ -1,9 +1,7 @@
 """Token folding (paper Eq. 1) and unfolding (paper Eq. 3).
 
 Layout. An image's h x w code grid is cut into non-overlapping fh x fw windows (fh rows, fw columns,
-r = fh*fw codes each). Windows are ordered in raster order and the r codes inside a window row-major;
-`grid_to_windows` / `windows_to_grid` are the only place that knows this order (the data pipeline and
-the decoder both use them).
+r = fh*fw codes each), in raster order, codes row-major inside (`batch.grid_to_windows`).
 
 Fold (input side): x = MLP(concat_r(CodeEmbed(code) + PosEmbed(cell))) -> one d_model vector per
 window. The 2-D position embedding has one entry per grid cell and is added *before* folding.
@@ -16,12 +14,12 @@ state entering as a prefix is our documented choice (the paper does not say how 
 
 from __future__ import annotations
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synergen_jax.batch import grid_to_windows
 from synergen_jax.config import ModelConfig
 from synergen_jax.model.layers import dtype_of, normal_init, zeros_init
 from synergen_jax.model.transformer import DecoderStack
@@ -30,19 +28,6 @@ from synergen_jax.model.transformer import DecoderStack
 # ---------------------------------------------------------------------------------------------------
 # Layout helpers (numpy or jax arrays).
 # ---------------------------------------------------------------------------------------------------
-
-def grid_to_windows(codes, fold):
-  """[..., h, w] -> [..., (h/fh)*(w/fw), fh*fw]: windows in raster order, codes row-major inside."""
-  fh, fw = fold
-  return einops.rearrange(codes, "... (nh fh) (nw fw) -> ... (nh nw) (fh fw)", fh=fh, fw=fw)
-
-
-def windows_to_grid(windows, code_grid, fold):
-  """Inverse of grid_to_windows: [..., N, r] -> [..., h, w]."""
-  fh, fw = fold
-  return einops.rearrange(windows, "... (nh nw) (fh fw) -> ... (nh fh) (nw fw)",
-                          nh=code_grid[0] // fh, fh=fh, fw=fw)
-
 
 def window_cell_ids(code_grid, fold) -> np.ndarray:
   """[N, r] grid-cell index (row * w + col) of every code of every window."""

@@ -1,18 +1,6 @@
 """The whole SynerGen-VL model: embeddings -> decoder with vision experts -> text head + unfold head.
 
-A batch is a dict of arrays (the data pipeline builds it; T = sequence slots, r = fh*fw):
-
-  text_tokens   [B, T]     int   token id of text slots (ignored at image slots)
-  image_codes   [B, T, r]  int   the window's r codes at image slots, row-major (ignored at text slots)
-  window_ids    [B, T]     int   window index of an image slot within its image (raster order)
-  modality      [B, T]     int   0 = text (incl. <boi>/<eoi>/<pad>), 1 = image slot; routes the FFN
-  segment_ids   [B, T]     int   packed example id, 0 = padding
-  positions     [B, T]     int   RoPE position, restarting at 0 per packed example
-  text_targets  [B, T]     int   next text token predicted at slot t
-  text_weights  [B, T]     float loss weight of that prediction (0 = no loss)
-  image_targets [B, T, r]  int   codes of the window predicted at slot t (the next slot's window)
-  image_weights [B, T]     float loss weight of that window (0 = no loss)
-
+It reads the batch defined in `synergen_jax/batch.py` (T sequence slots, r = fh*fw codes per window).
 The hidden state at <boi> predicts the first window; the last window's slot predicts nothing
 (<eoi> is a text target there).
 """
@@ -23,12 +11,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from synergen_jax.batch import IMAGE
 from synergen_jax.config import ModelConfig
 from synergen_jax.model.folding import FoldEmbed, UnfoldHead
 from synergen_jax.model.layers import constrain, dtype_of, normal_init
 from synergen_jax.model.transformer import DecoderStack
-
-TEXT, IMAGE = 0, 1
 
 
 def gather_image_windows(image_weights: jax.Array, capacity: int):

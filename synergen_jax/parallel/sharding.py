@@ -3,7 +3,7 @@
 Parameters are named by what they index (`vocab`, `embed`, `heads`, `mlp`, `codebook`, ...);
 activations use `batch`, `length` and `act_*` names so that activation and parameter sharding can be
 chosen independently (e.g. FSDP shards the `embed` of parameters, never of activations).
-Mesh axes: `data`, `fsdp`, `tensor` (see DESIGN.md section 4).
+Mesh axes: `data`, `fsdp`, `tensor` (parallel/mesh.py).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def logical_names(boxed_params) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_flatten_with_path(
       boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
   for path, leaf in leaves:
-    key = "/".join(str(getattr(p, "key", p)) for p in path)
-    out[key] = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else None
+    names = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else None
+    out[jax.tree_util.keystr(path, simple=True, separator="/")] = names
   return out
 
 
@@ -73,3 +73,15 @@ def mesh_shardings(boxed_params, mesh: jax.sharding.Mesh):
   return jax.tree.map(
       lambda spec, x: jax.sharding.NamedSharding(mesh, _divisible(spec, x.shape, mesh)),
       specs, shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """A batch's rows over the mesh axes the rules give `batch`; everything else replicated."""
+  axes = tuple(a for a in dict(LOGICAL_RULES)["batch"] if a in mesh.axis_names)
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+
+
+def spec_table(shardings) -> dict[str, str]:
+  """{"path/to/leaf": "PartitionSpec(...)"} of a tree of NamedShardings (golden sharding tests)."""
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): str(s.spec)
+          for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}

@@ -7,12 +7,12 @@ it joins them first: every process reads its own data shards and only process 0 
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from synergen_jax import cli
 from synergen_jax.parallel.distributed import initialize_from_env
 from synergen_jax.train.loop import log, train
 
-config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and events go")
 
 

@@ -4,6 +4,9 @@
 `keep_period`-th step. Orbax writes into a temporary folder and renames it when complete, so a save
 cut off halfway is never listed and `latest_step` is always restorable. `DIR/config.json` records
 the model section a workdir was made with: resuming under a different model is an error.
+
+A workdir written by `convert.hf_import` also holds IMPORT_RECORD (source family, its config.json,
+what was copied) and HF_FILES/ (tokenizer and remote-code files of the HF folder).
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from synergen_jax import batch as batch_lib
 from synergen_jax.config import ConfigError
+from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.train.data_state import DataStateRestore, DataStateSave
+
+HF_FILES = "hf_files"             # tokenizer and remote-code files copied from the HF folder
+IMPORT_RECORD = "hf_import.json"  # source family, its config.json, what was copied
 
 
 def workdir_path(workdir: str) -> epath.Path:
@@ -123,3 +134,22 @@ def check_workdir_config(workdir: str, config) -> None:
                         f"{diff}); use a new --workdir or the original config")
   if jax.process_index() == 0:
     path.write_text(config.to_json_best_effort(indent=1))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained (or imported) with."""
+  path = workdir_path(workdir) / "config.json"
+  if not path.exists():
+    raise ConfigError(f"{workdir} is not a training workdir (no config.json); give the --workdir of "
+                      "a train run")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_on_device(workdir: str, mc, device=None) -> tuple[dict, int]:
+  """The latest parameters of workdir on one device (default: the first): inference, export."""
+  model = SynerGenVL(mc)
+  example = batch_lib.zeros(1, 8, mc.fold_ratio, jnp)
+  device = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), example)))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+  return restore_params(workdir, abstract, role="--workdir")

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
 import time
 
 import jax
@@ -13,22 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from synergen_jax import train_vq
 from synergen_jax.config import ConfigError, validate_config
-from synergen_jax.data.image_tokenizer import ImageTokenizer
-from synergen_jax.data.pipeline import BATCH_FIELDS, batch_sharding, make_iterator
-from synergen_jax.data.prepare import prepare
+from synergen_jax.data.cache import with_prepared_data
+from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model import accounting
-from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train import checkpoint
 from synergen_jax.train.heldout import heldout_metrics
 from synergen_jax.train.metrics import MetricWriter, peak_flops_per_device
-from synergen_jax.train.optimizer import make_optimizer, trainable_mask
-from synergen_jax.train.state import (abstract_params, init_state, make_train_step,
-                                      replicated_fraction, state_shardings,
-                                      strip_boxes)
+from synergen_jax.train.state import build_train_step, init_state
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,117 +40,6 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Data: prepared once per (dataset, tokenizer) into a cache, so a train command alone works.
-# ---------------------------------------------------------------------------------------------------
-
-def _cache_key(config) -> str:
-  d = json.loads(config.data.to_json_best_effort())
-  for knob in ("path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch", "packing_bins",
-               "shards"):
-    d.pop(knob, None)
-  v = json.loads(config.vq.to_json_best_effort())
-  v.pop("workdir", None)
-  m = config.model
-  key = json.dumps(dict(data=d, vq=v, grid=list(m.code_grid), codebook=m.codebook_size,
-                        text_vocab=m.text_vocab), sort_keys=True)
-  return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def cache_root(config) -> str:
-  """config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax."""
-  return config.data.cache_dir or os.environ.get(
-      "SYNERGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synergen_jax"))
-
-
-def ensure_prepared(config) -> str:
-  """config.data.path if set; else the cache entry for this data/tokenizer config, built if missing
-  (train the image tokenizer unless config.vq.workdir names one, then prepare)."""
-  if config.data.path:
-    return config.data.path
-  if jax.process_count() > 1:
-    # One process builds the cache entry (on a file system every process sees), the others wait.
-    from jax.experimental import multihost_utils
-    data_dir = ensure_prepared_here(config) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("synergen_jax: data prepared")
-    return data_dir or ensure_prepared_here(config)
-  return ensure_prepared_here(config)
-
-
-def ensure_prepared_here(config) -> str:
-  root = cache_root(config)
-  entry = os.path.join(root, f"{config.data.name.replace(':', '_')}-{_cache_key(config)}")
-  data_dir = os.path.join(entry, "data")
-  if os.path.exists(os.path.join(data_dir, "meta.json")):
-    return data_dir
-  vq_dir = config.vq.workdir or os.path.join(entry, "vq")
-  if not os.path.exists(os.path.join(vq_dir, "vq_config.json")):
-    print(f"train: no image tokenizer for this config yet; training one into {vq_dir}", flush=True)
-    train_vq.train(config, vq_dir)
-  print(f"train: preparing {config.data.name} into {data_dir}", flush=True)
-  meta = prepare(config, data_dir + ".tmp", ImageTokenizer.load(vq_dir, config.vq.encode_batch))
-  os.replace(data_dir + ".tmp", data_dir)     # a cut-off prepare is never mistaken for a finished one
-  print(f"train: {meta['splits']['train']['examples']} training examples, skipped {meta['skipped']}")
-  return data_dir
-
-
-def _with_data(config, data_dir: str):
-  """The config the model is built from: data path and the new-token ids of the prepared tokenizer."""
-  config = config.copy_and_resolve_references()
-  with open(os.path.join(data_dir, "meta.json")) as f:
-    special = json.load(f)["special"]
-  config.data.path = data_dir
-  if not config.model.new_tokens:
-    config.model.new_tokens = (special["boi"], special["eoi"], special["uncond"])
-  return config
-
-
-def _example_batch(config, mc, xp=jnp):
-  b, t, r = config.train.batch_size, config.data.seq_len, mc.fold_ratio
-  return {k: xp.zeros((b, t, r) if k in ("image_codes", "image_targets") else (b, t),
-                      jnp.float32 if k.endswith("weights") else jnp.int32) for k in BATCH_FIELDS}
-
-
-# ---------------------------------------------------------------------------------------------------
-# The train step: built here for the loop and for AOT compilation (synergen_jax/aot.py).
-# ---------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class StepPlan:
-  model: SynerGenVL
-  example: dict                 # a zero batch of the training shape
-  tx: object
-  abstract_state: dict          # ShapeDtypeStructs of the train state
-  shardings: dict               # NamedShardings of the train state
-  step_fn: object               # jitted (state, batch) -> (state, metrics), state donated
-
-
-def build_train_step(config, mc, mesh, host_example: bool = False) -> StepPlan:
-  """Model, optimizer, state shardings and the jitted step; call under the mesh and logical rules.
-  Raises ConfigError when more parameter bytes would be replicated than the config allows.
-  host_example: the zero batch as numpy (AOT: the mesh's devices are descriptions, nothing can be
-  placed on them)."""
-  t_cfg = config.train
-  model = SynerGenVL(mc)
-  example = _example_batch(config, mc, np if host_example else jnp)
-  boxed = abstract_params(model, example)
-  params_shape = strip_boxes(boxed)
-  tx, schedule = make_optimizer(config, params_shape)
-  abstract_state = jax.eval_shape(lambda: init_state(model, tx, example, t_cfg.seed))
-  shardings = state_shardings(boxed, abstract_state, mesh)
-  share = replicated_fraction(params_shape, shardings["params"])
-  if share > t_cfg.max_replicated_fraction:
-    raise ConfigError(f"{share:.0%} of parameter bytes would be replicated on mesh "
-                      f"{dict(mesh.shape)}, above config.train.max_replicated_fraction="
-                      f"{t_cfg.max_replicated_fraction}; shard more (fsdp/tensor) or raise the limit")
-  trainable = trainable_mask(params_shape, config.stage)
-  step_fn = jax.jit(
-      make_train_step(model, tx, schedule, trainable, config.loss.image_weight, t_cfg.grad_accum),
-      in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
-      donate_argnums=0)
-  return StepPlan(model, example, tx, abstract_state, shardings, step_fn)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------------
 
@@ -179,7 +58,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over the "
                       f"mesh's data x fsdp = {rows_axes} devices; use a multiple of {rows_axes}")
   checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
-  config = _with_data(config, ensure_prepared(config))
+  config = with_prepared_data(config)          # data.path and new-token ids (data/cache.py)
   mc = validate_config(config)
   checkpoint.check_workdir_config(workdir, config)
   t_cfg = config.train

@@ -1,4 +1,4 @@
-"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU per DESIGN section 7."""
+"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU against synergen_jax/hardware.py."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import sys
 import jax
 from etils import epath
 
-# Dense bf16 TFLOP/s per chip (DESIGN section 7). CPU has no entry: MFU is null there.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0,
-               "TPU v6e": 918.0}
+from synergen_jax.hardware import peak_flops
 
 
 def peak_flops_per_device() -> float | None:
-  kind = jax.devices()[0].device_kind
-  for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-    if name.lower() in kind.lower():
-      return tflops * 1e12
-  return None
+  return peak_flops(jax.devices()[0].device_kind)
 
 
 class MetricWriter:

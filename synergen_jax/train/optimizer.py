@@ -1,6 +1,6 @@
 """AdamW with warm-up + constant/cosine schedule, clipping, a weight-decay mask and training stages.
 
-Stages (progressive alignment, DESIGN section 1) select trainable parameters by path; everything else
+Stages (SynerGen-VL's progressive alignment pretraining, `config.stage`) select trainable parameters by path; everything else
 goes through `optax.set_to_zero()` inside `optax.multi_transform`, so it never moves and holds no
 optimizer state:
 
@@ -26,7 +26,7 @@ STAGE_PATTERNS = {
 
 
 def _path(path) -> str:
-  return "/".join(str(getattr(p, "key", p)) for p in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def trainable_mask(params, stage: str):

@@ -1,5 +1,7 @@
 """Train state (a plain dict), its shardings on the mesh, and the jitted train step.
 
+`build_train_step` puts them together for the loop and for AOT compilation (`synergen_jax.aot`).
+
   state = {"step": int32, "params": ..., "opt_state": ..., "nonfinite": int32 (skipped updates)}
 
 Parameters are sharded by the logical-axis rules (parallel/sharding.py); optimizer-state leaves take
@@ -8,18 +10,19 @@ the sharding of the parameter whose path they end with (Adam's mu/nu), scalars a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from synergen_jax import batch as batch_lib
+from synergen_jax.config import ConfigError
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
-from synergen_jax.parallel.sharding import mesh_shardings
-
-
-def _keystr(path) -> str:
-  return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+from synergen_jax.parallel.sharding import batch_sharding, mesh_shardings
+from synergen_jax.train.optimizer import make_optimizer, trainable_mask
 
 
 def strip_boxes(tree):
@@ -37,12 +40,12 @@ def abstract_params(model: SynerGenVL, example_batch):
 def state_shardings(boxed_params, abstract_state, mesh):
   param_sh = mesh_shardings(boxed_params, mesh)
   shapes = strip_boxes(boxed_params)
-  by_path = {_keystr(p): (s, x.shape) for (p, s), x in
+  by_path = {jax.tree_util.keystr(p, simple=True, separator="/"): (s, x.shape) for (p, s), x in
              zip(jax.tree_util.tree_flatten_with_path(param_sh)[0], jax.tree.leaves(shapes))}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def pick(path, leaf):
-    key = _keystr(path)
+    key = jax.tree_util.keystr(path, simple=True, separator="/")
     for param_path, (sharding, shape) in by_path.items():
       # Whole path components only: ".../layer_10/..." must not match "layer_0/...".
       if (key == param_path or key.endswith("/" + param_path)) and tuple(leaf.shape) == tuple(shape):
@@ -117,3 +120,40 @@ def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_ac
     return state, metrics
   return train_step
 
+
+
+@dataclasses.dataclass
+class StepPlan:
+  model: SynerGenVL
+  example: dict                 # a zero batch of the training shape
+  tx: object
+  abstract_state: dict          # ShapeDtypeStructs of the train state
+  shardings: dict               # NamedShardings of the train state
+  step_fn: object               # jitted (state, batch) -> (state, metrics), state donated
+
+
+def build_train_step(config, mc, mesh, host_example: bool = False) -> StepPlan:
+  """Model, optimizer, state shardings and the jitted step; call under the mesh and logical rules.
+  Raises ConfigError when more parameter bytes would be replicated than the config allows.
+  host_example: the zero batch as numpy (AOT: the mesh's devices are descriptions, nothing can be
+  placed on them)."""
+  t_cfg = config.train
+  model = SynerGenVL(mc)
+  example = batch_lib.zeros(t_cfg.batch_size, config.data.seq_len, mc.fold_ratio,
+                            np if host_example else jnp)
+  boxed = abstract_params(model, example)
+  params_shape = strip_boxes(boxed)
+  tx, schedule = make_optimizer(config, params_shape)
+  abstract_state = jax.eval_shape(lambda: init_state(model, tx, example, t_cfg.seed))
+  shardings = state_shardings(boxed, abstract_state, mesh)
+  share = replicated_fraction(params_shape, shardings["params"])
+  if share > t_cfg.max_replicated_fraction:
+    raise ConfigError(f"{share:.0%} of parameter bytes would be replicated on mesh "
+                      f"{dict(mesh.shape)}, above config.train.max_replicated_fraction="
+                      f"{t_cfg.max_replicated_fraction}; shard more (fsdp/tensor) or raise the limit")
+  trainable = trainable_mask(params_shape, config.stage)
+  step_fn = jax.jit(
+      make_train_step(model, tx, schedule, trainable, config.loss.image_weight, t_cfg.grad_accum),
+      in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+      donate_argnums=0)
+  return StepPlan(model, example, tx, abstract_state, shardings, step_fn)

@@ -17,8 +17,8 @@ from safetensors.numpy import save_file  # noqa: E402
 from helpers import ROOT, tiny  # noqa: E402
 from synergen_jax.convert import vq_weights  # noqa: E402
 from synergen_jax.convert.hf_checkpoint import CheckpointError  # noqa: E402
-from synergen_jax.data.image_tokenizer import ImageTokenizer  # noqa: E402
-from synergen_jax.model import vq  # noqa: E402
+from synergen_jax.vq.tokenizer import ImageTokenizer  # noqa: E402
+from synergen_jax.vq import autoencoder as vq  # noqa: E402
 
 ARGS = dict(downsample=8, num_res_blocks=2)   # 3 stride-2 stages, 2 residual blocks each side
 

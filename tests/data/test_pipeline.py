@@ -15,7 +15,7 @@ from array_record.python import array_record_module
 from helpers import tiny
 from synergen_jax.data import layout, pipeline
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.prepare import decode_record, encode_record
+from synergen_jax.data.records import TASK_NAMES, decode_record, encode_record, record_parts
 
 
 def _config(tiny_data, **data):
@@ -147,8 +147,7 @@ def test_too_long_examples_are_counted_or_rejected(tiny_data):
   reader = grain.sources.ArrayRecordDataSource(list(split.files))
   special = split.special
   lengths = np.asarray([len(layout.layout_example(
-      [layout.Image(c) for c in decode_record(reader[i])["codes"]] +
-      [layout.Text(decode_record(reader[i])["text"])], mc.fold, special)["text_tokens"])
+      record_parts(decode_record(reader[i])), mc.fold, special)["text_tokens"])
       for i in range(0, len(reader), 97)])
   np.testing.assert_array_equal(lengths, pipeline.example_slots(split.text_len, split.n_images, mc)[::97])
   it = pipeline.make_iterator(config)
@@ -242,16 +241,9 @@ def test_out_of_range_ids_in_a_shard_name_the_record(tiny_data, tmp_path, field,
   os.remove(shard)
   writer = array_record_module.ArrayRecordWriter(str(shard), "group_size:1")
   for r in records:
-    parts = []
-    offset, t, im = 0, 0, 0
-    for kind, loss in zip(r["kinds"], r["loss"]):
-      if kind:
-        parts.append(("image", r["codes"][im], bool(loss))); im += 1
-      else:
-        n = int(r["text_lens"][t]); parts.append(("text", r["text"][offset:offset + n], bool(loss)))
-        offset += n; t += 1
-    task = {0: "caption", 1: "generation", 2: "interleaved"}[int(r["task"])]
-    writer.write(encode_record(parts, int(r["label"]), int(r["source_index"]), task, r["caption"]))
+    writer.write(encode_record(record_parts(r), label=int(r["label"]),
+                               source_index=int(r["source_index"]), task=TASK_NAMES[int(r["task"])],
+                               caption=r["caption"]))
   writer.close()
   config = _config(tiny_data, path=str(out))
   config.train.batch_size = 64

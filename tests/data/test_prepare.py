@@ -10,7 +10,8 @@ from PIL import Image as PILImage
 
 from synergen_jax.data import images
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.prepare import TASK_IDS, decode_record, prepare
+from synergen_jax.data.records import TASK_IDS, decode_record
+from synergen_jax.data.writer import prepare
 from synergen_jax.data.sources import mnist5k
 from synergen_jax.data.tokenizers import TextTokenizer
 from grain.sources import ArrayRecordDataSource

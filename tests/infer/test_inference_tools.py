@@ -13,7 +13,7 @@ from synergen_jax.config import ConfigError
 from synergen_jax.data.layout import Image, Text, layout_example, pack, stack_rows
 from synergen_jax.infer import judge as judge_lib
 from synergen_jax.infer import loader, tasks
-from synergen_jax.infer.evaluate import evaluate, named_classes
+from synergen_jax.infer.report import evaluate, named_classes
 from synergen_jax.infer.scoring import continuation_scores, next_token_logprobs
 from synergen_jax.model.synergen_vl import SynerGenVL
 

@@ -10,15 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import mgpu_interpret_mark
+from kernel_cases import KERNELS
 from synergen_jax.kernels.attention import attention, xla_attention
 
-CASES = [("pallas_gpu", jnp.float32, 2e-5, 64),
-         pytest.param("pallas_mgpu", jnp.bfloat16, 3e-2, 64, marks=mgpu_interpret_mark()),
-         ("pallas_tpu", jnp.float32, 2e-5, 128)]
+CASES = [  # (impl, dtype, tol, block) of every kernel, with its interpret marks (pallas_mgpu's cases
+           # run in the child process of test_flash_mgpu.py)
+    pytest.param(kernel.impl, *kernel.segment_skip, marks=kernel.interpret_marks, id=kernel.impl)
+    for kernel in KERNELS.values()]
 
 
-@pytest.mark.parametrize("impl,dtype,tol,block", CASES, ids=["pallas_gpu", "pallas_mgpu", "pallas_tpu"])
+@pytest.mark.parametrize("impl,dtype,tol,block", CASES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_blocks_of_other_examples_are_skipped(impl, dtype, tol, block, causal):
   length, half = 4 * block, 2 * block

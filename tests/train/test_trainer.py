@@ -108,9 +108,9 @@ def test_heldout_metrics_weight_batches_by_their_targets(tiny_data, tmp_path):
   from synergen_jax.model.losses import synergen_loss
   from synergen_jax.model.synergen_vl import SynerGenVL
   from synergen_jax.train.heldout import heldout_metrics
-  from synergen_jax.train.loop import _with_data
+  from synergen_jax.data.cache import with_prepared_data
 
-  config = _with_data(_config(tiny_data, steps=2), tiny_data["data_dir"])
+  config = with_prepared_data(_config(tiny_data, steps=2))
   params = train(config, str(tmp_path))["state"]["params"]
   from synergen_jax.config import validate_config
   model = SynerGenVL(validate_config(config))
@@ -123,19 +123,6 @@ def test_heldout_metrics_weight_batches_by_their_targets(tiny_data, tmp_path):
   i = [float(m["tokens/image"]) for m in per]
   want = sum(float(m["accuracy/image"]) * w for m, w in zip(per, i)) / sum(i)
   np.testing.assert_allclose(got["eval/accuracy/image"], want, rtol=1e-5)
-
-
-def test_data_cache_is_built_once(tiny_data, tmp_path):
-  from synergen_jax.train.loop import ensure_prepared
-  config = tiny_data["config"].copy_and_resolve_references()
-  config.data.path = None
-  config.data.cache_dir = str(tmp_path)
-  config.vq.workdir = tiny_data["vq_dir"]          # reuse the trained tokenizer: no retraining here
-  first = ensure_prepared(config)
-  stamp = os.path.getmtime(os.path.join(first, "meta.json"))
-  assert ensure_prepared(config) == first and os.path.getmtime(os.path.join(first, "meta.json")) == stamp
-  config.data.p_uncond = 0.2                       # a different dataset -> a different entry
-  assert ensure_prepared(config) != first
 
 
 _DIE_DURING_SAVE = """

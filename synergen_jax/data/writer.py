@@ -1,4 +1,5 @@
-"""Raw source -> ArrayRecord shards of token examples + meta.json (run once per dataset/tokenizer).
+"""Raw source -> ArrayRecord shards of token examples + meta.json: the library behind
+`python -m synergen_jax.prepare` (run once per dataset and tokenizer).
 
 For each split (train, eval: the same seeded split train_vq holds out):
   1. read every record; decode + fit its image, strip its caption; bad records are skipped and
@@ -13,7 +14,7 @@ For each split (train, eval: the same seeded split train_vq holds out):
   5. write `{split}-index.npz` (text length and image count per example: the pipeline computes the
      slot count for any fold ratio from it without reading records) and meta.json.
 
-Records are msgpack dicts (see `encode_record`); `pipeline.py` turns them into model slots.
+Records are encoded by `data/records.py`; `pipeline.py` decodes them into model slots.
 """
 
 from __future__ import annotations
@@ -26,36 +27,15 @@ import time
 
 import numpy as np
 from array_record.python import array_record_module
-from flax import serialization
 
 from synergen_jax.config import validate_config
 from synergen_jax.data import images as image_ops
 from synergen_jax.data.errors import BadRecord, DataError
-from synergen_jax.data.image_tokenizer import ImageTokenizer
+from synergen_jax.data.layout import Image, Text
+from synergen_jax.data.records import FORMAT_VERSION, TASK_IDS, encode_record
 from synergen_jax.data.sources import open_source, split_indices
 from synergen_jax.data.tokenizers import TextTokenizer, train_sentencepiece
-
-FORMAT_VERSION = 1
-TASK_IDS = dict(caption=0, generation=1, interleaved=2)
-TEXT, IMAGE = 0, 1
-
-
-def encode_record(parts, label: int, source_index: int, task: str, caption: str) -> bytes:
-  """parts: list of ("text", ids, loss) / ("image", codes [h, w], loss) -> msgpack bytes."""
-  kinds = np.asarray([TEXT if p[0] == "text" else IMAGE for p in parts], np.int8)
-  texts = [np.asarray(p[1], np.int32) for p in parts if p[0] == "text"]
-  grids = [np.asarray(p[1], np.int32) for p in parts if p[0] == "image"]
-  return serialization.msgpack_serialize(dict(
-      kinds=kinds, loss=np.asarray([p[2] for p in parts], np.int8),
-      text=np.concatenate(texts) if texts else np.zeros(0, np.int32),
-      text_lens=np.asarray([len(t) for t in texts], np.int32),
-      codes=np.stack(grids) if grids else np.zeros((0, 0, 0), np.int32),
-      label=np.int32(label), source_index=np.int32(source_index), task=np.int8(TASK_IDS[task]),
-      caption=caption))
-
-
-def decode_record(data: bytes) -> dict:
-  return serialization.msgpack_restore(data)
+from synergen_jax.vq.tokenizer import ImageTokenizer
 
 
 class _Records:
@@ -128,11 +108,11 @@ def build_examples(records: _Records, gen_codes, tile_codes, tok: TextTokenizer,
     for task in ("caption", "generation", "interleaved"):
       for _ in range(_count(d.tasks.get(task, 0.0), rng)):
         if task == "caption":
-          parts = [("image", c, False) for c in tile_codes[k]]
-          parts += [("text", caption_prompt, False), ("text", caption_ids[k], True)]
+          parts = [Image(c) for c in tile_codes[k]]
+          parts += [Text(caption_prompt), Text(caption_ids[k], loss=True)]
         elif task == "generation":
           prompt = uncond_prompt if rng.random() < d.p_uncond else gen_prompt + caption_ids[k]
-          parts = [("text", prompt, False), ("image", gen_codes[k], True)]
+          parts = [Text(prompt), Image(gen_codes[k], loss=True)]
         else:
           if n < d.interleaved_images:
             continue
@@ -141,11 +121,12 @@ def build_examples(records: _Records, gen_codes, tile_codes, tok: TextTokenizer,
           parts = []
           for j, doc in enumerate(docs):
             tail = full_stop if j == len(docs) - 1 else then
-            parts += [("image", gen_codes[doc], True), ("text", caption_ids[doc] + tail, True)]
-        text_len = sum(len(p[1]) for p in parts if p[0] == "text")
-        n_images = sum(p[0] == "image" for p in parts)
-        yield (encode_record(parts, records.labels[k], records.indices[k], task, records.captions[k]),
-               text_len, n_images, TASK_IDS[task])
+            parts += [Image(gen_codes[doc], loss=True), Text(caption_ids[doc] + tail, loss=True)]
+        text_len = sum(len(p.tokens) for p in parts if isinstance(p, Text))
+        n_images = sum(isinstance(p, Image) for p in parts)
+        record = encode_record(parts, label=records.labels[k], source_index=records.indices[k],
+                               task=task, caption=records.captions[k])
+        yield record, text_len, n_images, TASK_IDS[task]
 
 
 def write_shards(examples, out_dir: str, split: str, per_shard: int) -> dict:
@@ -171,10 +152,13 @@ def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
   """Runs steps 1-5 and returns meta (also written to out_dir/meta.json)."""
   mc = validate_config(config)
   d, t0 = config.data, time.time()
-  vq = image_tokenizer.config
+  vq = image_tokenizer
   if (vq.grid, vq.grid) != tuple(mc.code_grid) or vq.codebook_size != mc.codebook_size:
     raise DataError(f"image tokenizer makes {vq.grid}x{vq.grid} grids of {vq.codebook_size} codes; "
                     f"config.model has code_grid={mc.code_grid}, codebook_size={mc.codebook_size}")
+  if vq.channels != config.vq.channels:
+    raise DataError(f"image tokenizer takes {vq.channels}-channel images; config.vq.channels="
+                    f"{config.vq.channels}: set --config.vq.channels={vq.channels}")
   os.makedirs(out_dir, exist_ok=True)
   source = open_source(d)
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)

@@ -22,12 +22,12 @@ import json
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from synergen_jax.parallel.topology import compile_report, format_report, parse_mesh
+from synergen_jax import cli
+from synergen_jax.aot.compile_report import compile_report, format_report, parse_mesh
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string("topology", None, "TPU slice (v5p:4x4x4, v4:2x2x2, v5e:4x4) or GPU target "
                     "GPU[:HOSTSxDEVICES] (h100, h100:1x8, h200:2x8)")
 flags.DEFINE_string("mesh", None, "mesh override, e.g. data=1,fsdp=-1,tensor=1")

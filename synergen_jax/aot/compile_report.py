@@ -1,33 +1,27 @@
-"""The trainer's step compiled ahead of time for a TPU topology described by libtpu, or for GPUs
-described to XLA's compile-only GPU client (parallel/gpu_targets.py): memory and FLOPs.
-
-The CLI and its output: synergen_jax/aot.py.
+"""The trainer's step compiled ahead of time for a TPU slice or GPU hosts (aot/targets.py): memory
+per device, whether it fits, model and XLA FLOPs. The CLI is aot/__main__.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
+import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from synergen_jax.aot.targets import topology_devices
 from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.data.synthetic import synthetic_batch
 from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.model import accounting
-from synergen_jax.parallel.gpu_targets import gpu_topology, is_gpu_target
 from synergen_jax.parallel.mesh import AXES, make_mesh
-from synergen_jax.parallel.sharding import LOGICAL_RULES
-from synergen_jax.train.loop import build_train_step
+from synergen_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
+from synergen_jax.train.state import build_train_step
 
-# HBM per device (GiB) by device_kind (Cloud TPU system-architecture pages). libtpu describes a v4
-# chip as two devices (one per TensorCore), so a v4 device has half the chip's 32 GiB.
-HBM_GIB = {"TPU v4": 16, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5": 95, "TPU v5p": 95,
-           "TPU v6 lite": 32, "TPU v6e": 32}
 # The TPU compiler refuses a program that cannot fit; its message carries the sizes.
 OOM_MESSAGE = re.compile(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
 
@@ -53,27 +47,6 @@ class Report:
     return self.total_bytes <= self.hbm_bytes
 
 
-def topology_devices(topology: str):
-  """(devices, HBM bytes per device or None) of a TPU slice (v5p:4x4x4) or a GPU target (h100:1x8)."""
-  if is_gpu_target(topology):
-    try:
-      description, hbm = gpu_topology(topology)
-    except ValueError as e:
-      raise ConfigError(f"--topology={topology!r}: {e}") from None
-    return description.devices, hbm
-  # libtpu takes a machine-wide lock meant for real chips; compiling needs none, and without this a
-  # second AOT process on the same host (a test, a sweep) is refused.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  try:
-    from jax.experimental import topologies
-    return topologies.get_topology_desc(topology, "tpu").devices, None
-  except Exception as e:   # no libtpu, or a name libtpu does not know
-    raise ConfigError(f"--topology={topology!r}: cannot describe it ({type(e).__name__}: {e}). Install "
-                      "the tpu extra (pip install -e '.[tpu]') and name a slice as GEN:TOPOLOGY, "
-                      "e.g. v5p:2x2x1, v4:2x2x2, v5e:4x4, or a GPU target such as h100:1x8 (cuda "
-                      "extra)") from None
-
-
 def is_tpu(device) -> bool:
   return "tpu" in device.platform.lower() or device.device_kind.startswith("TPU")
 
@@ -96,32 +69,38 @@ def parse_mesh(text: str | None, config) -> None:
     config.mesh[axis] = int(size)
 
 
-def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report:
-  import time
-  mc = validate_config(config)                    # config errors before any compilation
-  devices, target_hbm = topology_devices(topology)
-  if config.model.attention_impl == "auto":       # "auto" means the target's choice, not this host's
-    with config.unlocked():
-      config.model.attention_impl = auto_impl("tpu" if is_tpu(devices[0]) else "gpu")
-  if not config.model.new_tokens:                 # only their count shapes the parameters
-    with config.unlocked():
-      config.model.new_tokens = tuple(range(mc.text_vocab - 3, mc.text_vocab))
+def for_target(config, devices):
+  """The config as it would run on `devices` (no prepared data at hand): attention "auto" resolved
+  for their platform, not this host's, and three new-token ids (only their count shapes the
+  parameters) where the config leaves them to the prepared tokenizer. Returns the ModelConfig."""
   mc = validate_config(config)
+  with config.unlocked():
+    if config.model.attention_impl == "auto":
+      config.model.attention_impl = auto_impl("tpu" if is_tpu(devices[0]) else "gpu")
+    if not config.model.new_tokens:
+      config.model.new_tokens = tuple(range(mc.text_vocab - 3, mc.text_vocab))
+  return validate_config(config)
+
+
+def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report:
+  validate_config(config)                         # config errors before any compilation
+  devices, target_hbm = topology_devices(topology)
+  mc = for_target(config, devices)
   mesh = make_mesh(config.mesh, devices)
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % rows:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over data x "
                       f"fsdp = {rows} devices of {topology}; use a multiple of {rows}")
   kind = devices[0].device_kind
-  hbm = int(hbm_gb * 2**30) if hbm_gb else target_hbm or int(HBM_GIB.get(kind, 0) * 2**30)
+  hbm = int(hbm_gb * 2**30) if hbm_gb else target_hbm
   if not hbm:
     raise ConfigError(f"unknown HBM size for {kind!r}; pass --hbm_gb")
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
     plan = build_train_step(config, mc, mesh, host_example=True)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    rows_sharding = batch_sharding(mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          plan.abstract_state, plan.shardings)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows_sharding)
              for k, v in plan.example.items()}
     lowered = plan.step_fn.lower(state, batch)
     t0 = time.perf_counter()
@@ -136,7 +115,7 @@ def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report
   host_batch = synthetic_batch(mc, config.train.batch_size, config.data.seq_len)
   params = _per_device_bytes(plan.abstract_state["params"], plan.shardings["params"])
   optimizer = _per_device_bytes(plan.abstract_state["opt_state"], plan.shardings["opt_state"])
-  batch_bytes = sum(math.prod(batch_sharding.shard_shape(v.shape)) * np.dtype(v.dtype).itemsize
+  batch_bytes = sum(math.prod(rows_sharding.shard_shape(v.shape)) * np.dtype(v.dtype).itemsize
                     for v in plan.example.values())
   if compiled is None:   # the compiler's own verdict: temporaries alone exceed the chip
     temp, xla_flops = int(float(oom.group(1)) * 2**30), 0.0

@@ -1,4 +1,5 @@
-"""Evaluation of a trained workdir: understanding, generation and the image tokenizer, one report.
+"""Evaluation of a trained workdir: understanding, generation and the image tokenizer, one report
+(`evaluate_workdir` writes it to DIR/eval.json; `python -m synergen_jax.evaluate` is its CLI).
 
 The held-out images are the seeded split every stage holds out (data.sources.split_indices: the
 image tokenizer, prepare and the trainer never train on them), read again from the raw source.
@@ -17,6 +18,7 @@ tokenizer      reconstruction MSE (pixels in [0, 1]) and PSNR on the held-out im
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -24,15 +26,16 @@ import time
 import numpy as np
 
 from synergen_jax.data import images as image_ops
+from synergen_jax.data.cache import cache_root
 from synergen_jax.data.layout import Image, Text, layout_example
-from synergen_jax.data.prepare import read_split
+from synergen_jax.data.writer import read_split
 from synergen_jax.data.sources import open_source, split_indices
 from synergen_jax.infer import judge as judge_lib
 from synergen_jax.infer import tasks
 from synergen_jax.infer.decode import Sampling
+from synergen_jax.infer import loader
 from synergen_jax.infer.loader import Loaded
 from synergen_jax.infer.scoring import continuation_scores
-from synergen_jax.train.loop import cache_root
 
 
 def named_classes(text: str, names) -> set[int]:
@@ -110,7 +113,7 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
   if count and count < len(eval_idx):   # a seeded subset: sources are often stored sorted by class
     eval_idx = np.sort(np.random.default_rng(d.seed).choice(eval_idx, count, replace=False))
-  real = read_split(source, eval_idx, config, tok.config.image_size)
+  real = read_split(source, eval_idx, config, tok.image_size)
   if not real.captions:
     raise ValueError(f"evaluate: no usable held-out records in {source.name}: {dict(real.skipped)}")
   eval_pixels = np.stack(real.gen_images)
@@ -134,7 +137,7 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
                              os.path.join(out_dir, "eval_captions.png"))
 
   if names:
-    train = read_split(source, train_idx, config, tok.config.image_size)
+    train = read_split(source, train_idx, config, tok.image_size)
     train_pixels = np.stack(train.gen_images)
     judge = judge_lib.load_or_train(os.path.join(cache_root(config), "judges"), train_pixels,
                                     np.asarray(train.labels), len(names))
@@ -148,6 +151,15 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   else:
     report["generation"] = dict(skipped=f"{source.name} has no class labels to judge prompts by")
   report["seconds"] = round(time.time() - t0, 1)
+  return report
+
+
+def evaluate_workdir(workdir: str, **settings) -> dict:
+  """Loads a trained workdir, evaluates it (`settings`: the keyword arguments of `evaluate`) and
+  writes DIR/eval.json, DIR/eval_samples.png and DIR/eval_captions.png; returns the report."""
+  report = evaluate(loader.load(workdir), workdir, **settings)
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=1)
   return report
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.image_tokenizer import ImageTokenizer
+from synergen_jax.vq.tokenizer import ImageTokenizer
 from synergen_jax.data.sources import mnist5k, split_indices
-from synergen_jax.model import vq
-from synergen_jax.train_vq import load_pixels
+from synergen_jax.vq import autoencoder as vq
+from synergen_jax.vq.training import load_pixels
 
 
 @pytest.mark.parametrize("downsample", [4, 8, 16])

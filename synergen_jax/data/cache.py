@@ -1,0 +1,87 @@
+"""The data cache: "make sure the prepared data and its image tokenizer exist for this config".
+
+A train command alone must work on a fresh machine, so a config without `config.data.path` is
+prepared once into a cache entry keyed by everything that changes the prepared examples (the data
+and tokenizer sections, the code grid, the vocabulary sizes; not the pipeline's knobs such as
+seq_len or workers, which only change how examples are packed):
+
+  <cache root>/<data.name>-<key>/vq     the image tokenizer, trained here unless config.vq.workdir
+                                        names one (vq/training.py)
+  <cache root>/<data.name>-<key>/data   prepare's output (data/writer.py)
+
+The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax. Under
+several processes one process builds the entry (on a file system they all see) and the others wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+
+from synergen_jax.data.writer import prepare
+from synergen_jax.vq import training as vq_training
+from synergen_jax.vq.tokenizer import ImageTokenizer
+
+
+def cache_key(config) -> str:
+  d = json.loads(config.data.to_json_best_effort())
+  for knob in ("path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch", "packing_bins",
+               "shards"):
+    d.pop(knob, None)
+  v = json.loads(config.vq.to_json_best_effort())
+  v.pop("workdir", None)
+  m = config.model
+  key = json.dumps(dict(data=d, vq=v, grid=list(m.code_grid), codebook=m.codebook_size,
+                        text_vocab=m.text_vocab), sort_keys=True)
+  return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def cache_root(config) -> str:
+  """config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax."""
+  return config.data.cache_dir or os.environ.get(
+      "SYNERGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synergen_jax"))
+
+
+def ensure_prepared(config) -> str:
+  """config.data.path if set; else the cache entry for this data/tokenizer config, built if missing
+  (train the image tokenizer unless config.vq.workdir names one, then prepare)."""
+  if config.data.path:
+    return config.data.path
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    data_dir = _ensure_prepared_here(config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("synergen_jax: data prepared")
+    return data_dir or _ensure_prepared_here(config)
+  return _ensure_prepared_here(config)
+
+
+def _ensure_prepared_here(config) -> str:
+  entry = os.path.join(cache_root(config), f"{config.data.name.replace(':', '_')}-{cache_key(config)}")
+  data_dir = os.path.join(entry, "data")
+  if os.path.exists(os.path.join(data_dir, "meta.json")):
+    return data_dir
+  vq_dir = config.vq.workdir or os.path.join(entry, "vq")
+  if not os.path.exists(os.path.join(vq_dir, "vq_config.json")):
+    print(f"train: no image tokenizer for this config yet; training one into {vq_dir}", flush=True)
+    vq_training.train(config, vq_dir)
+  print(f"train: preparing {config.data.name} into {data_dir}", flush=True)
+  meta = prepare(config, data_dir + ".tmp", ImageTokenizer.load(vq_dir, config.vq.encode_batch))
+  os.replace(data_dir + ".tmp", data_dir)     # a cut-off prepare is never mistaken for a finished one
+  print(f"train: {meta['splits']['train']['examples']} training examples, skipped {meta['skipped']}")
+  return data_dir
+
+
+def with_prepared_data(config):
+  """The config the model is built from: data.path set to the prepared data (built if needed) and
+  the new-token ids (<boi>, <eoi>, <UNCOND>) taken from its tokenizer unless the config names them."""
+  data_dir = ensure_prepared(config)
+  config = config.copy_and_resolve_references()
+  with open(os.path.join(data_dir, "meta.json")) as f:
+    special = json.load(f)["special"]
+  config.data.path = data_dir
+  if not config.model.new_tokens:
+    config.model.new_tokens = (special["boi"], special["eoi"], special["uncond"])
+  return config

@@ -1,0 +1,10 @@
+"""The image tokenizer: pixels <-> discrete code grids.
+
+  autoencoder.py  our small VQ: conv encoder, cosine codebook (usage, dead-code restart), decoder
+  training.py     trains it on a config's raw source (`python -m synergen_jax.train_vq` is its CLI)
+  tokenizer.py    `ImageTokenizer`: a tokenizer loaded from its workdir, batched, jitted and
+                  sharded encode/decode of uint8 pixels, with a parameter fingerprint
+
+It reads raw images through `data/sources.py` and `data/images.py`; `data/writer.py` (prepare) and
+`data/cache.py` use it to turn images into codes.
+"""
