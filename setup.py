@@ -40,6 +40,7 @@ setup(
         # host. Several GB; install it in its own venv, not the test one.
         "cuda": ["jax[cuda13]==0.10.2"],
         # torch==2.13.0 is the CPU build where pip finds it locally; unpinned, pip pulls CUDA builds.
-        "hf": ["torch==2.13.0", "safetensors==0.8.0", "transformers==5.24.0"],
+        # diffusers: the VQModel (taming VQGAN / MoVQ) reference of vq/vqgan.py's parity tests.
+        "hf": ["torch==2.13.0", "safetensors==0.8.0", "transformers==5.24.0", "diffusers==0.42.1"],
     },
 )

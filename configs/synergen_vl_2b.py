@@ -12,6 +12,13 @@ shape and reads the LLM state through a 2048 -> 2048 projection as a prefix; los
 targets (see synergen_jax/model/losses.py). Parameter count: 3.634B total, 2.426B activated per token
 (`python -m synergen_jax.summary --config configs/synergen_vl_2b.py --steps 0`); the paper reports
 3.6B / 2.4B.
+
+The image tokenizer is Emu3's, imported once from its release and named by config.vq.workdir:
+
+  python -m synergen_jax.convert.vq_import --hf_dir Emu3-VisionTokenizer --workdir tok/emu3 \
+      --image_size 512
+  python -m synergen_jax.train --config configs/synergen_vl_2b.py:stage=1 --workdir runs/s1 \
+      --config.vq.workdir=tok/emu3 --config.train.init_from=ckpt/internlm2 --config.data.path=...
 """
 
 from synergen_jax.config import base_config, parse_arg

@@ -16,14 +16,11 @@ import jax
 import numpy as np
 
 from synergen_jax.config import ConfigError
+from synergen_jax.data.errors import CheckpointError  # noqa: F401  (raised here, imported from here)
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
                    "generation_config.json")
-
-
-class CheckpointError(ValueError):
-  """A missing, corrupt or mismatched checkpoint file; the message names the file and tensor."""
 
 
 def read_json(path: str) -> dict:
@@ -65,8 +62,13 @@ class HFCheckpoint:
 
   def _index_safetensors(self, files: list[str]) -> dict[str, str]:
     from safetensors import safe_open   # the `hf` extra
-    index_file = os.path.join(self.dir, "model.safetensors.index.json")
-    if os.path.exists(index_file):
+    # model.safetensors.index.json (transformers), diffusion_pytorch_model.safetensors.index.json
+    # (diffusers): the weight map of a sharded save.
+    indexes = sorted(glob.glob(os.path.join(self.dir, "*.safetensors.index.json")))
+    if len(indexes) > 1:
+      raise CheckpointError(f"{self.dir} has several safetensors indexes {indexes}; keep one")
+    index_file = indexes[0] if indexes else ""
+    if index_file:
       weight_map = read_json(index_file).get("weight_map")
       if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index_file} has no weight_map")

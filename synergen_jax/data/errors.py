@@ -1,4 +1,5 @@
-"""The two ways data can be wrong: one record (skip it and count it) or the whole input (stop)."""
+"""How input can be wrong: one record (skip it and count it), the whole input (stop), or a weights
+file that does not match what it should hold (stop, naming the file and the tensors)."""
 
 
 class BadRecord(ValueError):
@@ -11,3 +12,7 @@ class BadRecord(ValueError):
 
 class DataError(ValueError):
   """Input that cannot be used at all (missing dataset, shard that contradicts the config, ...)."""
+
+
+class CheckpointError(ValueError):
+  """A missing, corrupt or mismatched checkpoint file; the message names the file and tensor."""

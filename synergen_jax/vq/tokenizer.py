@@ -3,9 +3,11 @@
 One interface for every family (`FAMILIES`):
 
   synergen  our small VQ (vq/autoencoder.py), trained by `python -m synergen_jax.train_vq`
+  vqgan     diffusers' VQModel: taming VQGAN (norm_type "group") or MoVQ ("spatial"), vq/vqgan.py
+  emu3      transformers' Emu3VQVAE, the tokenizer of Emu3 and SynerGen-VL, vq/emu3.py
 
 The workdir holds `vq_config.json` (the family, its config and pixel normalisation) and an Orbax
-checkpoint of the parameters. Pixels are
+checkpoint of the parameters; `convert/vq_import.py` writes one from a released folder. Pixels are
 normalised as the release's image processor does: `x = (uint8 / 255 - mean) / std` (mean = std = 0.5
 gives [-1, 1]), and decoded pixels go back the same way, clipped and rounded.
 
@@ -28,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from synergen_jax.data.errors import DataError
-from synergen_jax.vq import autoencoder
+from synergen_jax.vq import autoencoder, emu3, vqgan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +40,15 @@ class Family:
   with_usage: bool = False     # our family's checkpoints also hold codebook usage counts
 
 
+def _hf_config(cls):
+  return lambda meta: dataclasses.replace(cls.from_hf(meta["hf_config"], "vq_config.json"),
+                                          **meta.get("overrides", {}))
+
+
 FAMILIES = {
     "synergen": Family(lambda meta: autoencoder.VQConfig(**meta["vq"]), autoencoder.VQModel, True),
+    "vqgan": Family(_hf_config(vqgan.VQGANConfig), vqgan.VQGAN),
+    "emu3": Family(_hf_config(emu3.Emu3Config), emu3.Emu3VQ),
 }
 HALF = (0.5, 0.5, 0.5)
 
@@ -85,7 +94,8 @@ class ImageTokenizer:
     config_file = os.path.join(workdir, "vq_config.json")
     if not os.path.exists(config_file):
       raise DataError(f"no image tokenizer in {workdir} (missing vq_config.json); train one with "
-                      "python -m synergen_jax.train_vq --config ... --workdir " + workdir)
+                      "python -m synergen_jax.train_vq --config ... --workdir " + workdir + " or "
+                      "import a release with python -m synergen_jax.convert.vq_import --hf_dir ...")
     with open(config_file) as f:
       meta = json.load(f)
     name = meta.get("family", "synergen")
