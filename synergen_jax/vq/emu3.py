@@ -39,7 +39,8 @@ import numpy as np
 
 from synergen_jax.config import ConfigError
 from synergen_jax.data.errors import CheckpointError
-from synergen_jax.vq.vqgan import SpatialNorm, conv, group_norm, resize_nearest
+from synergen_jax.vq.vqgan import (SpatialNorm, checked_int, checked_int_list, conv, group_norm,
+                                  resize_nearest)
 
 GROUPS = 32                 # transformers hard-codes GroupNorm(num_groups=32) everywhere
 BN_EPS = 1e-5               # torch.nn.BatchNorm3d's default
@@ -130,18 +131,8 @@ class Emu3Config:
           fail(key, value, f"contradicts {ours}={hf_config[ours]!r} in the same file")
         c[ours] = value
 
-    def positive_int(key):
-      v = c[key]
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        fail(key, v, "must be a positive integer")
-      return v
-
-    def int_list(key):
-      v = c[key]
-      if (not isinstance(v, (list, tuple)) or not v
-          or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v)):
-        fail(key, v, "must be a non-empty list of positive integers")
-      return tuple(v)
+    positive_int = lambda key: checked_int(where, key, c[key])
+    int_list = lambda key: checked_int_list(where, key, c[key])
 
     if c["double_latent"] not in (False, 0):
       fail("double_latent", c["double_latent"], "is not supported (transformers' quant_conv "

@@ -39,6 +39,21 @@ NORM_TYPES = ("group", "spatial")
 SPATIAL_NORM_GROUPS = 32    # diffusers' SpatialNorm hard-codes 32 groups, whatever norm_num_groups
 EPS = 1e-6
 
+
+def checked_int(where: str, key: str, v):
+  """A release config's positive integer, or a ConfigError naming the file, key and value."""
+  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    raise ConfigError(f"{where}: {key}={v!r} must be a positive integer")
+  return v
+
+
+def checked_int_list(where: str, key: str, v) -> tuple[int, ...]:
+  if (not isinstance(v, (list, tuple)) or not v
+      or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v)):
+    raise ConfigError(f"{where}: {key}={v!r} must be a non-empty list of positive integers")
+  return tuple(v)
+
+
 # diffusers' VQModel defaults, for keys a hand-written config.json leaves out.
 _DEFAULTS = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1,
@@ -106,18 +121,8 @@ class VQGANConfig:
            f"(unknown keys: {unknown}; known: {sorted(_DEFAULTS) + sorted(_IGNORED)})")
     c = {**_DEFAULTS, **{k: hf_config[k] for k in _DEFAULTS if k in hf_config}}
 
-    def positive_int(key):
-      v = c[key]
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        fail(key, v, "must be a positive integer")
-      return v
-
-    def int_list(key):
-      v = c[key]
-      if (not isinstance(v, (list, tuple)) or not v
-          or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v)):
-        fail(key, v, "must be a non-empty list of positive integers")
-      return tuple(v)
+    positive_int = lambda key: checked_int(where, key, c[key])
+    int_list = lambda key: checked_int_list(where, key, c[key])
 
     def str_list(key, allowed):
       v = c[key]
