@@ -26,6 +26,8 @@ setup(
         "array-record==0.8.6",
         "tensorflow-datasets==4.9.10",
         "sentencepiece==0.2.3",
+        "protobuf==7.36.2",       # sentencepiece's model file editor (also what grain and orbax use)
+        "pyarrow==26.0.1",        # parquet sources, streamed by row group
         "tensorboardX==2.6.5",
         "pillow==13.0.0",
         "matplotlib==3.11.2",     # sweep summary plots (also what mlxtend pulls in)
@@ -34,7 +36,8 @@ setup(
         "numpy>=2.0,<3",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15",
+                 "psutil==7.2.2"],   # xdist: the suite on 2 processes; psutil: bench/prepare.py
         "tpu": ["jax[tpu]==0.10.2"],
         # CUDA 13 plugin with ptxas: bench/gpu_compile.py compiles the GPU kernels for Hopper on any
         # host. Several GB; install it in its own venv, not the test one.

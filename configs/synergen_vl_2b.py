@@ -13,12 +13,23 @@ targets (see synergen_jax/model/losses.py). Parameter count: 3.634B total, 2.426
 (`python -m synergen_jax.summary --config configs/synergen_vl_2b.py --steps 0`); the paper reports
 3.6B / 2.4B.
 
-The image tokenizer is Emu3's, imported once from its release and named by config.vq.workdir:
+The LLM is InternLM2-1.8B, imported once, and its tokenizer folder is the text tokenizer; the image
+tokenizer is Emu3's, imported once from its release and named by config.vq.workdir:
 
+  python -m synergen_jax.convert.hf_import --hf_dir internlm2-1_8b --workdir ckpt/internlm2 \
+      --config configs/synergen_vl_2b.py
   python -m synergen_jax.convert.vq_import --hf_dir Emu3-VisionTokenizer --workdir tok/emu3 \
       --image_size 512
+  python -m synergen_jax.prepare --config configs/synergen_vl_2b.py:stage=1 --out data/s1 \
+      --vq_workdir tok/emu3 --config.data.tokenizer=ckpt/internlm2/hf_files --config.data.path=raw.jsonl
   python -m synergen_jax.train --config configs/synergen_vl_2b.py:stage=1 --workdir runs/s1 \
-      --config.vq.workdir=tok/emu3 --config.train.init_from=ckpt/internlm2 --config.data.path=...
+      --config.vq.workdir=tok/emu3 --config.train.init_from=ckpt/internlm2 \
+      --config.data.tokenizer=ckpt/internlm2/hf_files --config.data.path=data/s1
+
+text_vocab stays InternLM2's 92,544: <pad> <boi> <eoi> <UNCOND> and the data.reserved_tokens
+<extra_i> pieces take free [UNUSED_TOKEN_n] ids of its tokenizer, <|im_start|> / <|im_end|> are its own
+(ids 92,543 / 92,542), so the import appends no row (data/tokenizers.py). An LLM whose tokenizer has
+no room gets rows appended; then set --config.model.text_vocab to the import's (hf_import.json).
 """
 
 from synergen_jax.config import base_config, parse_arg
@@ -28,6 +39,7 @@ STAGE_SEQ_LEN = {"1": 4096, "2": 8192, "sft": 16384}   # paper Tab. 8
 
 def get_config(arg=None):
   arg = parse_arg(arg, fold=(2, 8), stage="1", scan=True, remat="full")
+  # 92,544 = InternLM2's rows, every named piece included (the module docstring says why).
   internlm2_1p8b = dict(text_vocab=92_544, num_layers=24, d_model=2048, num_heads=16,
                         num_kv_heads=8, head_dim=128, mlp_dim=8192, norm_eps=1e-5,
                         rope_theta=1_000_000.0)

@@ -378,6 +378,8 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   _check(d.reserved_tokens >= 0 and d.eval_count >= 0 and d.records_per_shard > 0,
          f"config.data.reserved_tokens={d.reserved_tokens}, eval_count={d.eval_count} must be >= 0 "
          f"and records_per_shard={d.records_per_shard} > 0")
+  _check(isinstance(d.in_flight, int) and d.in_flight > 0,
+         f"config.data.in_flight={d.in_flight!r} must be an int > 0 (examples prepare holds at once)")
 
 
 def validate_vq(config: ml_collections.ConfigDict) -> None:
@@ -428,7 +430,13 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
           # Logical data shards, each packed and batched on its own (0 = one per process). Fix it
           # (e.g. to the largest process count you will use) to get the same batches on any number
           # of processes; it must divide train.batch_size and be a multiple of the process count.
-          shards=0)),
+          shards=0,
+          # Web-scale formats (data/formats.py): parquet columns; prepare's bound on examples
+          # decoded and encoded at once (memory is flat in the dataset's size).
+          image_column="image", text_column="text", in_flight=1024,
+          # Several prepared sets read as one stream: ((path, weight), ...), weights need not sum
+          # to 1 (data/mixture.py). Empty: read config.data.path alone.
+          mixture=())),
       vq=ml_collections.ConfigDict(dict(
           downsample=4, channels=3, code_dim=32, width=64, num_res_blocks=1, beta=0.25,
           steps=2000, batch_size=64, learning_rate=1e-3, usage_decay=0.99, restart_every=100,
@@ -452,6 +460,10 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
   config.data.tfds_text_key = ml_collections.FieldReference(None, field_type=str)
   config.vq.workdir = ml_collections.FieldReference(None, field_type=str)
   config.data.cache_dir = ml_collections.FieldReference(None, field_type=str)
+  # Eval shards of a web-scale format (same format as data.path); None: no eval split. Relative image
+  # paths in jsonl / chat / interleaved records resolve against image_root, else the record file's folder.
+  config.data.eval_path = ml_collections.FieldReference(None, field_type=str)
+  config.data.image_root = ml_collections.FieldReference(None, field_type=str)
   config.train.init_from = ml_collections.FieldReference(None, field_type=str)
   # The cosine decays over the run unless a config says otherwise.
   config.optim.decay_steps = config.train.get_ref("steps")

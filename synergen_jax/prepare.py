@@ -1,39 +1,70 @@
-"""Pre-tokenizes the configured dataset into ArrayRecord shards + meta.json (data/writer.py).
+"""Pre-tokenizes the configured dataset into ArrayRecord parts + meta.json (data/writer.py).
 
   python -m synergen_jax.prepare --config configs/demo.py --out data/mnist5k --vq_workdir workdirs/vq
+  python -m synergen_jax.prepare --config my.py --config.data.name=webdataset \\
+      --config.data.path='laion/{00000..09999}.tar' --out data/laion --workers 8 \\
+      --num_shards 4 --shard_index 0          # one of 4 hosts; or let jax.distributed say
+  python -m synergen_jax.prepare --config my.py ... --out data/laion --merge   # after all shards
 
-The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one first with
-python -m synergen_jax.train_vq. Prints the example counts per split and task and the skipped records
-by reason.
+The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one with
+python -m synergen_jax.train_vq or import a release with python -m synergen_jax.convert.vq_import.
+Rerunning the same command after a crash writes only the unfinished parts. Under jax.distributed
+(SYNERGEN_DISTRIBUTED=1 or SYNERGEN_NUM_PROCESSES) every process prepares its share of the shards
+and process 0 merges. Prints the example counts per split and task and the skipped records by reason.
 """
 
 from __future__ import annotations
 
 import json
 
+import jax
 from absl import app, flags, logging
 
 from synergen_jax import cli
 from synergen_jax.data.errors import DataError
-from synergen_jax.data.writer import prepare
+from synergen_jax.data.writer import merge_only, prepare
+from synergen_jax.parallel.distributed import initialize_from_env
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
 cli.define_config_flag()
-flags.DEFINE_string("out", None, "output folder for shards and meta.json")
+flags.DEFINE_string("out", None, "output folder for parts and meta.json")
 flags.DEFINE_string("vq_workdir", None, "image tokenizer workdir (default: config.vq.workdir)")
+flags.DEFINE_integer("workers", 0, "processes decoding and resizing images (0: in this process)")
+flags.DEFINE_integer("num_shards", None, "processes splitting the input shards (default: JAX's "
+                     "process count)")
+flags.DEFINE_integer("shard_index", None, "this process's share, in [0, num_shards) (default: JAX's "
+                     "process index)")
+flags.DEFINE_bool("merge", False, "only merge the parts already written into meta.json")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = flags.FLAGS.config
-  vq_workdir = flags.FLAGS.vq_workdir or config.vq.workdir
+  FLAGS = flags.FLAGS
+  distributed = initialize_from_env()
+  config = FLAGS.config
+  vq_workdir = FLAGS.vq_workdir or config.vq.workdir
   if not vq_workdir:
     raise DataError("prepare needs an image tokenizer: pass --vq_workdir DIR (a train_vq workdir) or "
                     "set config.vq.workdir")
-  meta = prepare(config, flags.FLAGS.out, ImageTokenizer.load(vq_workdir, config.vq.encode_batch))
-  print(json.dumps({k: meta[k] for k in ("source", "splits", "skipped", "skipped_total", "text_vocab",
-                                         "seconds")}, indent=1))
+  vq = ImageTokenizer.load(vq_workdir, config.vq.encode_batch, devices=jax.local_devices())
+  if FLAGS.merge:
+    meta = merge_only(config, FLAGS.out, vq)
+  else:
+    num_shards = FLAGS.num_shards if FLAGS.num_shards is not None else jax.process_count()
+    shard_index = FLAGS.shard_index if FLAGS.shard_index is not None else jax.process_index()
+    meta = prepare(config, FLAGS.out, vq, workers=FLAGS.workers, num_shards=num_shards,
+                   shard_index=shard_index, log=lambda line: print(line, flush=True))
+    if distributed:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("synergen_jax: prepare parts written")
+      meta = meta or (merge_only(config, FLAGS.out, vq) if jax.process_index() == 0 else None)
+  if meta is None:
+    print(f"prepare: this process's parts are written; merge when the others are done with: "
+          f"python -m synergen_jax.prepare ... --out {FLAGS.out} --merge")
+    return
+  print(json.dumps({k: meta[k] for k in ("source", "splits", "skipped", "skipped_total",
+                                         "dropped_images", "text_vocab", "seconds")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ LAYERS = {
     "data.errors": (3, "raw data"), "data.images": (3, "raw data"), "data.sources": (3, "raw data"),
     "data.layout": (3, "raw data"), "data.records": (3, "raw data"),
     "data.tokenizers": (3, "raw data"), "data.synthetic": (3, "raw data"),
+    "data.documents": (3, "raw data"), "data.formats": (3, "raw data"), "data.paths": (3, "raw data"),
+    "data.decoding": (3, "raw data"), "data.inputs": (3, "raw data"), "data.parts": (3, "raw data"),
     "vq": (4, "image tokenizer"),
     "data.writer": (5, "prepare"),            # the writer and the reader do not know each other:
     "data.pipeline": (5, "pipeline"),         # they share data/records.py
+    "data.mixture": (5, "pipeline"),
     "data.cache": (6, "cache"),
     "train": (7, "train"),
     "infer": (8, "infer"),

@@ -7,8 +7,15 @@ The LLM fields of `config.model` (layers, widths, heads, vocab, norm eps, RoPE t
 tied embeddings) come from the HF config.json; everything else (fold ratio, codebook, unfold head,
 training sections) from --config. The text weights are copied; the vision experts start as copies of
 the text FFNs (`config.model.init_vision_from_text`); the fold embedding and unfold head get their usual
-random initialisation. `--extra_tokens N` appends N rows to the vocabulary (initialised to the mean
-pretrained row) for sequence-format pieces the tokenizer lacks (<boi>, <eoi>, <UNCOND>, <extra_i>).
+random initialisation.
+
+The vocabulary comes from the folder's SentencePiece tokenizer (tokenizer.model + tokenizer_config.json),
+read as prepare reads it with --config's data.reserved_tokens: the pieces the data format names
+(<pad> <boi> <eoi> <UNCOND> <|im_start|> <|im_end|> <extra_i>) take the release's own tokens, then its
+unused ones ([UNUSED_TOKEN_n] in InternLM2), and only what is still missing is appended as new rows
+(initialised to the mean pretrained row). InternLM2 needs none: its 92,544 ids hold them all. Train
+from the import with --config.data.tokenizer=OUT/hf_files. `--extra_tokens N` appends N rows for
+folders without a SentencePiece tokenizer.model (BPE-only releases); with one it is an error.
 
 Memory: parameters are built as host numpy arrays one HF tensor at a time (safetensors files are
 memory-mapped), so the peak is the model in config.model.param_dtype plus about one tensor; nothing is
@@ -28,7 +35,8 @@ FLAGS = flags.FLAGS
 cli.define_config_flag("configs/synergen_vl_2b.py")   # the vision parts and training sections
 flags.DEFINE_string("hf_dir", None, "HF checkpoint folder (config.json + *.safetensors)")
 flags.DEFINE_string("workdir", None, "output workdir")
-flags.DEFINE_integer("extra_tokens", 0, "vocabulary rows to append for pieces the tokenizer lacks")
+flags.DEFINE_integer("extra_tokens", 0, "vocabulary rows to append when --hf_dir has no SentencePiece "
+                     "tokenizer.model (with one, its tokenizer sizes the vocabulary)")
 flags.DEFINE_bool("allow_pickle", False, "read pickle *.bin weights (runs code from the file)")
 flags.DEFINE_integer("seed", 0, "initialisation seed of the vision parts")
 
@@ -41,6 +49,14 @@ def main(argv):
                              seed=FLAGS.seed)
   print(f"hf_import: {record['family']} from {record['source']} ({record['tensors']} tensors) -> "
         f"{FLAGS.workdir} ({record['parameters'] / 1e6:.1f}M parameters); copied {record['copied_files']}")
+  tok = record["text_tokenizer"]
+  if tok:
+    print(f"hf_import: text vocabulary {record['text_vocab']} ids ({tok['release_size']} of the release, "
+          f"{record['extra_tokens']} rows appended); on its unused tokens: {tok['reused']}; appended: "
+          f"{tok['appended']}; train with --config.data.tokenizer={FLAGS.workdir}/hf_files")
+  if record["text_vocab"] != FLAGS.config.model.text_vocab:
+    print(f"hf_import: --config has text_vocab={FLAGS.config.model.text_vocab}; runs from this import "
+          f"need --config.model.text_vocab={record['text_vocab']}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,13 @@
 """HF LLM checkpoint -> parameters of a SynerGen-VL model, and the workdir that holds them.
 
+The vocabulary: where the HF folder has a SentencePiece tokenizer.model, it is read exactly as
+prepare will read it (`TextTokenizer.load(folder, config.data.reserved_tokens)`: the release's own
+tokens, then its unused ones, then appended ids; data/tokenizers.py), and the embedding and LM head
+get exactly the rows that tokenizer needs: `config.model.text_vocab` = max(config.json's vocab_size,
+the tokenizer's ids), appended rows set to the mean pretrained row. hf_import.json records the
+tokenizer's ids and fingerprint, which the prepared data of a run that starts from the import must
+share. Without a tokenizer.model (BPE-only releases) `extra_tokens` rows are appended as asked.
+
 The CLI and what it writes: synergen_jax/convert/hf_import.py.
 """
 
@@ -19,6 +27,7 @@ from synergen_jax import batch as batch_lib
 from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.convert.hf_checkpoint import CheckpointError, HFCheckpoint
 from synergen_jax.convert.hf_families import detect_family, global_names, llm_shape, read_layer
+from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
 
@@ -26,21 +35,53 @@ from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0):
-  """The experiment config with its LLM fields taken from the checkpoint's config.json."""
+def release_tokenizer(hf_dir: str, config) -> TextTokenizer | None:
+  """The text tokenizer a run from this import trains with, read as prepare reads
+  `--config.data.tokenizer=<import>/hf_files` (the same files, config.data.reserved_tokens); None
+  when the folder has no SentencePiece tokenizer.model."""
+  if not os.path.exists(os.path.join(hf_dir, "tokenizer.model")):
+    return None
+  return TextTokenizer.load(hf_dir, config.data.reserved_tokens)
+
+
+def vocab_rows(rows: int, tokenizer: TextTokenizer | None, extra_tokens: int, where: str) -> int:
+  """Embedding / LM-head rows of the import: the checkpoint's `rows`, grown to the tokenizer's ids
+  (a checkpoint may already have more rows than its tokenizer: padding rows hold appended ids)."""
+  if extra_tokens < 0:
+    raise ConfigError(f"--extra_tokens={extra_tokens} must be >= 0")
+  if tokenizer is None:
+    return rows + extra_tokens
+  if extra_tokens:
+    raise ConfigError(f"--extra_tokens={extra_tokens}: {where} has a SentencePiece tokenizer.model, "
+                      f"which sizes the vocabulary itself ({tokenizer.vocab_size} ids with "
+                      f"config.data.reserved_tokens); --extra_tokens is for folders without one")
+  if tokenizer.release_size > rows:
+    raise CheckpointError(f"{where}: its tokenizer has {tokenizer.release_size} ids but config.json's "
+                          f"vocab_size is {rows}: the tokenizer does not belong to these weights")
+  return max(rows, tokenizer.vocab_size)
+
+
+def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0,
+                  tokenizer: TextTokenizer | None = None):
+  """The experiment config with its LLM fields taken from the checkpoint's config.json and its
+  vocabulary sized for `tokenizer` (see vocab_rows)."""
   where = os.path.join(ckpt.dir, "config.json")
   family = detect_family(ckpt.config, where)
   shape = llm_shape(ckpt.config, family, where)
-  if extra_tokens < 0:
-    raise ConfigError(f"--extra_tokens={extra_tokens} must be >= 0")
+  text_vocab = vocab_rows(shape.text_vocab, tokenizer, extra_tokens, ckpt.dir)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.update(shape.fields)
-    config.model.text_vocab = shape.text_vocab + extra_tokens
+    config.model.text_vocab = text_vocab
     # The new-token rows (<boi> <eoi> <UNCOND>) are created by the first training run, which knows the
     # tokenizer's ids; until then the model is exactly the HF one (scores match it).
     config.model.new_tokens = ()
     config.train.init_from = None
+    # An import has no prepared data: a data.path (or mixture) in its config.json would send the
+    # loader looking for one (the recipe's training config names the data, and the import's tokenizer).
+    config.data.path = None
+    if "mixture" in config.data:
+      config.data.mixture = ()
   return config, family, shape
 
 
@@ -168,7 +209,8 @@ def import_checkpoint(hf_dir: str, workdir: str, config, *, extra_tokens: int = 
   if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
     raise ConfigError(f"--workdir={workdir} already holds checkpoints; import into a new directory")
   ckpt = HFCheckpoint(hf_dir, allow_pickle=allow_pickle)
-  config, family, shape = import_config(config, ckpt, extra_tokens)
+  tokenizer = release_tokenizer(hf_dir, config)
+  config, family, shape = import_config(config, ckpt, extra_tokens, tokenizer)
   mc = validate_config(config)          # every config error before any tensor is read
   params = build_params(ckpt, family, shape, mc, seed)
   os.makedirs(workdir, exist_ok=True)
@@ -181,7 +223,9 @@ def import_checkpoint(hf_dir: str, workdir: str, config, *, extra_tokens: int = 
     shutil.copy2(src, os.path.join(workdir, HF_FILES, os.path.basename(src)))
     copied.append(os.path.basename(src))
   record = dict(family=family, source=os.path.abspath(hf_dir), format=ckpt.format,
-                hf_config=ckpt.config, extra_tokens=extra_tokens, copied_files=copied,
+                hf_config=ckpt.config, text_vocab=mc.text_vocab,
+                extra_tokens=mc.text_vocab - shape.text_vocab,   # rows appended, for whatever reason
+                text_tokenizer=tokenizer.meta() if tokenizer else None, copied_files=copied,
                 tensors=len(ckpt.names()),
                 parameters=int(sum(x.size for x in jax.tree.leaves(params))))
   with open(os.path.join(workdir, IMPORT_RECORD), "w") as f:

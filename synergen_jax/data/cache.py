@@ -21,6 +21,7 @@ import os
 
 import jax
 
+from synergen_jax.data import mixture
 from synergen_jax.data.writer import prepare
 from synergen_jax.vq import training as vq_training
 from synergen_jax.vq.tokenizer import ImageTokenizer
@@ -45,9 +46,12 @@ def cache_root(config) -> str:
       "SYNERGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "synergen_jax"))
 
 
-def ensure_prepared(config) -> str:
-  """config.data.path if set; else the cache entry for this data/tokenizer config, built if missing
+def ensure_prepared(config) -> str | None:
+  """config.data.path if set; None under config.data.mixture (its components are prepare outputs
+  already: nothing is built); else the cache entry for this data/tokenizer config, built if missing
   (train the image tokenizer unless config.vq.workdir names one, then prepare)."""
+  if mixture.parse_mixture(config.data):
+    return None
   if config.data.path:
     return config.data.path
   if jax.process_count() > 1:
@@ -76,12 +80,20 @@ def _ensure_prepared_here(config) -> str:
 
 def with_prepared_data(config):
   """The config the model is built from: data.path set to the prepared data (built if needed) and
-  the new-token ids (<boi>, <eoi>, <UNCOND>) taken from its tokenizer unless the config names them."""
-  data_dir = ensure_prepared(config)
-  config = config.copy_and_resolve_references()
-  with open(os.path.join(data_dir, "meta.json")) as f:
-    special = json.load(f)["special"]
-  config.data.path = data_dir
+  the new-token ids (<boi>, <eoi>, <UNCOND>) taken from its tokenizer unless the config names them.
+
+  Under config.data.mixture nothing is prepared and data.path stays unset: the ids come from the
+  components' meta.json files, which must agree (data/mixture.py), so a mismatch fails here, before
+  any device work."""
+  components = mixture.parse_mixture(config.data)
+  if components:
+    special = mixture.shared_meta(components)["special"]
+    config = config.copy_and_resolve_references()
+  else:
+    data_dir = ensure_prepared(config)
+    config = config.copy_and_resolve_references()
+    special = mixture.read_meta(data_dir)["special"]
+    config.data.path = data_dir
   if not config.model.new_tokens:
     config.model.new_tokens = (special["boi"], special["eoi"], special["uncond"])
   return config

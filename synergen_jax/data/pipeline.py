@@ -11,18 +11,32 @@
     -> this process's shards, concatenated in order      (process p of P owns shards [p S/P, (p+1) S/P))
     -> global jax.Arrays sharded on the mesh's batch axes
 
+A mixture (config.data.mixture, data/mixture.py) replaces the first four stages of each logical shard:
+
+  component c's shards -> too long dropped -> shuffle (its own seed), repeat -> shard s of S -> slots
+      ... one such stream per component ...
+    -> Grain IterDataset.mix by the weights, example by example  (the training stream never ends)
+    -> packing, batching, processes as above; each example carries its component id through packing
+       (a non-sequence meta feature), so each row counts its examples per component, and the
+       iterator sums those counts on the host (`examples_seen`; never sent to the device)
+
+A finite pass over a mixture (num_epochs set: the held-out split) is instead the union of the
+components' splits, shuffled together: every example once per epoch, any prefix a fair sample of all.
+
 A global batch is the shards' rows in shard order whatever the process count, so with a fixed S a
 run on 2 processes x 4 devices sees exactly the batches of a run on 1 process x 8 devices. Every
 stage is a Grain dataset, so `DataIterator.get_state()` is a small JSON-able dict per shard that
 `set_state` restores exactly, workers included; a shard's state does not depend on which process
-holds it, so a checkpoint resumes under any process count that divides S.
+holds it, so a checkpoint resumes under any process count that divides S. Under a mixture a shard's
+state also holds each component's position (Grain's mix state, keyed by component name), the
+examples per component returned so far, and the mixture it was saved with (a different mixture is
+refused on restore).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -34,7 +48,7 @@ from grain.experimental import FirstFitPackIterDataset
 
 from synergen_jax.batch import SLOT_FIELDS
 from synergen_jax.config import ModelConfig, validate_config
-from synergen_jax.data import layout
+from synergen_jax.data import layout, mixture
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.records import FORMAT_VERSION, decode_record, record_parts
 from synergen_jax.parallel.sharding import batch_sharding
@@ -84,12 +98,7 @@ def check_meta(meta: dict, mc: ModelConfig, where: str) -> None:
 
 
 def open_split(directory: str, split: str, mc: ModelConfig) -> PreparedSplit:
-  meta_file = os.path.join(directory, "meta.json")
-  if not os.path.exists(meta_file):
-    raise DataError(f"{directory} holds no prepared data (no meta.json); run python -m "
-                    "synergen_jax.prepare --config ... --out " + directory)
-  with open(meta_file) as f:
-    meta = json.load(f)
+  meta = mixture.read_meta(directory)
   check_meta(meta, mc, directory)
   if split not in meta["splits"] or not meta["splits"][split]["examples"]:
     raise DataError(f"{directory} has no examples in split {split!r}: {list(meta['splits'])}")
@@ -129,10 +138,12 @@ class _Kept:
 
 
 class ToSlots(grain.transforms.Map):
-  """(index, record bytes) -> per-slot arrays for the configured fold, with ids range-checked."""
+  """(index, record bytes) -> per-slot arrays for the configured fold, with ids range-checked; under a
+  mixture also the example's component id (COMPONENT), which packing keeps as a meta feature."""
 
-  def __init__(self, split: PreparedSplit, mc: ModelConfig):
+  def __init__(self, split: PreparedSplit, mc: ModelConfig, component: int | None = None):
     self.split, self.mc, self.special = split, mc, split.special
+    self.component = component
 
   def map(self, element):
     index, data = element
@@ -146,7 +157,17 @@ class ToSlots(grain.transforms.Map):
       raise DataError(f"{self.split.locate(index)} in {self.split.directory}: image code "
                       f"{int(codes.min() if codes.min() < 0 else codes.max())} outside "
                       f"[0, config.model.codebook_size={self.mc.codebook_size})")
-    return layout.layout_example(record_parts(record), self.mc.fold, self.special)
+    example = layout.layout_example(record_parts(record), self.mc.fold, self.special)
+    if self.component is not None:
+      example[COMPONENT] = self.component
+    return example
+
+
+# Per example: its mixture component (an int, not a slot field). Per row and then per batch row:
+# COMPONENT_EXAMPLES [C] int32, how many of the row's examples come from each component. A host-only
+# field: DataIterator takes it out of the batch before anything goes to the device.
+COMPONENT = "component"
+COMPONENT_EXAMPLES = "component_examples"
 
 
 def _finish_row(row: dict) -> dict:
@@ -156,17 +177,32 @@ def _finish_row(row: dict) -> dict:
   return out
 
 
-def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int) -> grain.IterDataset:
-  """Laid-out examples -> rows of seq_len slots, first fit over `bins` open rows, no splitting."""
+@dataclasses.dataclass(frozen=True)
+class _FinishMixedRow:
+  """_finish_row, plus the row's examples counted per component from the packer's list of the
+  component ids of the examples it put in the row (one per segment)."""
+  num_components: int
+
+  def __call__(self, row: dict) -> dict:
+    out = _finish_row(row)
+    ids = np.asarray([int(c) for c in row[COMPONENT]], np.int64)
+    out[COMPONENT_EXAMPLES] = np.bincount(ids, minlength=self.num_components).astype(np.int32)
+    return out
+
+
+def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int,
+              num_components: int = 0) -> grain.IterDataset:
+  """Laid-out examples -> rows of seq_len slots, first fit over `bins` open rows, no splitting.
+  num_components > 0: the examples carry COMPONENT and each row gets COMPONENT_EXAMPLES."""
   packed = FirstFitPackIterDataset(examples, length_struct={k: seq_len for k in SLOT_FIELDS},
-                                   num_packing_bins=bins, shuffle_bins=False)
-  return packed.map(_finish_row)
+                                   num_packing_bins=bins, shuffle_bins=False,
+                                   meta_features=(COMPONENT,) if num_components else ())
+  return packed.map(_FinishMixedRow(num_components) if num_components else _finish_row)
 
 
-def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed: int,
-                   too_long: str, shard_index: int, num_shards: int,
-                   num_epochs: int | None = None) -> tuple[grain.MapDataset, int]:
-  """Shuffled, repeated (index, bytes) dataset of one logical shard, and the too-long count."""
+def kept_records(split: PreparedSplit, mc: ModelConfig, seq_len: int,
+                 too_long: str) -> tuple[grain.MapDataset, int]:
+  """(index, bytes) of the split's examples that fit a row, unshuffled, and how many do not."""
   slots = example_slots(split.text_len, split.n_images, mc)
   too_long_mask = slots > seq_len
   if too_long_mask.any() and too_long == "error":
@@ -177,8 +213,16 @@ def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed:
   keep = np.flatnonzero(~too_long_mask)
   if not len(keep):
     raise DataError(f"every example of {split.directory}/{split.split} is longer than seq_len={seq_len}")
-  ds = grain.MapDataset.source(_Kept(split, keep)).shuffle(seed=seed).repeat(num_epochs)
-  return ds[shard_index::num_shards], int(too_long_mask.sum())
+  return grain.MapDataset.source(_Kept(split, keep)), int(too_long_mask.sum())
+
+
+def record_dataset(split: PreparedSplit, mc: ModelConfig, seq_len: int, *, seed: int,
+                   too_long: str, shard_index: int, num_shards: int,
+                   num_epochs: int | None = None) -> tuple[grain.MapDataset, int]:
+  """Shuffled, repeated (index, bytes) dataset of one logical shard, and the too-long count."""
+  ds, skipped = kept_records(split, mc, seq_len, too_long)
+  ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  return ds[shard_index::num_shards], skipped
 
 
 @dataclasses.dataclass
@@ -189,6 +233,10 @@ class DataIterator:
   pass (num_epochs set: held-out data) ends when any shard ends, and under several processes when any
   process's does, so every process runs the same number of steps; the training stream repeats
   forever and skips that check (a collective per step).
+
+  Under a mixture (`components` set) each shard's batches carry COMPONENT_EXAMPLES, which is summed
+  into `consumed` here and removed: the counts are of examples in batches returned (not of examples
+  read ahead into packing bins or prefetch buffers), and they are checkpointed with the shard.
   """
   shards: dict[int, Any]        # shard id -> Grain iterator of batches of rows_per_shard rows
   num_shards: int
@@ -197,6 +245,12 @@ class DataIterator:
   rows_per_process: int
   finite: bool = False
   last_local: dict | None = None
+  components: tuple[mixture.Component, ...] = ()
+  consumed: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    for shard in self.shards:
+      self.consumed.setdefault(shard, np.zeros(len(self.components), np.int64))
 
   def __iter__(self):
     return self
@@ -215,20 +269,54 @@ class DataIterator:
         raise StopIteration
     elif len(parts) < len(self.shards):
       raise StopIteration
+    if self.components:
+      for shard, part in zip(self.shards, parts):
+        self.consumed[shard] += part.pop(COMPONENT_EXAMPLES).sum(axis=0)
     local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     self.last_local = local        # this process's rows of the batch just returned (host numpy)
     return local if self.mesh is None else global_batch(local, self.mesh)
 
+  def examples_seen(self) -> dict[str, int]:
+    """This process's examples of each mixture component in the batches returned so far (a resumed
+    iterator includes those before the checkpoint); {} without a mixture."""
+    total = sum(self.consumed.values(), np.zeros(len(self.components), np.int64))
+    return {c.name: int(n) for c, n in zip(self.components, total)}
+
+  def _mixture_key(self) -> dict[str, float]:
+    return {c.name: c.weight for c in self.components}
+
   def get_state(self) -> dict:
-    return {"num_shards": self.num_shards,
-            "shards": {str(i): it.get_state() for i, it in self.shards.items()}}
+    shards = {str(i): it.get_state() for i, it in self.shards.items()}
+    if self.components:
+      shards = {str(i): {"mixture": self._mixture_key(),
+                         "examples": dict(zip(self._mixture_key(), self.consumed[i].tolist())),
+                         "grain": shards[str(i)]} for i in self.shards}
+    return {"num_shards": self.num_shards, "shards": shards}
 
   def set_state(self, state: dict) -> None:
     if state.get("num_shards") != self.num_shards:
       raise DataError(f"the checkpointed data state has {state.get('num_shards')} logical shards but "
                       f"config.data.shards gives {self.num_shards}; resume with the original value")
     for i, it in self.shards.items():
-      it.set_state(state["shards"][str(i)])
+      shard_state = state["shards"][str(i)]
+      saved_mixture = shard_state.get("mixture") if "grain" in shard_state else None
+      if saved_mixture != (self._mixture_key() or None):
+        raise DataError(f"the checkpointed data state was saved reading "
+                        f"{_describe_mixture(saved_mixture)} but this config reads "
+                        f"{_describe_mixture(self._mixture_key())}; resume with the original "
+                        "config.data.mixture / config.data.path, or start a new workdir")
+      if self.components:
+        it.set_state(shard_state["grain"])
+        self.consumed[i] = np.asarray([shard_state["examples"][c.name] for c in self.components],
+                                      np.int64)
+      else:
+        it.set_state(shard_state)
+
+
+def _describe_mixture(weights: dict | None) -> str:
+  if not weights:
+    return "one prepared folder (config.data.path)"
+  return "the mixture " + ", ".join(f"{name}: {w:g}" for name, w in weights.items())
 
 
 def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
@@ -237,15 +325,76 @@ def process_shards(num_shards: int, process_index: int, process_count: int) -> r
   return range(process_index * per, (process_index + 1) * per)
 
 
+# ---------------------------------------------------------------------------------------------------
+# One logical shard's laid-out examples: from one prepared folder, or mixed from several.
+# ---------------------------------------------------------------------------------------------------
+
+def _single_examples(prepared: PreparedSplit, mc: ModelConfig, d, shard: int, num_shards: int,
+                     num_epochs: int | None, read: grain.ReadOptions) -> tuple[grain.IterDataset, int]:
+  ds, too_long = record_dataset(prepared, mc, d.seq_len, seed=d.seed, too_long=d.too_long,
+                                shard_index=shard, num_shards=num_shards, num_epochs=num_epochs)
+  return ds.map(ToSlots(prepared, mc)).to_iter_dataset(read), too_long
+
+
+def _mixed_examples(splits, components, mc: ModelConfig, d, shard: int, num_shards: int,
+                    read: grain.ReadOptions) -> tuple[grain.IterDataset, int]:
+  """The training stream: each component shuffled with its own seed, repeated forever and cut to this
+  logical shard, then mixed by the weights. Cutting before mixing keeps every shard's share equal to
+  the weights (Grain's mix is a fixed interleaving: striding the mixed stream could alias with it)."""
+  parents, weights, too_long = {}, {}, 0
+  for c, comp in enumerate(components):
+    split = splits[c]
+    ds, skipped = record_dataset(split, mc, d.seq_len, seed=mixture.component_seed(d.seed, comp.name),
+                                 too_long=d.too_long, shard_index=shard, num_shards=num_shards)
+    parents[comp.name] = ds.map(ToSlots(split, mc, component=c)).to_iter_dataset(read)
+    weights[comp.name] = comp.weight
+    too_long += skipped
+  # Keyed by name: Grain's mix state then holds each component's position under its name.
+  return grain.IterDataset.mix(parents, weights), too_long
+
+
+def _union_examples(splits, mc: ModelConfig, d, shard: int, num_shards: int, num_epochs: int,
+                    read: grain.ReadOptions) -> tuple[grain.IterDataset, int]:
+  """A finite pass over a mixture: the components' splits (index c: component id) concatenated and
+  shuffled together, so each example comes once per epoch and a pass cut short (eval_batches) still
+  samples every component; weights do not apply (proportions follow the splits' sizes)."""
+  parts, too_long = [], 0
+  for c, split in splits.items():
+    ds, skipped = kept_records(split, mc, d.seq_len, d.too_long)
+    parts.append(ds.map(ToSlots(split, mc, component=c)))
+    too_long += skipped
+  ds = grain.MapDataset.concatenate(parts).shuffle(seed=d.seed).repeat(num_epochs)
+  return ds[shard::num_shards].to_iter_dataset(read), too_long
+
+
+def _open_components(components, split: str, mc: ModelConfig, finite: bool) -> dict[int, PreparedSplit]:
+  """Component id -> its opened split, after checking that the components agree with each other and
+  with the model. A finite pass (the held-out split) leaves out components with no examples in it."""
+  metas = [mixture.read_meta(c.path) for c in components]
+  mixture.check_shared(components, metas)
+  present = {c: m for c, m in enumerate(metas)
+             if m.get("splits", {}).get(split, {}).get("examples")}
+  if finite and present:
+    return {c: open_split(components[c].path, split, mc) for c in present}
+  return {c: open_split(comp.path, split, mc) for c, comp in enumerate(components)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The iterator.
+# ---------------------------------------------------------------------------------------------------
+
 def make_iterator(config, directory: str | None = None, split: str = "train", *,
                   mesh: jax.sharding.Mesh | None = None, process_index: int | None = None,
                   process_count: int | None = None, num_epochs: int | None = None) -> DataIterator:
-  """The training input pipeline for `config` over prepared data in `directory` (else data.path)."""
+  """The training input pipeline for `config` over prepared data: `directory` if given, else the
+  components of config.data.mixture, else config.data.path."""
   mc = validate_config(config)
   d = config.data
+  components = () if directory else mixture.parse_mixture(d)
   directory = directory or d.path
-  if not directory:
-    raise DataError("no prepared data: set config.data.path to a prepare output folder")
+  if not directory and not components:
+    raise DataError("no prepared data: set config.data.path to a prepare output folder, or "
+                    "config.data.mixture to ((folder, weight), ...)")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   num_shards = d.shards or process_count
@@ -254,16 +403,22 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
     raise DataError(f"config.data.shards={num_shards} logical data shards must be a multiple of the "
                     f"{process_count} processes and divide config.train.batch_size={rows}")
   rows_per_shard = rows // num_shards
-  prepared = open_split(directory, split, mc)
+  read = grain.ReadOptions(num_threads=0 if d.num_workers else 2,
+                           prefetch_buffer_size=max(1, d.prefetch) * rows_per_shard)
+  if components:
+    splits = _open_components(components, split, mc, finite=num_epochs is not None)
+  else:
+    prepared = open_split(directory, split, mc)
   shards, too_long = {}, 0
   for shard in process_shards(num_shards, process_index, process_count):
-    ds, too_long = record_dataset(prepared, mc, d.seq_len, seed=d.seed, too_long=d.too_long,
-                                  shard_index=shard, num_shards=num_shards, num_epochs=num_epochs)
-    ds = ds.map(ToSlots(prepared, mc))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if d.num_workers else 2,
-                                              prefetch_buffer_size=max(1, d.prefetch) * rows_per_shard))
-    it = pack_rows(it, d.seq_len, d.packing_bins or rows_per_shard).batch(rows_per_shard,
-                                                                          drop_remainder=True)
+    if not components:
+      it, too_long = _single_examples(prepared, mc, d, shard, num_shards, num_epochs, read)
+    elif num_epochs is None:
+      it, too_long = _mixed_examples(splits, components, mc, d, shard, num_shards, read)
+    else:
+      it, too_long = _union_examples(splits, mc, d, shard, num_shards, num_epochs, read)
+    it = pack_rows(it, d.seq_len, d.packing_bins or rows_per_shard,
+                   num_components=len(components)).batch(rows_per_shard, drop_remainder=True)
     if d.num_workers:
       if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags; outside app.run use defaults
         flags.FLAGS.mark_as_parsed()
@@ -271,7 +426,7 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
                                                        per_worker_buffer_size=max(1, d.prefetch)))
     shards[shard] = iter(it)
   return DataIterator(shards, num_shards, mesh, too_long, rows // process_count,
-                      finite=num_epochs is not None)
+                      finite=num_epochs is not None, components=components)
 
 
 def global_batch(local: dict, mesh: jax.sharding.Mesh) -> dict:

@@ -14,10 +14,15 @@ source that is not installed raises `DataError` naming what to install.
   folder          images + same-stem .txt captions (else the parent    config.data.path = the folder
                   folder's name as a class)
   tfds:<name>     any TFDS dataset prepared on disk (image + label     config.data.path = TFDS data_dir
-                  or a text feature), read with tfds.data_source
+                  or a text feature, `captions/text` paths into
+                  nested ones), read with tfds.data_source
 
 Class datasets get captions from `CLASS_TEMPLATES`, one picked per example by a seeded hash, so a
-caption model sees several phrasings of the same class.
+caption model sees several phrasings of the same class, each with the article the name takes ("a
+seven", "an eight": `article`).
+
+Web-scale formats (webdataset tars, parquet, interleaved documents, chat, text) are streams, not
+random-access sources: see data/formats.py.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import gzip
 import importlib.metadata
 import json
 import os
+import re
 import unicodedata
 from typing import Any, Callable, Sequence
 
@@ -35,7 +41,8 @@ import numpy as np
 
 from synergen_jax.data.errors import BadRecord, DataError
 
-CLASS_TEMPLATES = ("{name}", "a {name}", "an image of {name}", "a picture of a {name}",
+# `{a}` is the indefinite article for the name ("a seven", "an eight", "an ankle boot").
+CLASS_TEMPLATES = ("{name}", "{a} {name}", "an image of {name}", "a picture of {a} {name}",
                    "this is {name}")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -68,10 +75,37 @@ class Source:
     return self.get(index)
 
 
+# The article follows the sound, not the letter; spelling rules cover the vowels, and these prefixes
+# the common English exceptions (a deliberately small list: class names, not all of English).
+_A_BEFORE_VOWEL = re.compile(r"^(one\b|once\b|uni|use|usu|uti|uku|ura|ure|uri|eu|ewe|ufo\b)")
+_AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honor|honour|heir)")
+_VOWEL_SOUND_LETTERS = "aefhilmnorsx"   # letters said with a vowel first: "an x-ray", "an f-stop"
+
+
+def article(name: str) -> str:
+  """"a" or "an" for a class name: by its first letter's sound, with the exceptions above ("a one",
+  "a unicorn", "an hour"); a lone letter before a hyphen is said as the letter ("an x-ray"); a
+  number by how it is said ("an 8", "an 11", "an 18", "a 1")."""
+  word = name.strip().lower()
+  if not word:
+    return "a"
+  if word[0].isdigit():
+    digits = re.match(r"\d+", word)[0]
+    return "an" if digits[0] == "8" or (len(digits) in (2, 5, 8) and digits[:2] in ("11", "18")) else "a"
+  if len(word) > 1 and word[1] == "-" and word[0].isalpha():
+    return "an" if word[0] in _VOWEL_SOUND_LETTERS else "a"
+  if _A_BEFORE_VOWEL.match(word):
+    return "a"
+  if _AN_BEFORE_CONSONANT.match(word):
+    return "an"
+  return "an" if word[0] in "aeiou" else "a"
+
+
 def class_caption(names: Sequence[str], label: int, index: int, seed: int = 0) -> str:
   """One of CLASS_TEMPLATES for this class, chosen by a seeded hash of the example index."""
   pick = np.random.default_rng([seed, index]).integers(len(CLASS_TEMPLATES))
-  return CLASS_TEMPLATES[pick].format(name=names[label])
+  name = names[label]
+  return CLASS_TEMPLATES[pick].format(name=name, a=article(name))
 
 
 def _class_source(name, images, labels, names, background, seed) -> Source:
@@ -220,9 +254,50 @@ def folder(path: str, seed: int = 0) -> Source:
   return Source("folder", len(files), get, class_names=tuple(classes))
 
 
+def _feature(features, key: str, name: str):
+  """The feature at a slash path (`captions/text`) of a TFDS FeaturesDict, or DataError naming the
+  keys present where the path goes wrong."""
+  feature = features
+  for depth, part in enumerate(key.split("/")):
+    inner = getattr(feature, "feature", feature)       # a Sequence's element feature
+    keys = list(inner.keys()) if hasattr(inner, "keys") else []
+    if part not in keys:
+      at = "/".join(key.split("/")[:depth]) or "the top level"
+      raise DataError(f"tfds:{name} has no feature {key!r}: at {at} the features are "
+                      f"{', '.join(keys) or '(none: not a dict)'}")
+    feature = feature[part]
+  return feature
+
+
+def _nested(record, key: str):
+  for part in key.split("/"):
+    record = record[part]
+  return record
+
+
+def _text(value, index: int, seed: int) -> str:
+  """A text feature's value -> str; a sequence of captions (coco_captions' `captions/text`) gives one
+  of them, picked by a seeded hash of the example index as class templates are, so every caption of
+  an image is used across seeds while a given (seed, index) always gets the same one."""
+  if isinstance(value, (bytes, np.bytes_)):
+    return bytes(value).decode("utf-8")
+  if isinstance(value, (str, np.str_)):
+    return str(value)
+  values = list(np.asarray(value, dtype=object).reshape(-1)) if not isinstance(value, list) else value
+  if not values:
+    return ""           # prepare counts it as empty_text
+  pick = int(np.random.default_rng([seed, index]).integers(len(values)))
+  return _text(values[pick], index, seed)
+
+
 def tfds_source(name: str, data_dir: str | None, split: str = "train", image_key: str = "image",
                 label_key: str = "label", text_key: str | None = None, seed: int = 0) -> Source:
-  """A TFDS dataset already prepared in `data_dir` (ArrayRecord format), read without TensorFlow."""
+  """A TFDS dataset already prepared in `data_dir` (ArrayRecord format), read without TensorFlow.
+
+  Captions come from `text_key` when set, which may be a slash path into nested features
+  (`captions/text` for coco_captions); a sequence of captions gives one per image (see `_text`).
+  Otherwise the `label_key` class names are captioned from CLASS_TEMPLATES.
+  """
   import tensorflow_datasets as tfds
   try:
     ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -230,20 +305,22 @@ def tfds_source(name: str, data_dir: str | None, split: str = "train", image_key
     raise DataError(f"tfds:{name}: cannot open split {split!r} in data_dir={data_dir!r}: {e}. Prepare "
                     "it once with tfds.builder(name).download_and_prepare(file_format='array_record')") from e
   features = ds.dataset_info.features
+  _feature(features, image_key, name)
   names = ()
   if text_key is None:
     if label_key not in features:
       raise DataError(f"tfds:{name} has no {label_key!r} feature; set config.data.tfds_text_key")
     names = tuple(features[label_key].names)
+  else:
+    _feature(features, text_key, name)
 
   def get(i):
     record = ds[i]
+    image = np.asarray(_nested(record, image_key))
     if text_key is not None:
-      text = record[text_key]
-      return RawExample(np.asarray(record[image_key]),
-                        text.decode("utf-8") if isinstance(text, bytes) else str(text))
+      return RawExample(image, _text(_nested(record, text_key), i, seed))
     label = int(record[label_key])
-    return RawExample(np.asarray(record[image_key]), class_caption(names, label, i, seed), label)
+    return RawExample(image, class_caption(names, label, i, seed), label)
   return Source(f"tfds:{name}", len(ds), get, class_names=names)
 
 

@@ -1,124 +1,315 @@
-"""Text tokenizer: SentencePiece plus the sequence format's special tokens.
+"""Text tokenizer: SentencePiece plus the pieces the data format names, fitted to a release's vocabulary.
 
-`TextTokenizer` wraps any SentencePiece model. Special pieces `<pad> <s> </s> <boi> <eoi> <UNCOND>`
-and `reserved` extra pieces (`<extra_0>`...: room for image-size tokens later) keep the model's own
-ids when it has them and are appended after its vocabulary when it does not, so a stock `.model` file
-(e.g. an LLM's) works unchanged and keeps its ids. `train_sentencepiece` builds a small model from
-captions, with every special piece inside the SentencePiece vocabulary.
+`TextTokenizer` wraps any SentencePiece model and resolves three kinds of named pieces:
 
-Special pieces written inside text (`"Here is a random image <UNCOND>:"`) encode to their ids.
+  special   <pad> <s> </s> <boi> <eoi> <UNCOND>    the sequence format (layout.SpecialTokens)
+  reserved  <extra_0> ... <extra_{n-1}>            room for image-size tokens later (data.reserved_tokens)
+  chat      <|im_start|> <|im_end|>                InternLM2's chat template (data/formats.py)
+
+Each one gets, in this order:
+
+  1. the release's own token of that name: a SentencePiece piece or an HF added token (for pad, bos
+     and eos the model's own pad/bos/eos ids come first, whatever their spelling: models differ);
+  2. else an unused token of the release: a piece whose name matches `UNUSED_PATTERN` (InternLM2's
+     `[UNUSED_TOKEN_n]`, Llama-3's `<|reserved_special_token_n|>`, Gemma's `<unusedN>`, BERT's
+     `[unusedN]`) or of SentencePiece's UNUSED type, not claimed by an added token, lowest id first;
+  3. else a new id appended after the vocabulary.
+
+So an LLM's vocabulary stays the size its embedding has wherever the release left room (InternLM2:
+92,544 ids, every piece above fits in its unused tokens), and grows only by what is missing. A model
+that already holds every special and reserved piece (one `train_sentencepiece` made: the demo's) is
+used exactly as it is: nothing is reused or appended, and chat pieces only if it has them.
+
+The result is written into the model: `proto` is the release's SentencePiece model with the reused
+pieces renamed, its HF added tokens spelled as tokenizer_config.json names them (InternLM2's id
+92,543 is `[UNUSED_TOKEN_146]` in tokenizer.model, `<|im_start|>` for transformers), and the appended
+pieces added, all as user-defined pieces. prepare writes that proto, so its tokenizer.model loads
+back to the same ids with nothing beside it, and `fingerprint` (a hash of the proto) names the
+vocabulary: one fingerprint, one set of ids. A model that needs no change keeps its bytes.
+
+`TextTokenizer.load` reads a `.model` file or an HF tokenizer folder (`tokenizer.model` and the added
+tokens of `tokenizer_config.json`'s `added_tokens_decoder` / `added_tokens.json`); a file named
+tokenizer.model with a tokenizer_config.json beside it is read as its folder, so `.../hf_files` and
+`.../hf_files/tokenizer.model` give the same ids. `train_sentencepiece` builds a small model from
+captions with every special and reserved piece inside its vocabulary.
+
+Named pieces written inside text (`"Here is a random image <UNCOND>:"`, `"<|im_start|>user\\n"`)
+encode to their ids; decode drops the six special ids and spells every other piece.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
 import io
+import json
+import os
 import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
 
 SPECIAL_PIECES = dict(pad="<pad>", bos="<s>", eos="</s>", boi="<boi>", eoi="<eoi>", uncond="<UNCOND>")
+CHAT_PIECES = ("<|im_start|>", "<|im_end|>")
+# Names releases give their unused / reserved tokens (matched against the whole piece).
+UNUSED_PATTERN = (r"\[UNUSED_TOKEN_\d+\]|<\|reserved_special_token_\d+\|>|<unused_?\d+>|\[unused\d+\]")
+HF_ADDED_TOKEN_FILES = ("tokenizer_config.json", "added_tokens.json")
 
 
 def extra_pieces(reserved: int) -> list[str]:
   return [f"<extra_{i}>" for i in range(reserved)]
 
 
-class TextTokenizer:
-  """SentencePiece + special pieces. `vocab_size` counts appended pieces; `special` holds their ids."""
+# ---------------------------------------------------------------------------------------------------
+# The SentencePiece model file: a ModelProto, edited with sentencepiece's own protobuf module.
+# ---------------------------------------------------------------------------------------------------
 
-  def __init__(self, model_proto: bytes, reserved: int = 0):
-    self.proto = bytes(model_proto)
-    self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+def rewrite_pieces(proto: bytes, renames: dict[int, str], appends: Sequence[str]) -> bytes:
+  """The model with piece `id` renamed to `renames[id]` and `appends` added after the last piece,
+  all user-defined (always one piece, never merged into or out of). Unchanged: the same bytes."""
+  if not renames and not appends:
+    return proto
+  model = sp_model.ModelProto()
+  model.ParseFromString(proto)
+  user_defined = sp_model.ModelProto.SentencePiece.USER_DEFINED
+  for index, name in renames.items():
+    model.pieces[index].piece, model.pieces[index].type, model.pieces[index].score = name, user_defined, 0.0
+  for name in appends:
+    model.pieces.add(piece=name, type=user_defined, score=0.0)
+  return model.SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution: which id each named piece gets.
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Plan:
+  ids: dict[str, int]          # every resolved named piece -> id (special names -> their field's id)
+  special: dict[str, int]      # SpecialTokens field -> id
+  renames: dict[int, str]      # id inside the model -> its new name (added tokens, reused pieces)
+  appends: list[str]           # pieces added after the model's pieces (the release's, then ours)
+  reused: dict[str, int]       # named pieces placed on unused tokens
+  appended: list[str]          # named pieces appended after the release's vocabulary
+  model_size: int              # pieces of the SentencePiece model as given
+  release_size: int            # ids of the release: those pieces and the added tokens after them
+
+
+def _release_names(sp, added: dict[str, int], where: str):
+  """The release's name -> id (pieces overlaid with its added tokens), the renames and appends that
+  spell its added tokens into the model, and the release's size."""
+  size = sp.get_piece_size()
+  pieces = [sp.id_to_piece(i) for i in range(size)]
+  names = {p: i for i, p in enumerate(pieces)}
+  renames, beyond = {}, []
+  shared = sorted(i for i, n in collections.Counter(added.values()).items() if n > 1)
+  if shared:
+    raise DataError(f"{where}: several added tokens share the ids {shared}")
+  for content, i in sorted(added.items(), key=lambda kv: kv[1]):
+    if names.get(content) == i:
+      continue
+    if content in names:
+      raise DataError(f"{where}: added token {content!r} has id {i}, but the SentencePiece model holds "
+                      f"it at id {names[content]}")
+    if i < size:
+      renames[i] = content
+      del names[pieces[i]]
+    elif i == size + len(beyond):
+      beyond.append(content)
+    else:
+      raise DataError(f"{where}: added token {content!r} has id {i}; ids after the SentencePiece "
+                      f"model's {size} pieces must follow on without gaps (next: {size + len(beyond)})")
+    names[content] = i
+  return names, renames, beyond, size + len(beyond)
+
+
+def _plan(sp, added: dict[str, int], reserved: int, unused: str, where: str) -> _Plan:
+  names, renames, beyond, release_size = _release_names(sp, added, where)
+  own_ids = dict(pad=sp.pad_id(), bos=sp.bos_id(), eos=sp.eos_id())
+
+  def own(field: str | None, piece: str) -> int | None:
+    if field and own_ids.get(field, -1) >= 0:
+      return own_ids[field]
+    return names.get(piece)
+
+  specials = [(f, p) for f, p in SPECIAL_PIECES.items()]
+  extras = [(None, p) for p in extra_pieces(reserved)]
+  complete = all(own(f, p) is not None for f, p in specials + extras)
+  chat = [(None, p) for p in CHAT_PIECES if not complete or p in names]
+  wanted = specials + extras + chat
+  resolved = {p: own(f, p) for f, p in wanted}
+  taken = set(resolved.values()) | set(renames)
+  pattern = re.compile(unused) if unused else None
+  pool = [i for i in range(sp.get_piece_size()) if i not in taken
+          and ((pattern and pattern.fullmatch(sp.id_to_piece(i))) or sp.is_unused(i))]
+  reused, appended = {}, []
+  for _, piece in wanted:
+    if resolved[piece] is not None:
+      continue
+    if pool:
+      resolved[piece] = pool.pop(0)
+      renames[resolved[piece]] = piece
+      reused[piece] = resolved[piece]
+    else:
+      resolved[piece] = release_size + len(appended)
+      appended.append(piece)
+  special = {f: resolved[p] for f, p in specials}
+  return _Plan(ids=resolved, special=special, renames=renames, appends=beyond + appended,
+               reused=reused, appended=appended, model_size=sp.get_piece_size(),
+               release_size=release_size)
+
+
+def _check_rewrite(sp, plan: _Plan, where: str) -> None:
+  """SentencePiece itself must read the rewritten model back with each piece at its planned id."""
+  planned = {**plan.renames, **{plan.model_size + k: p for k, p in enumerate(plan.appends)}}
+  wrong = {p: sp.piece_to_id(p) for i, p in planned.items() if sp.piece_to_id(p) != i}
+  if wrong:
+    raise DataError(f"{where}: the rewritten SentencePiece model puts {wrong} elsewhere than planned")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tokenizer.
+# ---------------------------------------------------------------------------------------------------
+
+class TextTokenizer:
+  """SentencePiece + named pieces. `vocab_size` counts every id (appended ones too); `special` holds
+  the sequence format's ids, `pieces` every named piece's id, `reused` those placed on unused tokens
+  and `appended` those added after the release's `release_size` ids."""
+
+  def __init__(self, model_proto: bytes, reserved: int = 0, *, added: dict[str, int] | None = None,
+               unused: str = UNUSED_PATTERN, where: str = "SentencePiece model"):
+    release = spm.SentencePieceProcessor(model_proto=bytes(model_proto))
+    plan = _plan(release, dict(added or {}), reserved, unused, where)
+    self.proto = rewrite_pieces(bytes(model_proto), plan.renames, plan.appends)
+    self.sp = release if self.proto == bytes(model_proto) else spm.SentencePieceProcessor(
+        model_proto=self.proto)
+    _check_rewrite(self.sp, plan, where)
     self.fingerprint = "sha256:" + hashlib.sha256(self.proto).hexdigest()[:16]
-    size = self.sp.get_piece_size()
-    own = {self.sp.id_to_piece(i): i for i in range(size)}
-    # SentencePiece's own pad/bos/eos ids take precedence over piece names (models differ in spelling).
-    own_ids = dict(pad=self.sp.pad_id(), bos=self.sp.bos_id(), eos=self.sp.eos_id())
-    ids, appended = {}, []
-    for field, piece in SPECIAL_PIECES.items():
-      if own_ids.get(field, -1) >= 0:
-        ids[field] = own_ids[field]
-      elif piece in own:
-        ids[field] = own[piece]
-      else:
-        ids[field] = size + len(appended)
-        appended.append(piece)
-    for piece in extra_pieces(reserved):
-      if piece not in own:
-        appended.append(piece)
-    self.special = SpecialTokens(**ids)
-    self.appended = appended
-    self.vocab_size = size + len(appended)
-    named = [*SPECIAL_PIECES.values(), *extra_pieces(reserved)]
-    self._piece_ids = {**{p: own[p] for p in named if p in own},
-                       **{p: size + i for i, p in enumerate(appended)},
-                       **{SPECIAL_PIECES[f]: getattr(self.special, f) for f in SPECIAL_PIECES}}
-    names = sorted(self._piece_ids, key=len, reverse=True)
+    self.vocab_size = self.sp.get_piece_size()
+    self.release_size = plan.release_size
+    self.special = SpecialTokens(**plan.special)
+    self.pieces = dict(plan.ids)
+    self.reused = dict(plan.reused)
+    self.appended = list(plan.appended)
+    names = sorted(self.pieces, key=len, reverse=True)
     self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")")
 
   @classmethod
-  def load(cls, path: str, reserved: int = 0) -> "TextTokenizer":
+  def load(cls, path: str, reserved: int = 0, unused: str = UNUSED_PATTERN) -> "TextTokenizer":
+    """A `.model` file or an HF tokenizer folder (see the module docstring)."""
+    folder = hf_tokenizer_folder(path)
+    model_file = os.path.join(folder, "tokenizer.model") if folder else path
+    if folder and not os.path.exists(model_file):
+      raise DataError(f"{path} has no SentencePiece tokenizer.model; only SentencePiece tokenizers can "
+                      "be trained on here (a BPE-only tokenizer.json cannot)")
     try:
-      with open(path, "rb") as f:
+      with open(model_file, "rb") as f:
         proto = f.read()
-      return cls(proto, reserved)
+      added = read_added_tokens(folder) if folder else {}
+      return cls(proto, reserved, added=added, unused=unused, where=path)
     except (OSError, RuntimeError) as e:
       raise DataError(f"cannot load SentencePiece model {path}: {e}") from e
 
   def encode(self, text: str) -> list[int]:
-    """Text -> ids (no <s>/</s>: the layout adds them); special pieces in the text map to their ids."""
+    """Text -> ids (no <s>/</s>: the layout adds them); named pieces in the text map to their ids."""
     out = []
     for chunk in self._split.split(text):
-      if chunk in self._piece_ids:
-        out.append(self._piece_ids[chunk])
+      if chunk in self.pieces:
+        out.append(self.pieces[chunk])
       elif chunk.strip():
         out.extend(self.sp.encode(chunk.strip()))
     return out
 
   def decode(self, ids: Sequence[int]) -> str:
-    """Ids -> text; special ids are dropped, appended pieces are spelled out."""
-    size = self.sp.get_piece_size()
+    """Ids -> text; special ids are dropped, other named pieces spelled out, ids outside the
+    vocabulary (a model's rows beyond its tokenizer) give nothing."""
     specials = {getattr(self.special, f) for f in SPECIAL_PIECES}
     pieces, run = [], []
     for i in map(int, ids):
       if i in specials:
         continue
-      if i >= size:
-        pieces.append(self.sp.decode(run)); run = []
-        pieces.append(self.appended[i - size] if i - size < len(self.appended) else "")
-      else:
+      if 0 <= i < self.vocab_size:
         run.append(i)
+      else:
+        pieces.append(self.sp.decode(run)); run = []
     pieces.append(self.sp.decode(run))
     return "".join(pieces)
 
   def meta(self) -> dict:
     return dict(vocab_size=self.vocab_size, fingerprint=self.fingerprint,
                 special={f: getattr(self.special, f) for f in SPECIAL_PIECES},
-                appended=self.appended)
+                appended=self.appended, reused=self.reused, pieces=self.pieces,
+                release_size=self.release_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF tokenizer folders.
+# ---------------------------------------------------------------------------------------------------
+
+def hf_tokenizer_folder(path: str) -> str | None:
+  """The HF tokenizer folder `path` names: itself when a directory, its folder when it is a
+  tokenizer.model with the folder's added-token files beside it; None for a bare `.model` file."""
+  if os.path.isdir(path):
+    return path
+  folder = os.path.dirname(path) or "."
+  if os.path.basename(path) == "tokenizer.model" and any(
+      os.path.exists(os.path.join(folder, n)) for n in HF_ADDED_TOKEN_FILES):
+    return folder
+  return None
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_added_tokens(folder: str) -> dict[str, int]:
+  """content -> id of an HF folder's added tokens (added_tokens.json, tokenizer_config.json's
+  added_tokens_decoder); the two must agree."""
+  added: dict[str, int] = {}
+
+  def put(content: str, i: int, where: str):
+    if added.get(content, i) != i:
+      raise DataError(f"{where}: added token {content!r} has id {i}, elsewhere {added[content]}")
+    added[content] = i
+
+  path = os.path.join(folder, "added_tokens.json")
+  if os.path.exists(path):
+    for content, i in _read_json(path).items():
+      put(content, int(i), path)
+  path = os.path.join(folder, "tokenizer_config.json")
+  if os.path.exists(path):
+    for i, token in (_read_json(path).get("added_tokens_decoder") or {}).items():
+      put(token["content"] if isinstance(token, dict) else str(token), int(i), path)
+  return added
 
 
 def train_sentencepiece(sentences: Iterable[str], vocab_size: int, reserved: int = 0,
-                        seed_sentences: Sequence[str] = ()) -> bytes:
+                        seed_sentences: Sequence[str] = (), chat: bool = False) -> bytes:
   """Trains a BPE SentencePiece model on `sentences`; returns the model proto.
 
-  pad/bos/eos/unk get ids 0..3, then `<boi> <eoi> <UNCOND>` and the reserved pieces, so every special
-  id is inside the SentencePiece vocabulary. `vocab_size` is an upper bound: small caption sets have
-  fewer distinct pieces, and SentencePiece then stops early instead of failing.
+  pad/bos/eos/unk get ids 0..3, then `<boi> <eoi> <UNCOND>`, the reserved pieces and (with `chat`,
+  for conversation data) `<|im_start|> <|im_end|>`, so every named id is inside the SentencePiece
+  vocabulary. `vocab_size` is an upper bound: small caption sets have fewer distinct pieces, and
+  SentencePiece then stops early instead of failing.
   """
   corpus = [s for s in list(seed_sentences) + list(sentences) if s.strip()]
   if not corpus:
     raise DataError("train_sentencepiece: no non-empty sentences to train on")
   out = io.BytesIO()
-  user = [SPECIAL_PIECES[k] for k in ("boi", "eoi", "uncond")] + extra_pieces(reserved)
+  user = ([SPECIAL_PIECES[k] for k in ("boi", "eoi", "uncond")] + extra_pieces(reserved)
+          + (list(CHAT_PIECES) if chat else []))
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(corpus), model_writer=out, vocab_size=vocab_size, model_type="bpe",
       pad_id=0, bos_id=1, eos_id=2, unk_id=3, user_defined_symbols=user, hard_vocab_limit=False,
       character_coverage=1.0, num_threads=1, minloglevel=2,
       train_extremely_large_corpus=False)
   return out.getvalue()
-

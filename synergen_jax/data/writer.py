@@ -1,117 +1,155 @@
-"""Raw source -> ArrayRecord shards of token examples + meta.json: the library behind
+"""Raw data -> ArrayRecord parts of token examples + meta.json: the library behind
 `python -m synergen_jax.prepare` (run once per dataset and tokenizer).
 
-For each split (train, eval: the same seeded split train_vq holds out):
-  1. read every record; decode + fit its image, strip its caption; bad records are skipped and
-     counted by reason (undecodable_image, empty_text, wrong_size, ...), never dropped silently;
-  2. train a SentencePiece model on the training captions and prompts (or load config.data.tokenizer);
-  3. encode all images with the image tokenizer, batched and jitted;
-  4. draw the task mix per record (config.data.tasks) and write one record per example:
+  1. the input shards (data/inputs.py): one per file of a web-scale format, or runs of a
+     random-access source's seeded train/eval split; this process takes its share
+     (`num_shards`, `shard_index`);
+  2. the text tokenizer: config.data.tokenizer, else SentencePiece trained on the first
+     TOKENIZER_SAMPLE training texts (deterministic, so every process trains the same one);
+  3. per shard, streaming: items are decoded in worker processes (data/decoding.py), `in_flight` at
+     a time are encoded with the image tokenizer (batched over every local device) and become
+     examples, written into the shard's part (data/parts.py) under a temporary name. Pairs get the
+     task mix of config.data.tasks:
        caption      [tiles...] prompt caption*          (loss on the caption)
        generation   prompt [image*]                     (loss on the image; the prompt is the
                                                           <UNCOND> one with probability p_uncond)
-       interleaved  [image*] caption*, then [image*] caption*.   (loss on everything)
-  5. write `{split}-index.npz` (text length and image count per example: the pipeline computes the
-     slot count for any fold ratio from it without reading records) and meta.json.
+       interleaved  [image*] caption*, then [image*] caption*.   (loss on everything; partners
+                                                          drawn from the same in-flight chunk)
+     Documents (interleaved web pages, chat, text) are written as they come, text tokenized;
+  4. when every part exists, the merge writes meta.json and the split indices (text length and image
+     count per example: the pipeline computes slots for any fold ratio without reading records).
 
-Records are encoded by `data/records.py`; `pipeline.py` decodes them into model slots.
+Memory is bounded by `in_flight` examples, whatever the dataset's size. A part is finished or absent,
+so a rerun of a killed prepare writes only the parts that were in flight, and several processes
+(or hosts, on a file system they share) can split the shards and the last one to finish merges.
+Bad records are skipped and counted by reason, never dropped silently.
 """
 
 from __future__ import annotations
 
 import collections
+import glob
+import hashlib
 import json
-import math
 import os
 import time
+import zlib
+from typing import Iterable, Iterator
 
 import numpy as np
 from array_record.python import array_record_module
 
 from synergen_jax.config import validate_config
-from synergen_jax.data import images as image_ops
-from synergen_jax.data.errors import BadRecord, DataError
+from synergen_jax.data import parts as parts_lib
+from synergen_jax.data.decoding import (DecodedDocument, DecodedImage, DecodedPair, FitSettings,
+                                        decode_pool, decode_stream)
+from synergen_jax.data.documents import Document, InputShard, Skipped, TextSpan
+from synergen_jax.data.errors import DataError
+from synergen_jax.data.inputs import Inputs, assigned, open_inputs
 from synergen_jax.data.layout import Image, Text
 from synergen_jax.data.records import FORMAT_VERSION, TASK_IDS, encode_record
-from synergen_jax.data.sources import open_source, split_indices
+from synergen_jax.data.sources import RawExample
 from synergen_jax.data.tokenizers import TextTokenizer, train_sentencepiece
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
-
-class _Records:
-  """What survives step 1 for one split: pixels per image, captions, labels."""
-
-  def __init__(self):
-    self.gen_images, self.tiles, self.captions, self.labels, self.indices = [], [], [], [], []
-    self.skipped = collections.Counter()
+TOKENIZER_SAMPLE = 1_000_000        # texts SentencePiece is trained on when no tokenizer is given
+SPLIT_IDS = dict(train=0, eval=1)
+# Settings that change how examples are packed or read, not what prepare writes.
+READ_ONLY_KNOBS = ("path", "eval_path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch",
+                   "packing_bins", "shards", "mixture")
 
 
-def read_split(source, indices, config, image_size: int) -> _Records:
-  d, channels = config.data, config.vq.channels
-  out = _Records()
-  for i in indices:
-    try:
-      raw = source[int(i)]
-      caption = (raw.text or "").strip()
-      if not caption:
-        raise BadRecord("empty_text", f"{source.name}[{i}]: empty caption")
-      pixels = image_ops.decode(raw.image)
-      gen = image_ops.fit(pixels, image_size, channels, d.image_fit, source.background)
-      if d.max_tiles > 1:
-        tiles = [image_ops.fit(t, image_size, channels, "exact")
-                 for t in image_ops.dynamic_tiles(pixels, image_size, d.max_tiles, d.thumbnail)]
-      else:
-        tiles = [gen]
-    except BadRecord as e:
-      out.skipped[e.reason] += 1
+# ---------------------------------------------------------------------------------------------------
+# Text tokenizer.
+# ---------------------------------------------------------------------------------------------------
+
+def _texts(item) -> Iterator[str]:
+  if isinstance(item, RawExample):
+    yield (item.text or "").strip()
+  elif isinstance(item, Document):
+    for span in item.spans:
+      if isinstance(span, TextSpan):
+        yield span.text.strip()
+
+
+def training_texts(shards: Iterable[InputShard], limit: int = TOKENIZER_SAMPLE) -> list[str]:
+  """The first `limit` non-empty texts of the training shards, in shard order."""
+  out = []
+  for shard in shards:
+    if shard.split != "train":
       continue
-    out.gen_images.append(gen); out.tiles.append(tiles); out.captions.append(caption)
-    out.labels.append(raw.label); out.indices.append(int(i))
+    for item in shard.read():
+      out.extend(t for t in _texts(item) if t)
+      if len(out) >= limit:
+        return out[:limit]
   return out
 
 
-def text_tokenizer(config, train_captions, out_dir: str) -> TextTokenizer:
+def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
+  """config.data.tokenizer, else the one trained earlier into out_dir, else trained now."""
   d = config.data
+  saved = os.path.join(out_dir, "tokenizer.model")
   if d.tokenizer:
     tok = TextTokenizer.load(d.tokenizer, d.reserved_tokens)
+  elif os.path.exists(saved):
+    tok = TextTokenizer.load(saved, d.reserved_tokens)
   else:
+    texts = training_texts(inputs.shards)
+    if not texts:
+      raise DataError(f"{inputs.name}: no training text to train the text tokenizer on; set "
+                      "config.data.tokenizer to a SentencePiece model")
     prompts = [d.caption_prompt, d.generation_prompt, d.uncond_prompt.replace("<UNCOND>", "")]
-    proto = train_sentencepiece(train_captions, config.model.text_vocab, d.reserved_tokens,
-                                seed_sentences=prompts)
-    tok = TextTokenizer(proto, d.reserved_tokens)
+    # Conversations need the chat template's pieces as single ids; other data keeps the demo's model.
+    tok = TextTokenizer(train_sentencepiece(texts, config.model.text_vocab, d.reserved_tokens,
+                                            seed_sentences=prompts, chat=d.name == "chat"),
+                        d.reserved_tokens)
   if tok.vocab_size > config.model.text_vocab:
     raise DataError(f"text tokenizer has {tok.vocab_size} ids (with appended special pieces) but "
                     f"config.model.text_vocab={config.model.text_vocab}; raise text_vocab to at least "
                     f"{tok.vocab_size}")
-  with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-    f.write(tok.proto)
+  if not os.path.exists(saved):
+    parts_lib.write_atomic(saved, lambda tmp: open(tmp, "wb").write(tok.proto))
   return tok
 
 
+def prepare_key(config, tok: TextTokenizer, vq: ImageTokenizer) -> str:
+  """Hash of everything that changes the records: a part written under another key is refused."""
+  d = json.loads(config.data.to_json_best_effort())
+  for knob in READ_ONLY_KNOBS:
+    d.pop(knob, None)
+  key = json.dumps(dict(data=d, text=tok.fingerprint, image=vq.fingerprint, channels=vq.channels,
+                        format=FORMAT_VERSION), sort_keys=True)
+  return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Examples.
+# ---------------------------------------------------------------------------------------------------
+
 def _count(weight: float, rng) -> int:
-  whole = math.floor(weight)
+  whole = int(np.floor(weight))
   return whole + int(rng.random() < weight - whole)
 
 
-def build_examples(records: _Records, gen_codes, tile_codes, tok: TextTokenizer, config, seed: int):
-  """Yields (record bytes, text_len, n_images, task) for one split, in a seeded order."""
-  d = config.data
-  rng = np.random.default_rng(seed)
-  caption_ids = [tok.encode(c) for c in records.captions]
-  caption_prompt = tok.encode(d.caption_prompt)
-  uncond_prompt = tok.encode(d.uncond_prompt)
-  gen_prompt = tok.encode(d.generation_prompt)
-  then = tok.encode(", then")
-  full_stop = tok.encode(".")
-  n = len(records.captions)
+class _Prompts:
+  def __init__(self, tok: TextTokenizer, d):
+    self.caption, self.uncond = tok.encode(d.caption_prompt), tok.encode(d.uncond_prompt)
+    self.generation, self.then, self.stop = (tok.encode(d.generation_prompt), tok.encode(", then"),
+                                             tok.encode("."))
+
+
+def pair_examples(pairs, gen_codes, tile_codes, tok, prompts: _Prompts, d, rng):
+  """(parts, pair index, task) for a chunk of pairs, by the task mix."""
+  caption_ids = [tok.encode(p.caption) for p in pairs]
+  n = len(pairs)
   for k in range(n):
     for task in ("caption", "generation", "interleaved"):
       for _ in range(_count(d.tasks.get(task, 0.0), rng)):
         if task == "caption":
           parts = [Image(c) for c in tile_codes[k]]
-          parts += [Text(caption_prompt), Text(caption_ids[k], loss=True)]
+          parts += [Text(prompts.caption), Text(caption_ids[k], loss=True)]
         elif task == "generation":
-          prompt = uncond_prompt if rng.random() < d.p_uncond else gen_prompt + caption_ids[k]
+          prompt = prompts.uncond if rng.random() < d.p_uncond else prompts.generation + caption_ids[k]
           parts = [Text(prompt), Image(gen_codes[k], loss=True)]
         else:
           if n < d.interleaved_images:
@@ -120,80 +158,174 @@ def build_examples(records: _Records, gen_codes, tile_codes, tok: TextTokenizer,
           docs = [k, *map(int, others)]
           parts = []
           for j, doc in enumerate(docs):
-            tail = full_stop if j == len(docs) - 1 else then
+            tail = prompts.stop if j == len(docs) - 1 else prompts.then
             parts += [Image(gen_codes[doc], loss=True), Text(caption_ids[doc] + tail, loss=True)]
-        text_len = sum(len(p.tokens) for p in parts if isinstance(p, Text))
-        n_images = sum(isinstance(p, Image) for p in parts)
-        record = encode_record(parts, label=records.labels[k], source_index=records.indices[k],
-                               task=task, caption=records.captions[k])
-        yield record, text_len, n_images, TASK_IDS[task]
+        yield parts, k, task
 
 
-def write_shards(examples, out_dir: str, split: str, per_shard: int) -> dict:
-  """Writes ArrayRecord shards and the split's index; returns the split's meta entry."""
-  examples = list(examples)
-  n_shards = max(1, math.ceil(len(examples) / per_shard))
-  names = [f"{split}-{i:05d}-of-{n_shards:05d}.array_record" for i in range(n_shards)]
-  for i, name in enumerate(names):
-    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
-    for record, *_ in examples[i * per_shard:(i + 1) * per_shard]:
-      writer.write(record)
-    writer.close()
-  index = dict(text_len=np.asarray([e[1] for e in examples], np.int32),
-               n_images=np.asarray([e[2] for e in examples], np.int32),
-               task=np.asarray([e[3] for e in examples], np.int8))
-  np.savez(os.path.join(out_dir, f"{split}-index.npz"), **index)
-  tasks = {name: int(np.sum(index["task"] == tid)) for name, tid in TASK_IDS.items()}
-  sizes = [len(examples[i * per_shard:(i + 1) * per_shard]) for i in range(n_shards)]
-  return dict(examples=len(examples), shards=names, shard_sizes=sizes, tasks=tasks)
+def document_parts(doc: DecodedDocument, codes: Iterator, tok: TextTokenizer) -> list:
+  parts = []
+  for span in doc.spans:
+    if isinstance(span, DecodedImage):
+      parts += [Image(next(codes), span.loss) for _ in span.pixels]
+    else:
+      parts.append(Text(tok.encode(span.text), span.loss))
+  return parts
 
 
-def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
-  """Runs steps 1-5 and returns meta (also written to out_dir/meta.json)."""
-  mc = validate_config(config)
+class _PartWriter:
+  """One part's records and index, under temporary names until `finish`."""
+
+  def __init__(self, out_dir: str, shard: InputShard):
+    self.out_dir, self.shard = out_dir, shard
+    self.path = parts_lib.part_path(out_dir, shard, ".array_record")
+    self.tmp = f"{self.path}.tmp{os.getpid()}"
+    self.writer = array_record_module.ArrayRecordWriter(self.tmp, "group_size:1")
+    self.index = collections.defaultdict(list)
+    self.tasks = collections.Counter()
+
+  def write(self, parts, *, label: int, source_index: int, task: str, caption: str) -> None:
+    self.writer.write(encode_record(parts, label=label, source_index=source_index, task=task,
+                                    caption=caption))
+    self.index["text_len"].append(sum(len(p.tokens) for p in parts if isinstance(p, Text)))
+    self.index["n_images"].append(sum(isinstance(p, Image) for p in parts))
+    self.index["task"].append(TASK_IDS[task])
+    self.tasks[task] += 1
+
+  def finish(self, counts: dict) -> dict:
+    self.writer.close()
+    os.replace(self.tmp, self.path)
+    arrays = dict(text_len=np.asarray(self.index["text_len"], np.int32),
+                  n_images=np.asarray(self.index["n_images"], np.int32),
+                  task=np.asarray(self.index["task"], np.int8))
+    parts_lib.write_atomic(parts_lib.part_path(self.out_dir, self.shard, "-index.npz"),
+                           lambda tmp: parts_lib._savez(tmp, arrays))
+    part = dict(counts, examples=len(arrays["task"]), tasks=dict(self.tasks))
+    parts_lib.write_json(parts_lib.part_path(self.out_dir, self.shard, ".json"), part)
+    return part
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk; chunk = []
+  if chunk:
+    yield chunk
+
+
+def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer, settings,
+               out_dir: str, key: str, pool=None) -> dict:
+  """Streams one input shard into its part; returns the part's counts."""
   d, t0 = config.data, time.time()
-  vq = image_tokenizer
+  rng = np.random.default_rng([d.seed, SPLIT_IDS[shard.split], zlib.crc32(shard.name.encode())])
+  for suffix in parts_lib.SUFFIXES:   # a killed run's half-written files (one writer per shard)
+    for stale in glob.glob(glob.escape(parts_lib.part_path(out_dir, shard, suffix)) + ".tmp*"):
+      os.remove(stale)
+  prompts, out = _Prompts(tok, d), _PartWriter(out_dir, shard)
+  index_of = (shard.source_indices.__getitem__ if shard.source_indices is not None else int)
+  keyed = ((f"{shard.split}/{shard.name}/{j}", item) for j, item in enumerate(shard.read()))
+  decoded = decode_stream(keyed, settings, pool, in_flight=d.in_flight)
+  skipped, dropped, records, raw = collections.Counter(), collections.Counter(), 0, 0
+  for chunk in _chunks(enumerate(decoded), d.in_flight):
+    raw += len(chunk)
+    kept = []
+    for j, item in chunk:
+      if isinstance(item, Skipped):
+        skipped[item.reason] += 1
+      else:
+        kept.append((j, item))
+    pixels = []      # every image of the chunk, encoded in one call
+    for _, item in kept:
+      if isinstance(item, DecodedPair):
+        pixels += [item.gen] + (item.tiles if d.max_tiles > 1 else [])
+      else:
+        pixels += [p for span in item.spans if isinstance(span, DecodedImage) for p in span.pixels]
+    codes = iter(vq.encode(np.stack(pixels)) if pixels else ())
+    pairs, pair_at, gen_codes, tile_codes = [], [], [], []
+    for j, item in kept:
+      records += 1
+      if isinstance(item, DecodedPair):
+        gen = next(codes)
+        tiles = [next(codes) for _ in item.tiles] if d.max_tiles > 1 else [gen]
+        pairs.append(item); pair_at.append(j); gen_codes.append(gen); tile_codes.append(tiles)
+      else:
+        dropped.update(item.dropped)
+        out.write(document_parts(item, codes, tok), label=-1, source_index=index_of(j),
+                  task=item.task, caption="")
+    for parts, k, task in pair_examples(pairs, gen_codes, tile_codes, tok, prompts, d, rng):
+      out.write(parts, label=pairs[k].label, source_index=index_of(pair_at[k]), task=task,
+                caption=pairs[k].caption)
+  return out.finish(dict(key=key, records=records, raw_items=raw, skipped=dict(skipped),
+                         dropped_images=dict(dropped), seconds=round(time.time() - t0, 2)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole prepare.
+# ---------------------------------------------------------------------------------------------------
+
+def _check_tokenizer(config, vq: ImageTokenizer) -> None:
+  mc = validate_config(config)
   if (vq.grid, vq.grid) != tuple(mc.code_grid) or vq.codebook_size != mc.codebook_size:
     raise DataError(f"image tokenizer makes {vq.grid}x{vq.grid} grids of {vq.codebook_size} codes; "
                     f"config.model has code_grid={mc.code_grid}, codebook_size={mc.codebook_size}")
   if vq.channels != config.vq.channels:
     raise DataError(f"image tokenizer takes {vq.channels}-channel images; config.vq.channels="
                     f"{config.vq.channels}: set --config.vq.channels={vq.channels}")
-  os.makedirs(out_dir, exist_ok=True)
-  source = open_source(d)
-  train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
-  splits = dict(train=read_split(source, train_idx, config, vq.image_size),
-                eval=read_split(source, eval_idx, config, vq.image_size))
-  if not splits["train"].captions:
-    raise DataError(f"{source.name}: every training record was skipped: {dict(splits['train'].skipped)}")
-  tok = text_tokenizer(config, splits["train"].captions, out_dir)
 
-  meta_splits, skipped = {}, collections.Counter()
-  for seed_offset, (split, records) in enumerate(splits.items()):
-    skipped += records.skipped
-    if not records.captions:
-      meta_splits[split] = dict(examples=0, shards=[], shard_sizes=[], tasks={}, records=0)
-      continue
-    gen_codes = image_tokenizer.encode(np.stack(records.gen_images))
-    flat_tiles = [t for tiles in records.tiles for t in tiles]
-    flat_codes = (gen_codes if d.max_tiles == 1 else image_tokenizer.encode(np.stack(flat_tiles)))
-    tile_codes, start = [], 0
-    for tiles in records.tiles:
-      tile_codes.append(list(flat_codes[start:start + len(tiles)])); start += len(tiles)
-    examples = build_examples(records, gen_codes, tile_codes, tok, config, d.seed * 1000 + seed_offset)
-    meta_splits[split] = write_shards(examples, out_dir, split, d.records_per_shard)
-    meta_splits[split]["records"] = len(records.captions)
 
+def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer, *, workers: int = 0,
+            num_shards: int = 1, shard_index: int = 0, log=None) -> dict | None:
+  """Writes this process's parts and, when every part exists, merges them.
+
+  Returns meta (also out_dir/meta.json) when merged, None when other processes' parts are still
+  missing (the last process to finish merges; `python -m synergen_jax.prepare --merge` does it too).
+  """
+  t0, vq = time.time(), image_tokenizer
+  _check_tokenizer(config, vq)
+  os.makedirs(os.path.join(out_dir, parts_lib.PARTS), exist_ok=True)
+  inputs = open_inputs(config.data)
+  tok = text_tokenizer(config, inputs, out_dir)
+  key = prepare_key(config, tok, vq)
+  settings = FitSettings.from_config(config, vq.image_size, inputs.background)
+  mine = assigned(inputs.shards, num_shards, shard_index)
+  todo = [s for s in mine if parts_lib.read_part(out_dir, s, key) is None]   # else finished earlier
+  with decode_pool(workers if todo else 0) as pool:
+    for n, shard in enumerate(todo):
+      part = write_part(shard, config, tok, vq, settings, out_dir, key, pool)
+      if log:
+        log(f"prepare: {shard.split}-{shard.name} ({n + 1}/{len(todo)} to write, {len(mine)} "
+            f"here): {part['examples']} examples from {part['records']} records, skipped "
+            f"{part['skipped']}")
+  if any(parts_lib.read_part(out_dir, s, key) is None for s in inputs.shards):
+    return None
+  return merge(config, out_dir, inputs, tok, vq, key, seconds=time.time() - t0)
+
+
+def merge(config, out_dir: str, inputs: Inputs, tok: TextTokenizer, vq: ImageTokenizer, key: str,
+          seconds: float = 0.0) -> dict:
+  d = config.data
   meta = dict(
-      format_version=FORMAT_VERSION, source=source.name, raw_records=len(source),
-      class_names=list(source.class_names), splits=meta_splits,
-      skipped=dict(sorted(skipped.items())), skipped_total=int(sum(skipped.values())),
+      format_version=FORMAT_VERSION, source=inputs.name, raw_records=inputs.raw_records,
+      class_names=list(inputs.class_names),
       text_vocab=tok.vocab_size, special=tok.meta()["special"], text_tokenizer=tok.fingerprint,
-      image_tokenizer=image_tokenizer.fingerprint, code_grid=[vq.grid, vq.grid],
+      text_pieces=tok.meta()["pieces"], text_reused=tok.meta()["reused"],
+      image_tokenizer=vq.fingerprint, code_grid=[vq.grid, vq.grid],
       codebook_size=vq.codebook_size, image_size=vq.image_size, channels=vq.channels,
-      background=source.background, image_fit=d.image_fit,
+      background=inputs.background, image_fit=d.image_fit,
       max_tiles=d.max_tiles, thumbnail=bool(d.thumbnail), tasks=dict(d.tasks),
-      p_uncond=d.p_uncond, seed=d.seed, seconds=round(time.time() - t0, 1))
-  with open(os.path.join(out_dir, "meta.json"), "w") as f:
-    json.dump(meta, f, indent=1)
+      p_uncond=d.p_uncond, seed=d.seed, seconds=round(seconds, 1))
+  meta = parts_lib.merge(out_dir, inputs.shards, key, meta)
+  if not meta["splits"]["train"]["examples"]:
+    raise DataError(f"{inputs.name}: every training record was skipped: {meta['skipped']}")
   return meta
+
+
+def merge_only(config, out_dir: str, image_tokenizer: ImageTokenizer) -> dict:
+  """Merges parts that other processes wrote (`python -m synergen_jax.prepare --merge`)."""
+  _check_tokenizer(config, image_tokenizer)
+  inputs = open_inputs(config.data)
+  tok = text_tokenizer(config, inputs, out_dir)
+  return merge(config, out_dir, inputs, tok, image_tokenizer,
+               prepare_key(config, tok, image_tokenizer))

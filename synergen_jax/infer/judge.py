@@ -88,9 +88,10 @@ def load_or_train(cache_dir: str, pixels: np.ndarray, labels: np.ndarray, num_cl
       return Judge(num_classes, serialization.from_bytes(template, f.read()))
   judge = train_judge(pixels, np.asarray(labels), num_classes)
   os.makedirs(cache_dir, exist_ok=True)
-  with open(path + ".tmp", "wb") as f:
+  tmp = f"{path}.tmp{os.getpid()}"        # per process: several may train the same judge at once
+  with open(tmp, "wb") as f:
     f.write(serialization.to_bytes(judge.params))
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
   return judge
 
 

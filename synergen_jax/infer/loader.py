@@ -23,6 +23,7 @@ import ml_collections
 from synergen_jax.config import validate_config
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
+from synergen_jax.data.mixture import parse_mixture
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.infer.decode import Decoder
 from synergen_jax.train import checkpoint
@@ -56,7 +57,7 @@ class Loaded:
 
   @functools.cached_property
   def image_tokenizer(self) -> ImageTokenizer:
-    data_dir = self.config.data.path
+    data_dir = prepared_dir(self.config)
     if not data_dir and not self.config.vq.workdir:
       raise DataError(f"{self.workdir} names no image tokenizer (an imported LLM): set "
                       "config.vq.workdir in its config.json to a trained or imported tokenizer")
@@ -76,10 +77,17 @@ def _imported_tokenizer(workdir: str, config) -> TextTokenizer | None:
   return TextTokenizer.load(path, config.data.reserved_tokens) if os.path.exists(path) else None
 
 
+def prepared_dir(config) -> str | None:
+  """config.data.path, else a mixture's first component: the components share their tokenizers
+  (data/mixture.py checks it), so any one of them serves inference."""
+  components = parse_mixture(config.data)
+  return config.data.path or (components[0].path if components else None)
+
+
 def load(workdir: str) -> Loaded:
   config = checkpoint.read_config(workdir)
   mc = validate_config(config)
-  data_dir = config.data.path
+  data_dir = prepared_dir(config)
   if not data_dir and os.path.exists(os.path.join(workdir, IMPORT_RECORD)):
     params, step = checkpoint.restore_on_device(workdir, mc)
     return Loaded(workdir, config, mc, params, step, {}, _imported_tokenizer(workdir, config))

@@ -28,7 +28,7 @@ import numpy as np
 from synergen_jax.data import images as image_ops
 from synergen_jax.data.cache import cache_root
 from synergen_jax.data.layout import Image, Text, layout_example
-from synergen_jax.data.writer import read_split
+from synergen_jax.data.decoding import FitSettings, decode_pairs
 from synergen_jax.data.sources import open_source, split_indices
 from synergen_jax.infer import judge as judge_lib
 from synergen_jax.infer import tasks
@@ -113,11 +113,13 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
   if count and count < len(eval_idx):   # a seeded subset: sources are often stored sorted by class
     eval_idx = np.sort(np.random.default_rng(d.seed).choice(eval_idx, count, replace=False))
-  real = read_split(source, eval_idx, config, tok.image_size)
-  if not real.captions:
-    raise ValueError(f"evaluate: no usable held-out records in {source.name}: {dict(real.skipped)}")
-  eval_pixels = np.stack(real.gen_images)
-  report = dict(step=loaded.step, seed=seed, eval_images=len(real.captions), source=source.name)
+  settings = FitSettings.from_config(config, tok.image_size, source.background)
+  real, skipped = decode_pairs(source, eval_idx, settings)
+  if not real:
+    raise ValueError(f"evaluate: no usable held-out records in {source.name}: {dict(skipped)}")
+  eval_pixels = np.stack([p.gen for p in real])
+  real_captions, real_labels = [p.caption for p in real], [p.label for p in real]
+  report = dict(step=loaded.step, seed=seed, eval_images=len(real), source=source.name)
 
   codes = tok.encode(eval_pixels)
   recon = tok.decode(codes).astype(np.float32) / 255.0
@@ -125,11 +127,11 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   report["tokenizer"] = dict(mse=mse, psnr_db=float(10 * np.log10(1.0 / max(mse, 1e-12))))
 
   if d.max_tiles > 1:
-    tile_codes = [list(tok.encode(np.stack(tiles))) for tiles in real.tiles]
+    tile_codes = [list(tok.encode(np.stack(p.tiles))) for p in real]
   else:
     tile_codes = [[c] for c in codes]
   names = list(source.class_names)
-  report["understanding"], captions = _understanding(loaded, tile_codes, real.captions, real.labels,
+  report["understanding"], captions = _understanding(loaded, tile_codes, real_captions, real_labels,
                                                      names, batch_size)
   if out_dir:   # 32 images spread over the split (class sources are often stored sorted by class)
     show = np.linspace(0, len(captions) - 1, min(32, len(captions))).astype(int)
@@ -137,15 +139,15 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
                              os.path.join(out_dir, "eval_captions.png"))
 
   if names:
-    train = read_split(source, train_idx, config, tok.image_size)
-    train_pixels = np.stack(train.gen_images)
+    train, _ = decode_pairs(source, train_idx, settings)
+    train_pixels = np.stack([p.gen for p in train])
     judge = judge_lib.load_or_train(os.path.join(cache_root(config), "judges"), train_pixels,
-                                    np.asarray(train.labels), len(names))
+                                    np.asarray([p.label for p in train]), len(names))
     judged, _ = judge(eval_pixels)
     report["generation"], pixels = _generation(
-        loaded, judge, names, (eval_pixels, real.labels), train_pixels, per_class, cfg_scale,
+        loaded, judge, names, (eval_pixels, real_labels), train_pixels, per_class, cfg_scale,
         sampling, seed, batch_size)
-    report["generation"]["judge_accuracy_real"] = float(np.mean(judged == np.asarray(real.labels)))
+    report["generation"]["judge_accuracy_real"] = float(np.mean(judged == np.asarray(real_labels)))
     if out_dir:
       image_ops.save_grid(pixels, os.path.join(out_dir, "eval_samples.png"), cols=per_class)
   else:

@@ -107,6 +107,9 @@ def _check_same_params(saved, abstract, where: str) -> None:
 # Model fields that change the numbers without changing any parameter shape: the shape check of
 # restore_params cannot catch a mismatch, so init_from compares them with the source's config.json.
 SHAPELESS_MODEL_FIELDS = ("norm_eps", "rope_theta", "tie_embeddings", "qkv_bias")
+# text_vocab too: an HF import sizes its vocabulary from the release's tokenizer, which a config file
+# cannot know; compared by name, the error says which number to set (the shape check would list shapes).
+INIT_FROM_MODEL_FIELDS = ("text_vocab",) + SHAPELESS_MODEL_FIELDS
 
 
 def check_init_from_config(init_from: str, config) -> None:
@@ -114,7 +117,7 @@ def check_init_from_config(init_from: str, config) -> None:
   if not path.exists():
     return
   source = json.loads(path.read_text()).get("model", {})
-  for key in SHAPELESS_MODEL_FIELDS:
+  for key in INIT_FROM_MODEL_FIELDS:
     if key in source and source[key] != config.model[key]:
       raise ConfigError(f"config.model.{key}={config.model[key]!r}, but config.train.init_from="
                         f"{init_from} was made with {source[key]!r}; set --config.model.{key}="

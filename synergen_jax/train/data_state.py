@@ -4,6 +4,10 @@ Each process writes the states of the shards it reads (`shard_<i>-of-<S>.json`) 
 `data` item, so nothing has to be gathered onto one host, and a restore reads the shards the
 restoring process owns, whatever the process count was at save time (grain's own handler keys its
 files by process, which would tie a checkpoint to one process count).
+
+A shard's file is its Grain iterator state; under config.data.mixture it is
+{"mixture": {name: weight}, "examples": {name: count}, "grain": state}, whose Grain state holds each
+component's position by name (data/pipeline.py's DataIterator writes and checks it).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class DataStateHandler:
 @ocp.args.register_with_handler(DataStateHandler, for_save=True)
 @dataclasses.dataclass
 class DataStateSave(ocp.args.CheckpointArgs):
-  state: dict          # DataIterator.get_state(): {"num_shards": S, "shards": {"i": state}}
+  state: dict          # DataIterator.get_state(): {"num_shards": S, "shards": {"i": shard state}}
 
 
 @ocp.args.register_with_handler(DataStateHandler, for_restore=True)

@@ -17,7 +17,7 @@ from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train import checkpoint
 from synergen_jax.train.heldout import heldout_metrics
-from synergen_jax.train.metrics import MetricWriter, peak_flops_per_device
+from synergen_jax.train.metrics import MetricWriter, component_examples, peak_flops_per_device
 from synergen_jax.train.state import build_train_step, init_state
 
 
@@ -133,7 +133,8 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
             "data_wait_fraction": window["wait"] / elapsed,
             "mfu": (window["flops"] / elapsed / (peak * jax.device_count())) if peak else None,
             "nonfinite_skipped": int(jax.device_get(state["nonfinite"])),
-            "image/overflow_windows": float(m["image/overflow_windows"])})
+            "image/overflow_windows": float(m["image/overflow_windows"]),
+            **component_examples(data)})
         writer.progress(step + 1, loss, window["tokens"] / elapsed,
                         elapsed / window["n"] * (end - step - 1))
         window = fresh_window()

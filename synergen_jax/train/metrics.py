@@ -1,4 +1,5 @@
-"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU against synergen_jax/hardware.py."""
+"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU against synergen_jax/hardware.py;
+per-component example counts of a data mixture."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 from etils import epath
 
 from synergen_jax.hardware import peak_flops
@@ -15,6 +17,22 @@ from synergen_jax.hardware import peak_flops
 
 def peak_flops_per_device() -> float | None:
   return peak_flops(jax.devices()[0].device_kind)
+
+
+def component_examples(data) -> dict:
+  """`data/examples/<component>`: examples of each config.data.mixture component in the batches the
+  trainer has taken so far (a resumed run included), summed over processes; {} without a mixture.
+
+  Counted on the host from the component id each example carries through packing (data/pipeline.py),
+  so nothing extra goes to the device. Every process must call this (a collective under several)."""
+  seen = data.examples_seen()
+  if not seen:
+    return {}
+  counts = np.asarray(list(seen.values()), np.int64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    counts = np.sum(multihost_utils.process_allgather(counts), axis=0)
+  return {f"data/examples/{name}": int(n) for name, n in zip(seen, counts)}
 
 
 class MetricWriter:

@@ -214,6 +214,35 @@ def test_extra_tokens_keep_the_pretrained_logits(tmp_path):
   np.testing.assert_allclose(np.asarray(logits)[0, :, :64], ref, atol=1e-4)
 
 
+def _stock_tokenizer(path) -> int:
+  """A small SentencePiece tokenizer.model in `path` (no unused tokens); returns its size."""
+  import io
+  import sentencepiece as spm
+  out = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["a one", "a two", "an image of three"] * 20),
+                                 model_writer=out, vocab_size=30, model_type="bpe", minloglevel=2,
+                                 hard_vocab_limit=False)
+  (path / "tokenizer.model").write_bytes(out.getvalue())
+  return spm.SentencePieceProcessor(model_proto=out.getvalue()).get_piece_size()
+
+
+def test_a_sentencepiece_tokenizer_sizes_the_vocabulary(tmp_path):
+  """With a tokenizer.model the import appends the rows it needs (no --extra_tokens arithmetic),
+  refuses --extra_tokens, and refuses a tokenizer with more ids than the checkpoint has rows."""
+  write_family("llama", str(tmp_path / "hf"))
+  size = _stock_tokenizer(tmp_path / "hf")
+  with pytest.raises(ConfigError, match="sizes the vocabulary itself"):
+    import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "out"), tiny()[0], extra_tokens=4)
+  config = tiny()[0]
+  config.data.reserved_tokens = 64 - size    # with <pad> <boi> <eoi> <UNCOND> and the chat pieces: 70
+  record = import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "out"), config)
+  assert record["text_vocab"] == 70 == record["text_tokenizer"]["vocab_size"] and record["extra_tokens"] == 6
+  assert loader.load(str(tmp_path / "out")).mc.text_vocab == 70
+  (tmp_path / "hf" / "added_tokens.json").write_text(json.dumps({f"<t{i}>": size + i for i in range(65 - size)}))
+  with pytest.raises(CheckpointError, match="does not belong to these weights"):
+    import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "out2"), tiny()[0])
+
+
 def test_pickle_weights_need_allow_pickle(tmp_path):
   model = random_hf_model("llama")
   os.makedirs(tmp_path / "hf")

@@ -150,3 +150,69 @@ def test_tfds_data_source_reads_a_prepared_dataset(tmp_path):
   assert any("square" in src[i].text for i in range(6))
   with pytest.raises(DataError, match="cannot open split"):
     sources.tfds_source("tiny_shapes", str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize("name, want", [
+    ("eight", "an"), ("apple", "an"), ("ankle boot", "an"), ("umbrella", "an"), ("seven", "a"),
+    ("t-shirt", "a"), ("one", "a"), ("unicorn", "a"), ("european robin", "a"), ("hour glass", "an"),
+    ("x-ray", "an"), ("8", "an"), ("18", "an"), ("1", "a"), ("onion", "an"), ("horse", "a")])
+def test_article_follows_the_sound(name, want):
+  assert sources.article(name) == want
+
+
+def test_class_captions_use_the_right_article():
+  eights = {sources.class_caption(sources.DIGIT_NAMES, 8, i) for i in range(60)}
+  assert {"an eight", "a picture of an eight", "eight"} <= eights
+  assert not any("a eight" in c for c in eights)
+  sevens = {sources.class_caption(sources.DIGIT_NAMES, 7, i) for i in range(60)}
+  assert {"a seven", "a picture of a seven"} <= sevens
+
+
+def _build_tfds(tmp_path, builder_cls):
+  try:
+    builder_cls(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  except Exception as e:   # building (not reading) may need TensorFlow in some tfds versions
+    pytest.skip(f"cannot build a TFDS dataset without TensorFlow here: {e}")
+
+
+def test_tfds_nested_caption_feature(tmp_path):
+  """coco_captions' layout: `captions` is a sequence of {id, text}; tfds_text_key="captions/text"."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  captions = {i: [f"image {i} caption {j}" for j in range(i % 4)] for i in range(12)}
+
+  class TinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(dict(
+          image=tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
+          image_id=np.int64,
+          captions=tfds.features.Sequence(dict(id=np.int64, text=tfds.features.Text())))))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(12):
+        yield i, dict(image=np.full((4, 4, 3), i, np.uint8), image_id=i,
+                      captions=[dict(id=j, text=t) for j, t in enumerate(captions[i])])
+
+  _build_tfds(tmp_path, TinyCaptions)
+  config = ml_collections.ConfigDict(dict(name="tfds:tiny_captions", path=str(tmp_path),
+                                          tfds_text_key="captions/text", seed=0))
+  src = sources.open_source(config)
+  assert len(src) == 12 and src.class_names == ()
+  for k in range(12):
+    ex = src[k]
+    i = int(ex.image[0, 0, 0])
+    assert (ex.text in captions[i]) if captions[i] else ex.text == ""   # empty: prepare's empty_text
+    assert src[k].text == ex.text                                       # deterministic
+  # Another seed picks other captions for some images: every caption gets used across seeds.
+  picks = {(k, sources.tfds_source("tiny_captions", str(tmp_path), text_key="captions/text",
+                                   seed=s)[k].text) for s in range(8) for k in range(12)}
+  three = [k for k in range(12) if len(captions[int(src[k].image[0, 0, 0])]) == 3]
+  assert all(len({t for kk, t in picks if kk == k}) > 1 for k in three)
+  with pytest.raises(DataError, match=r"no feature 'captions/txt': at captions the features are id, text"):
+    sources.tfds_source("tiny_captions", str(tmp_path), text_key="captions/txt")
+  with pytest.raises(DataError, match=r"no feature 'caption': at the top level the features are "):
+    sources.tfds_source("tiny_captions", str(tmp_path), text_key="caption")

@@ -58,7 +58,7 @@ def test_sample_cli_writes_a_grid_and_captions_an_image(tiny_workdir, tmp_path):
   digit[6:22, 12:16] = 255
   Image.fromarray(digit).save(tmp_path / "one.png")
   caption = _cli("synergen_jax.sample", "--workdir", tiny_workdir, "--image",
-                 str(tmp_path / "one.png")).strip().splitlines()[-1]
+                 str(tmp_path / "one.png")).rstrip("\n").split("\n")[-1].strip()   # may be ""
   want = tasks.caption(model, [tasks.image_codes(model, digit)])[0]
   assert caption == want
 

@@ -51,10 +51,11 @@ class Case:
         self.block_q, self.block_k, jnp.dtype(self.dtype).name)
 
 
-def each_dtype(shapes, dtypes):
-  """Cases of every (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k) shape in
-  every (dtype, tol)."""
-  return tuple(Case(*shape, dtype, tol) for shape in shapes for dtype, tol in dtypes)
+def alternating_dtypes(shapes, dtypes):
+  """Cases of the (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k) shapes, shape
+  i in (dtype, tol) i mod len(dtypes): every dtype meets masking, GQA and blocking, and each shape
+  runs once (interpret mode is the suite's slowest part; a shape in both dtypes mostly repeats)."""
+  return tuple(Case(*shape, *dtypes[i % len(dtypes)]) for i, shape in enumerate(shapes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ F32_BF16 = ((F32, 2e-5), (BF16, 3e-2))
 KERNELS = {kernel.impl: kernel for kernel in [
     Kernel(
         impl="pallas_gpu", module="synergen_jax.kernels.flash_gpu", batch=2,
-        cases=each_dtype([  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k)
+        cases=alternating_dtypes([  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k)
             (96, 4, 4, 64, True, True, 32, 32),       # length not a power of two
             (64, 4, 2, 64, False, True, 32, 16),      # GQA 2, unequal blocks
             (64, 4, 1, 128, True, False, 16, 32),     # GQA 4, head_dim 128
@@ -147,7 +148,6 @@ KERNELS = {kernel.impl: kernel for kernel in [
             Case(192, 4, 4, 64, True, True, 64, 64, BF16, 3e-2),      # length not a power of two
             Case(128, 4, 2, 128, False, True, 64, 64, F16, 1e-2),     # GQA 2, head_dim 128, f16
             Case(256, 4, 1, 64, True, False, 64, 128, BF16, 3e-2),    # GQA 4, the forward's 128-key blocks
-            Case(256, 2, 2, 64, True, True, 64, 128, F16, 1e-2),
             Case(128, 2, 1, 128, False, False, 64, 128, BF16, 3e-2),  # one key block per row
         ),
         entry=Entry((1, 128, 4, 2, 64, True, BF16), atol=3e-2),
@@ -176,7 +176,7 @@ KERNELS = {kernel.impl: kernel for kernel in [
     ),
     Kernel(
         impl="pallas_tpu", module="synergen_jax.kernels.flash_tpu", batch=1,
-        cases=each_dtype([  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k)
+        cases=alternating_dtypes([  # (length, heads, kv_heads, head_dim, causal, packed, block_q, block_k)
             (384, 4, 4, 64, True, True, 128, 128),      # length not a power of two
             (256, 4, 2, 128, False, True, 64, 128),     # GQA 2, head_dim 128, unequal blocks
             (256, 4, 1, 64, True, False, 128, 128),     # GQA 4

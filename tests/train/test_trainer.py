@@ -76,7 +76,8 @@ def test_resume_is_bitwise_identical(tiny_data, tmp_path):
 
 def test_same_losses_on_every_mesh(tiny_data, tmp_path):
   losses = {}
-  for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)):
+  # Pure data parallelism over 8 is the default mesh of every other trainer test.
+  for shape in ((1, 1, 1), (2, 4, 1), (2, 2, 2)):
     config = _config(tiny_data, steps=3)
     config.stage = "sft"
     config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])

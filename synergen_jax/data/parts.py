@@ -1,0 +1,114 @@
+"""Output parts of a prepared set and the merge that makes them one set.
+
+Every input shard (data/inputs.py) becomes one part under `<out>/parts/`:
+
+  {split}-{name}.array_record    the part's records (data/records.py)
+  {split}-{name}-index.npz       text length, image count and task per record
+  {split}-{name}.json            its counts (records, examples, skipped and dropped by reason, tasks)
+                                 and the `key` of the settings it was written with
+
+Each file is written under a temporary name and renamed, the .json last, so a part whose .json
+exists is complete, and a killed `prepare` leaves at most the parts it had in flight unfinished;
+rerunning the same command writes only those. A part written with other settings (another tokenizer,
+task mix, image size) is refused, not mixed in.
+
+`merge` reads every part's .json and index and writes `meta.json` and one `{split}-index.npz` per
+split over all of them: the one prepared set the trainer reads (data/pipeline.py), whatever number
+of processes or hosts wrote the parts.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from synergen_jax.data.documents import InputShard
+from synergen_jax.data.errors import DataError
+from synergen_jax.data.records import TASK_IDS
+
+PARTS = "parts"
+SUFFIXES = (".array_record", "-index.npz", ".json")
+
+
+def part_path(out_dir: str, shard: InputShard, suffix: str) -> str:
+  return os.path.join(out_dir, PARTS, f"{shard.split}-{shard.name}{suffix}")
+
+
+def write_atomic(path: str, write) -> None:
+  """`write(temporary path)`, then rename onto `path`: readers see the whole file or none."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def write_json(path: str, value) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=1)
+  write_atomic(path, write)
+
+
+def read_part(out_dir: str, shard: InputShard, key: str) -> dict | None:
+  """The finished part's counts, None when it is not finished; a part of other settings is an error."""
+  path = part_path(out_dir, shard, ".json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    part = json.load(f)
+  if part["key"] != key:
+    raise DataError(f"{path} was written with other prepare settings (key {part['key']} != {key}): "
+                    f"prepare into a new --out folder, or delete {os.path.join(out_dir, PARTS)} to "
+                    "start over")
+  return part
+
+
+def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> dict:
+  """Writes meta.json (`meta` + per-split entries + counts) and the split indices over all parts."""
+  parts = {s: read_part(out_dir, s, key) for s in shards}
+  missing = [f"{s.split}-{s.name}" for s, p in parts.items() if p is None]
+  if missing:
+    raise DataError(f"{out_dir}: {len(missing)} of {len(shards)} parts are not written yet "
+                    f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run prepare "
+                    "for their shards (or wait for the processes writing them), then merge")
+  splits, skipped, dropped = {}, collections.Counter(), collections.Counter()
+  raw = 0
+  for split in ("train", "eval"):
+    mine = [s for s in shards if s.split == split]
+    index = collections.defaultdict(list)
+    entry = dict(examples=0, shards=[], shard_sizes=[], records=0,
+                 tasks={name: 0 for name in TASK_IDS})
+    for shard in mine:
+      part = parts[shard]
+      skipped.update(part["skipped"]); dropped.update(part["dropped_images"])
+      raw += part["raw_items"]
+      entry["records"] += part["records"]
+      for task, n in part["tasks"].items():
+        entry["tasks"][task] += n
+      if not part["examples"]:
+        continue        # an empty ArrayRecord file is not worth a reader
+      entry["examples"] += part["examples"]
+      entry["shards"].append(os.path.relpath(part_path(out_dir, shard, ".array_record"), out_dir))
+      entry["shard_sizes"].append(part["examples"])
+      with np.load(part_path(out_dir, shard, "-index.npz")) as z:
+        for field in ("text_len", "n_images", "task"):
+          index[field].append(z[field])
+    dtypes = dict(text_len=np.int32, n_images=np.int32, task=np.int8)
+    arrays = {f: np.concatenate(index[f]) if index[f] else np.zeros(0, t) for f, t in dtypes.items()}
+    write_atomic(os.path.join(out_dir, f"{split}-index.npz"),
+                 lambda tmp, arrays=arrays: _savez(tmp, arrays))
+    splits[split] = entry
+  meta = dict(meta, splits=splits, skipped=dict(sorted(skipped.items())),
+              skipped_total=int(sum(skipped.values())), dropped_images=dict(sorted(dropped.items())),
+              parts=len(shards), prepare_key=key)
+  meta["raw_records"] = meta.get("raw_records") or raw
+  write_json(os.path.join(out_dir, "meta.json"), meta)
+  return meta
+
+
+def _savez(path: str, arrays: dict) -> None:
+  with open(path, "wb") as f:     # a file object: np.savez would append .npz to a temporary name
+    np.savez(f, **arrays)
