@@ -5,10 +5,10 @@
   python -m synergen_jax.evaluate --workdir workdirs/demo/sft --cfg 3 --top_k 20 --per_class 20
 
 End to end from an empty cache (tokenizer, prepare, 150 stage-1 + 250 stage-2 + 550 SFT steps,
-evaluation) about 10.5 min on 2 cores. Result after SFT, 500 held-out digits, seed 0: greedy
-captions name the right digit 0.924, zero-shot classification 0.918; generated digits (CFG 3,
-top-k 20, 200 images) are the prompted digit for the judge 0.730, Frechet distance 35.5 (real-data
-floor 17.5). Fold 1x1 with the same steps: 0.624 / 0.542 / 0.380.
+evaluation) 10.5-14 min on 2 cores, by machine. Result after SFT, 500 held-out digits, seed 0:
+greedy captions name the right digit 0.894, zero-shot classification 0.904; generated digits (CFG 3,
+top-k 20, 200 images) are the prompted digit for the judge 0.790, Frechet distance 35.7 (real-data
+floor 17.5). Fold 1x1 with the same steps (an earlier revision): 0.624 / 0.542 / 0.380.
 
 Data (until the trainer runs them for you):
 
@@ -16,7 +16,7 @@ Data (until the trainer runs them for you):
   python -m synergen_jax.prepare --config configs/demo.py --out data/demo --vq_workdir workdirs/demo/vq
 
 The tokenizer reaches held-out MSE 0.0068 (PSNR 21.7 dB) with 92% of its 512 codes in use; prepare
-writes 14,638 training examples (9,000 caption, 4,500 generation, 1,138 interleaved) in ~3 s.
+writes 14,609 training examples (9,000 caption, 4,500 generation, 1,109 interleaved) in ~5 s.
 
 Shapes were chosen so one step is well under a second on 2 CPU cores (see bench/forward_backward.py)
 and the 8x8 code grid folds 1x1, 2x2, 2x4 and 4x4 (`configs/demo.py:fold=2x4`). Text vocabulary 512 is

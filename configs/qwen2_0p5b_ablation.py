@@ -24,4 +24,8 @@ def get_config(arg=None):
       seq_len=2048, fold=arg.fold)
   config.train.batch_size = 64
   config.vq.downsample = 8   # 256 px -> 32x32 codes, as in the paper's ablation
+  # FSDP over the whole slice: billions of parameters and their Adam moments are never copied whole
+  # onto every chip, and a mesh that would replicate more than 1% of the parameter bytes fails first.
+  config.mesh.update(data=1, fsdp=-1, tensor=1)
+  config.train.max_replicated_fraction = 0.01
   return config

@@ -63,4 +63,8 @@ def get_config(arg=None):
                       weight_decay={"1": 0.05, "2": 0.05, "sft": 0.01}[arg.stage])
   config.train.batch_size = 256
   config.train.steps = {"1": 95_000, "2": 35_000, "sft": 12_000}[arg.stage]
+  # FSDP over the whole slice: billions of parameters and their Adam moments are never copied whole
+  # onto every chip, and a mesh that would replicate more than 1% of the parameter bytes fails first.
+  config.mesh.update(data=1, fsdp=-1, tensor=1)
+  config.train.max_replicated_fraction = 0.01
   return config

@@ -3,14 +3,15 @@
   python -m synergen_jax.prepare --config configs/demo.py --out data/mnist5k --vq_workdir workdirs/vq
   python -m synergen_jax.prepare --config my.py --config.data.name=webdataset \\
       --config.data.path='laion/{00000..09999}.tar' --out data/laion --workers 8 \\
-      --num_shards 4 --shard_index 0          # one of 4 hosts; or let jax.distributed say
+      --num_shards 4 --shard_index 0          # one of 4 hosts; or let the launcher's environment say
   python -m synergen_jax.prepare --config my.py ... --out data/laion --merge   # after all shards
 
 The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one with
 python -m synergen_jax.train_vq or import a release with python -m synergen_jax.convert.vq_import.
-Rerunning the same command after a crash writes only the unfinished parts. Under jax.distributed
-(SYNERGEN_DISTRIBUTED=1 or SYNERGEN_NUM_PROCESSES) every process prepares its share of the shards
-and process 0 merges. Prints the example counts per split and task and the skipped records by reason.
+Rerunning the same command after a crash writes only the unfinished parts. Without --num_shards and
+--shard_index they come from the launcher's environment (`launcher_shard`): every process prepares
+its share, on its own (no collective: nothing to wait for), and the last one to finish merges.
+Prints the example counts per split and task and the skipped records by reason.
 """
 
 from __future__ import annotations
@@ -22,26 +23,26 @@ from absl import app, flags, logging
 
 from synergen_jax import cli
 from synergen_jax.data.errors import DataError
+from synergen_jax.data.inputs import launcher_shard
 from synergen_jax.data.writer import merge_only, prepare
-from synergen_jax.parallel.distributed import initialize_from_env
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
 cli.define_config_flag()
 flags.DEFINE_string("out", None, "output folder for parts and meta.json")
 flags.DEFINE_string("vq_workdir", None, "image tokenizer workdir (default: config.vq.workdir)")
 flags.DEFINE_integer("workers", 0, "processes decoding and resizing images (0: in this process)")
-flags.DEFINE_integer("num_shards", None, "processes splitting the input shards (default: JAX's "
-                     "process count)")
-flags.DEFINE_integer("shard_index", None, "this process's share, in [0, num_shards) (default: JAX's "
-                     "process index)")
+flags.DEFINE_integer("num_shards", None, "processes splitting the input shards (default: from the "
+                     "launcher's environment, else 1)")
+flags.DEFINE_integer("shard_index", None, "this process's share, in [0, num_shards) (default: from "
+                     "the launcher's environment, else 0)")
 flags.DEFINE_bool("merge", False, "only merge the parts already written into meta.json")
+
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
-  distributed = initialize_from_env()
   config = FLAGS.config
   vq_workdir = FLAGS.vq_workdir or config.vq.workdir
   if not vq_workdir:
@@ -51,14 +52,11 @@ def main(argv):
   if FLAGS.merge:
     meta = merge_only(config, FLAGS.out, vq)
   else:
-    num_shards = FLAGS.num_shards if FLAGS.num_shards is not None else jax.process_count()
-    shard_index = FLAGS.shard_index if FLAGS.shard_index is not None else jax.process_index()
+    num_shards, shard_index = launcher_shard()
+    num_shards = FLAGS.num_shards if FLAGS.num_shards is not None else num_shards
+    shard_index = FLAGS.shard_index if FLAGS.shard_index is not None else shard_index
     meta = prepare(config, FLAGS.out, vq, workers=FLAGS.workers, num_shards=num_shards,
                    shard_index=shard_index, log=lambda line: print(line, flush=True))
-    if distributed:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("synergen_jax: prepare parts written")
-      meta = meta or (merge_only(config, FLAGS.out, vq) if jax.process_index() == 0 else None)
   if meta is None:
     print(f"prepare: this process's parts are written; merge when the others are done with: "
           f"python -m synergen_jax.prepare ... --out {FLAGS.out} --merge")

@@ -12,6 +12,7 @@ to the processes that prepare together: shard j goes to process j mod n.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 from synergen_jax.data import formats
@@ -65,3 +66,19 @@ def assigned(shards: Sequence[InputShard], num_shards: int, shard_index: int) ->
   if not (num_shards >= 1 and 0 <= shard_index < num_shards):
     raise DataError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
   return [s for j, s in enumerate(shards) if j % num_shards == shard_index]
+
+
+# (count, index) variables launchers set, first match wins: ours (launch/local_multiprocess.sh),
+# Slurm's tasks, Cloud TPU VM workers (one process per host).
+LAUNCHER_ENV = (("SYNERGEN_NUM_PROCESSES", "SYNERGEN_PROCESS_ID"), ("SLURM_NTASKS", "SLURM_PROCID"),
+                ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID"))
+
+
+def launcher_shard(env=os.environ) -> tuple[int, int]:
+  """(num_shards, shard_index) from the launcher's environment; (1, 0) outside one. prepare needs no
+  jax.distributed: its processes share nothing but the output folder."""
+  for count, index in LAUNCHER_ENV:
+    if count in env and index in env:
+      n = len(env[count].split(",")) if count == "TPU_WORKER_HOSTNAMES" else int(env[count])
+      return n, int(env[index])
+  return 1, 0

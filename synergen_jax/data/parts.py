@@ -4,7 +4,8 @@ Every input shard (data/inputs.py) becomes one part under `<out>/parts/`:
 
   {split}-{name}.array_record    the part's records (data/records.py)
   {split}-{name}-index.npz       text length, image count and task per record
-  {split}-{name}.json            its counts (records, examples, skipped and dropped by reason, tasks)
+  {split}-{name}.json            its counts (records, examples, skipped and dropped by reason, the
+                                 first skipped records by name, tasks)
                                  and the `key` of the settings it was written with
 
 Each file is written under a temporary name and renamed, the .json last, so a part whose .json
@@ -75,6 +76,7 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
                     f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run prepare "
                     "for their shards (or wait for the processes writing them), then merge")
   splits, skipped, dropped = {}, collections.Counter(), collections.Counter()
+  where = collections.defaultdict(list)     # a few skipped records by name, to go and look at
   raw = 0
   for split in ("train", "eval"):
     mine = [s for s in shards if s.split == split]
@@ -84,6 +86,8 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
     for shard in mine:
       part = parts[shard]
       skipped.update(part["skipped"]); dropped.update(part["dropped_images"])
+      for reason, names in part.get("skipped_where", {}).items():
+        where[reason] += names[:max(0, 5 - len(where[reason]))]
       raw += part["raw_items"]
       entry["records"] += part["records"]
       for task, n in part["tasks"].items():
@@ -102,7 +106,8 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
                  lambda tmp, arrays=arrays: _savez(tmp, arrays))
     splits[split] = entry
   meta = dict(meta, splits=splits, skipped=dict(sorted(skipped.items())),
-              skipped_total=int(sum(skipped.values())), dropped_images=dict(sorted(dropped.items())),
+              skipped_total=int(sum(skipped.values())), skipped_where=dict(sorted(where.items())),
+              dropped_images=dict(sorted(dropped.items())),
               parts=len(shards), prepare_key=key)
   meta["raw_records"] = meta.get("raw_records") or raw
   write_json(os.path.join(out_dir, "meta.json"), meta)

@@ -54,6 +54,7 @@ from synergen_jax.vq.tokenizer import ImageTokenizer
 
 TOKENIZER_SAMPLE = 1_000_000        # texts SentencePiece is trained on when no tokenizer is given
 SPLIT_IDS = dict(train=0, eval=1)
+WHERE_PER_REASON = 5                # skipped records named (file, record) per reason and part
 # Settings that change how examples are packed or read, not what prepare writes.
 READ_ONLY_KNOBS = ("path", "eval_path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch",
                    "packing_bins", "shards", "mixture")
@@ -228,12 +229,15 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
   keyed = ((f"{shard.split}/{shard.name}/{j}", item) for j, item in enumerate(shard.read()))
   decoded = decode_stream(keyed, settings, pool, in_flight=d.in_flight)
   skipped, dropped, records, raw = collections.Counter(), collections.Counter(), 0, 0
+  where = collections.defaultdict(list)
   for chunk in _chunks(enumerate(decoded), d.in_flight):
     raw += len(chunk)
     kept = []
     for j, item in chunk:
       if isinstance(item, Skipped):
         skipped[item.reason] += 1
+        if skipped[item.reason] <= WHERE_PER_REASON:
+          where[item.reason].append(item.where)
       else:
         kept.append((j, item))
     pixels = []      # every image of the chunk, encoded in one call
@@ -258,7 +262,8 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
       out.write(parts, label=pairs[k].label, source_index=index_of(pair_at[k]), task=task,
                 caption=pairs[k].caption)
   return out.finish(dict(key=key, records=records, raw_items=raw, skipped=dict(skipped),
-                         dropped_images=dict(dropped), seconds=round(time.time() - t0, 2)))
+                         skipped_where=dict(where), dropped_images=dict(dropped),
+                         seconds=round(time.time() - t0, 2)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -124,10 +124,21 @@ def check_init_from_config(init_from: str, config) -> None:
                         f"{source[key]!r}")
 
 
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def check_workdir_config(workdir: str, config) -> None:
-  """Writes config.json on first use; later runs must have the same model section."""
+  """Writes config.json on first use; later runs must have the same model section.
+
+  Under several processes every process reads it between two barriers, while nobody writes, so all
+  of them see the same file and raise alike; then process 0 replaces it atomically (a temporary name,
+  renamed), so no reader ever sees a half-written file."""
   path = workdir_path(workdir) / "config.json"
   model = json.loads(config.model.to_json_best_effort())
+  _barrier("synergen_jax: before reading config.json")
   if path.exists():
     saved = json.loads(path.read_text())
     if saved.get("model") != model and (workdir_path(workdir) / "checkpoints").exists():
@@ -135,8 +146,15 @@ def check_workdir_config(workdir: str, config) -> None:
                     if model.get(k) != saved.get("model", {}).get(k))
       raise ConfigError(f"{workdir} holds checkpoints of a different model (config.model keys differ: "
                         f"{diff}); use a new --workdir or the original config")
+  _barrier("synergen_jax: config.json read")
   if jax.process_index() == 0:
-    path.write_text(config.to_json_best_effort(indent=1))
+    text = config.to_json_best_effort(indent=1)
+    if "://" in str(path):      # a bucket object is written whole or not at all
+      path.write_text(text)
+    else:
+      tmp = path.with_name(f"config.json.tmp{os.getpid()}")
+      tmp.write_text(text)
+      tmp.replace(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -61,6 +61,7 @@ def test_webdataset_shards_become_parts_with_the_task_mix(tiny_data, tmp_path):
   out = str(tmp_path / "out")
   meta = prepare(config, out, tiny_data["image_tokenizer"])
   assert meta["parts"] == 3 and meta["skipped"] == dict(truncated_tar=1)
+  assert "00002.tar" in meta["skipped_where"]["truncated_tar"][0]     # which file to go and look at
   assert meta["splits"]["train"]["records"] == 11 and meta["raw_records"] == 12
   records = _records(out, meta)
   assert len(records) == 22

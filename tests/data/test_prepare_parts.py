@@ -112,3 +112,31 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_data, reference, tmp
   meta = json.loads((out / "meta.json").read_text())
   assert _examples(str(out), meta) == reference[1]
   assert not [p.name for p in (out / "parts").iterdir() if ".tmp" in p.name]   # the dead run's too
+
+
+def test_launched_processes_split_the_shards_and_the_last_merges(tiny_data, reference, tmp_path):
+  """Two processes as a launcher starts them (SYNERGEN_NUM_PROCESSES / SYNERGEN_PROCESS_ID, as Slurm's
+  and TPU VMs' variables do): each prepares its share from the environment alone, the last to finish
+  merges, and the set equals one process's."""
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "synergen_jax.prepare", "--config", str(ROOT / "configs/tiny.py"),
+         "--config.data.name=digits", f"--config.data.records_per_shard={PER_SHARD}",
+         "--vq_workdir", tiny_data["vq_dir"], "--out", str(out)]
+  procs = [subprocess.Popen(cmd, env=dict(os.environ, SYNERGEN_NUM_PROCESSES="2",
+                                          SYNERGEN_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+  written = [[line for line in log.splitlines() if " examples from " in line] for log in logs]
+  assert sorted(map(len, written)) == [6, 7]               # 13 parts, dealt out 7 / 6
+  assert sum("merge when the others are done" in log for log in logs) <= 1   # the last one merged
+  meta = json.loads((out / "meta.json").read_text())
+  assert _examples(str(out), meta) == reference[1]
+
+
+def test_launcher_environments_give_the_share():
+  from synergen_jax.data.inputs import launcher_shard
+  assert launcher_shard({}) == (1, 0)
+  assert launcher_shard(dict(SLURM_NTASKS="4", SLURM_PROCID="3")) == (4, 3)
+  assert launcher_shard(dict(TPU_WORKER_HOSTNAMES="h0,h1,h2,h3", TPU_WORKER_ID="1")) == (4, 1)

@@ -3,10 +3,15 @@ gives the single-device loss."""
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import random_batch, tiny
+from helpers import config_path, random_batch, tiny
+from synergen_jax import batch as batch_lib
+from synergen_jax.config import load_config, validate_config
+from synergen_jax.parallel.mesh import make_mesh
+from synergen_jax.train.state import abstract_params, replicated_fraction, strip_boxes
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.sharding import LOGICAL_RULES, RULE_NAMES, logical_names, mesh_shardings
@@ -47,3 +52,19 @@ def test_sharded_loss_equals_single_device(mesh_shape):
   # the embedding really is split over the tensor axis when there is one
   emb = params["params"]["text_embed"]["embedding"]
   assert emb.sharding.shard_shape(emb.shape)[0] == emb.shape[0] // mesh_shape[2]
+
+
+@pytest.mark.parametrize("name", ["synergen_vl_2b.py", "qwen2_0p5b_ablation.py"])
+def test_paper_configs_shard_parameters_by_default(name):
+  """Their default mesh is FSDP over every device: under 1% of parameter bytes replicated (the
+  configs' guard), where pure data parallelism would replicate all of them."""
+  config = load_config(config_path(name))
+  mc = validate_config(config)
+  assert config.train.max_replicated_fraction <= 0.01
+  boxed = abstract_params(SynerGenVL(mc), batch_lib.zeros(8, 64, mc.fold_ratio, jnp))
+  shares = {}
+  for mesh_config in (config.mesh, dict(data=-1, fsdp=1, tensor=1)):
+    mesh = make_mesh(mesh_config, jax.devices())
+    with nn.logical_axis_rules(LOGICAL_RULES):
+      shares[mesh_config["data"]] = replicated_fraction(strip_boxes(boxed), mesh_shardings(boxed, mesh))
+  assert shares[1] < config.train.max_replicated_fraction < shares[-1] == 1.0
