@@ -33,6 +33,7 @@ from synergen_jax.data.records import TASK_IDS
 
 PARTS = "parts"
 SUFFIXES = (".array_record", "-index.npz", ".json")
+WHERE_PER_REASON = 5      # skipped records named (file, record) per reason, in a part and in meta
 
 
 def part_path(out_dir: str, shard: InputShard, suffix: str) -> str:
@@ -87,7 +88,7 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
       part = parts[shard]
       skipped.update(part["skipped"]); dropped.update(part["dropped_images"])
       for reason, names in part.get("skipped_where", {}).items():
-        where[reason] += names[:max(0, 5 - len(where[reason]))]
+        where[reason] += names[:max(0, WHERE_PER_REASON - len(where[reason]))]
       raw += part["raw_items"]
       entry["records"] += part["records"]
       for task, n in part["tasks"].items():
@@ -102,8 +103,7 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
           index[field].append(z[field])
     dtypes = dict(text_len=np.int32, n_images=np.int32, task=np.int8)
     arrays = {f: np.concatenate(index[f]) if index[f] else np.zeros(0, t) for f, t in dtypes.items()}
-    write_atomic(os.path.join(out_dir, f"{split}-index.npz"),
-                 lambda tmp, arrays=arrays: _savez(tmp, arrays))
+    write_npz(os.path.join(out_dir, f"{split}-index.npz"), arrays)
     splits[split] = entry
   meta = dict(meta, splits=splits, skipped=dict(sorted(skipped.items())),
               skipped_total=int(sum(skipped.values())), skipped_where=dict(sorted(where.items())),
@@ -114,6 +114,15 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
   return meta
 
 
-def _savez(path: str, arrays: dict) -> None:
-  with open(path, "wb") as f:     # a file object: np.savez would append .npz to a temporary name
-    np.savez(f, **arrays)
+def write_bytes(path: str, data: bytes) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+  write_atomic(path, write)
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:     # a file object: np.savez would append .npz to a temporary name
+      np.savez(f, **arrays)
+  write_atomic(path, write)

@@ -54,7 +54,6 @@ from synergen_jax.vq.tokenizer import ImageTokenizer
 
 TOKENIZER_SAMPLE = 1_000_000        # texts SentencePiece is trained on when no tokenizer is given
 SPLIT_IDS = dict(train=0, eval=1)
-WHERE_PER_REASON = 5                # skipped records named (file, record) per reason and part
 # Settings that change how examples are packed or read, not what prepare writes.
 READ_ONLY_KNOBS = ("path", "eval_path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch",
                    "packing_bins", "shards", "mixture")
@@ -109,7 +108,7 @@ def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
                     f"config.model.text_vocab={config.model.text_vocab}; raise text_vocab to at least "
                     f"{tok.vocab_size}")
   if not os.path.exists(saved):
-    parts_lib.write_atomic(saved, lambda tmp: open(tmp, "wb").write(tok.proto))
+    parts_lib.write_bytes(saved, tok.proto)
   return tok
 
 
@@ -199,8 +198,7 @@ class _PartWriter:
     arrays = dict(text_len=np.asarray(self.index["text_len"], np.int32),
                   n_images=np.asarray(self.index["n_images"], np.int32),
                   task=np.asarray(self.index["task"], np.int8))
-    parts_lib.write_atomic(parts_lib.part_path(self.out_dir, self.shard, "-index.npz"),
-                           lambda tmp: parts_lib._savez(tmp, arrays))
+    parts_lib.write_npz(parts_lib.part_path(self.out_dir, self.shard, "-index.npz"), arrays)
     part = dict(counts, examples=len(arrays["task"]), tasks=dict(self.tasks))
     parts_lib.write_json(parts_lib.part_path(self.out_dir, self.shard, ".json"), part)
     return part
@@ -236,7 +234,7 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
     for j, item in chunk:
       if isinstance(item, Skipped):
         skipped[item.reason] += 1
-        if skipped[item.reason] <= WHERE_PER_REASON:
+        if skipped[item.reason] <= parts_lib.WHERE_PER_REASON:
           where[item.reason].append(item.where)
       else:
         kept.append((j, item))
