@@ -9,9 +9,16 @@
 # Process i gets SYNERGEN_NUM_PROCESSES=N, SYNERGEN_PROCESS_ID=i, SYNERGEN_COORDINATOR=localhost:PORT
 # (PORT from $PORT, else a free one), JAX_PLATFORMS=cpu unless set, and DEVICES_PER_PROCESS fake CPU
 # devices (default 4). Process 0's output goes to the terminal, process i's to $LOG_DIR/process_i.log
-# (default: a temporary directory). Exits with the first non-zero status; if one process dies, the
-# others stop within SYNERGEN_HEARTBEAT_TIMEOUT seconds (default here 30) because JAX's coordination
-# service notices the missing heartbeats.
+# (default: a temporary directory).
+#
+# Failures: when a process exits non-zero (other than 75, "preempted", which all of them do together),
+# the others get STOP_GRACE seconds (default 10) to stop by themselves (the trainer's watchdog stops
+# them within about a second of an exception, with status 3) and are then killed with SIGKILL. The
+# script names the process that failed first (the first status other than 0, 3 and 75) and exits
+# with its status. SIGTERM or
+# SIGINT sent to this script is passed on to every process (SIGTERM: the trainers checkpoint and
+# exit 75). At the end it prints every process's status (137: killed). SYNERGEN_HEARTBEAT_TIMEOUT defaults to 30 here: a process killed outright is noticed
+# by the others' coordination service after that long.
 set -euo pipefail
 
 DRY_RUN=0
@@ -24,6 +31,7 @@ N="$1"; shift
 PORT="${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}"
 LOG_DIR="${LOG_DIR:-$(mktemp -d)}"
 DEVICES="${DEVICES_PER_PROCESS:-4}"
+STOP_GRACE="${STOP_GRACE:-10}"
 export SYNERGEN_NUM_PROCESSES="$N" SYNERGEN_COORDINATOR="localhost:$PORT"
 export SYNERGEN_HEARTBEAT_TIMEOUT="${SYNERGEN_HEARTBEAT_TIMEOUT:-30}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
@@ -43,8 +51,36 @@ for ((i = 0; i < N; i++)); do
 done
 [[ "$DRY_RUN" == 1 ]] && exit 0
 echo "local_multiprocess: $N processes, logs of 1..$((N - 1)) in $LOG_DIR" >&2
-status=0
-for pid in "${pids[@]}"; do
-  wait "$pid" || { code=$?; [[ "$status" == 0 ]] && status=$code; }
+
+forward() { echo "local_multiprocess: $1: passing it on to every process" >&2; kill -"$1" "${pids[@]}" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+
+declare -A live                              # pid -> process index, while it runs
+for i in "${!pids[@]}"; do live[${pids[$i]}]=$i; done
+status=0 failed="" killer="" summary="" first_at=""
+while ((${#live[@]} > 0)); do
+  finished=""
+  if wait -n -p finished "${!live[@]}"; then code=0; else code=$?; fi
+  [[ -z "$finished" ]] && continue          # a trapped signal interrupted the wait
+  i=${live[$finished]}; unset "live[$finished]"
+  summary+=" $i:$code"
+  [[ "$code" == 0 ]] && continue
+  [[ -z "$first_at" ]] && first_at=$EPOCHREALTIME
+  # 3 is "stopped because another process failed": the one that failed is the first other status.
+  if [[ -z "$failed" && "$code" != 3 ]]; then failed=$i; status=$code; fi
+  if [[ "$status" == 0 ]]; then status=$code; fi
+  if [[ "$code" != 75 && -z "$killer" && ${#live[@]} -gt 0 ]]; then
+    echo "local_multiprocess: process $i exited with status $code; the others get ${STOP_GRACE}s to stop, then SIGKILL" >&2
+    (sleep "$STOP_GRACE"; kill -9 "${!live[@]}" 2>/dev/null || true) &
+    killer=$!
+  fi
 done
+if [[ -n "$killer" ]]; then kill "$killer" 2>/dev/null || true; fi
+if [[ -n "$failed" && "$status" != 75 ]]; then
+  where="the output above"; [[ "$failed" != 0 ]] && where="$LOG_DIR/process_$failed.log"
+  echo "local_multiprocess: process $failed failed first, status $status (log: $where); all had" \
+       "stopped $(python3 -c "print(f'{$EPOCHREALTIME - $first_at:.1f}')") s after the first non-zero exit" >&2
+fi
+echo "local_multiprocess: exit statuses (process:status, in the order they ended):$summary" >&2
 exit "$status"

@@ -47,3 +47,13 @@ def tiny_workdir(tiny_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
   train(config, workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_losses(tiny_data, tmp_path_factory):
+  """{step: loss} of configs/tiny.py trained 16 steps in one process on 8 devices with
+  helpers.RUN_FLAGS: what every multi-process, preempted, resumed or simulated-cluster run of the
+  same flags must reproduce step for step."""
+  from helpers import run_config
+  from synergen_jax.train.loop import train
+  return train(run_config(tiny_data, 16), str(tmp_path_factory.mktemp("reference")))["losses"]

@@ -1,7 +1,9 @@
-"""Helpers shared by the tests: config loading and random packed batches."""
+"""Helpers shared by the tests: config loading, random packed batches, multi-process runs."""
 
+import json
 import os
 import pathlib
+import socket
 
 import numpy as np
 
@@ -116,3 +118,47 @@ def mgpu_interpret_mark():
 
 def mgpu_interpret(test):
   return mgpu_interpret_mark()(test)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-process and cluster runs of configs/tiny.py.
+# ---------------------------------------------------------------------------------------------------
+
+# The flags every multi-process test passes: a constant learning rate (a run's losses then do not
+# depend on config.train.steps, so a rerun to any step can be compared with one reference) and two
+# logical data shards (the same batches for 1 process x 8 devices and 2 processes x 4).
+RUN_FLAGS = ["--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.eval_batches=1",
+             "--config.optim.schedule=constant", "--config.optim.warmup_steps=0", "--config.data.shards=2"]
+
+
+def run_config(tiny_data, steps: int):
+  """tiny_data's config with RUN_FLAGS applied, for in-process runs."""
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.train.update(steps=steps, log_every=1, eval_every=0, eval_batches=1)
+  config.optim.update(schedule="constant", warmup_steps=0)
+  config.data.shards = 2
+  return config
+
+
+def losses_of(workdir) -> dict:
+  """{step: loss} from a workdir's metrics.jsonl (process 0 writes it)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def wait_for_step(workdir, step: int, procs, timeout: float = 300):
+  """Blocks until metrics.jsonl has `step` logged; fails if a process in `procs` ends first."""
+  import time
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, "metrics.jsonl")
+  while not (os.path.exists(path) and max(losses_of(workdir), default=0) >= step):
+    ended = [p.args for p in procs if p.poll() is not None]
+    assert not ended and time.time() < deadline, f"ended or timed out before step {step}: {ended}"
+    time.sleep(0.3)

@@ -10,7 +10,8 @@ seq_len or workers, which only change how examples are packed):
   <cache root>/<data.name>-<key>/data   prepare's output (data/writer.py)
 
 The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax. Under
-several processes one process builds the entry (on a file system they all see) and the others wait.
+several processes process 0 builds the entry (on a file system they all see) and the others wait,
+then stop with an error if they cannot see it (they never build their own).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 
 import jax
 
+from synergen_jax.config import ConfigError
 from synergen_jax.data import mixture
 from synergen_jax.data.writer import prepare
 from synergen_jax.vq import training as vq_training
@@ -58,12 +60,29 @@ def ensure_prepared(config) -> str | None:
     from jax.experimental import multihost_utils
     data_dir = _ensure_prepared_here(config) if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("synergen_jax: data prepared")
-    return data_dir or _ensure_prepared_here(config)
+    return data_dir or _prepared_elsewhere(config)
   return _ensure_prepared_here(config)
 
 
+def _entry(config) -> str:
+  return os.path.join(cache_root(config), f"{config.data.name.replace(':', '_')}-{cache_key(config)}")
+
+
+def _prepared_elsewhere(config) -> str:
+  """The entry process 0 just built, seen from another process; never rebuilt here: a second
+  process preparing its own copy would train its own image tokenizer, with other codes."""
+  data_dir = os.path.join(_entry(config), "data")
+  if not os.path.exists(os.path.join(data_dir, "meta.json")):
+    raise ConfigError(
+        f"process {jax.process_index()} does not see the data process 0 prepared into {data_dir}: "
+        "the cache (config.data.cache_dir or $SYNERGEN_CACHE) must be on a file system every process "
+        "sees; or prepare once (python -m synergen_jax.prepare, launch/tpu_pod.sh prepare) and pass "
+        "--config.data.path")
+  return data_dir
+
+
 def _ensure_prepared_here(config) -> str:
-  entry = os.path.join(cache_root(config), f"{config.data.name.replace(':', '_')}-{cache_key(config)}")
+  entry = _entry(config)
   data_dir = os.path.join(entry, "data")
   if os.path.exists(os.path.join(data_dir, "meta.json")):
     return data_dir

@@ -4,11 +4,17 @@ Prepares the configured dataset on first use (training the image tokenizer if ne
 then trains; rerunning the same command resumes from DIR's latest complete checkpoint. Started as
 one of several processes (SYNERGEN_* variables, see parallel/distributed.py; launch/*.sh set them),
 it joins them first: every process reads its own data shards and only process 0 logs.
+
+Exit status: 0 done, 1 failed, 3 another process failed first, 75 preempted (SIGTERM; a checkpoint
+was saved, rerun to resume). See parallel/failure.py.
 """
+
+import sys
 
 from absl import app, flags, logging
 
 from synergen_jax import cli
+from synergen_jax.parallel import failure
 from synergen_jax.parallel.distributed import initialize_from_env
 from synergen_jax.train.loop import log, train
 
@@ -20,7 +26,15 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   initialize_from_env()                    # one of several processes: join them before any JAX call
-  result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+  watchdog = failure.Watchdog()            # another process's failure stops this one too
+  try:
+    result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+  except failure.Preempted:
+    watchdog.stop()
+    sys.exit(failure.EXIT_PREEMPTED)
+  except BaseException as e:               # KeyboardInterrupt too: the others must hear of it
+    failure.fail(e)
+  watchdog.stop()
   log(f"train: done at step {result['step']}")
 
 

@@ -13,6 +13,7 @@ from synergen_jax.config import ConfigError, validate_config
 from synergen_jax.data.cache import with_prepared_data
 from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model import accounting
+from synergen_jax.parallel.failure import Preempted, PreemptionNotice, fault_drill
 from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train import checkpoint
@@ -47,8 +48,18 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
   """Trains until config.train.steps (or `stop_after` more steps, for tests); resumes from workdir.
 
   Returns {"step", "losses": {step: loss} of the logged steps this call ran, "state"}. `devices`
-  restricts the mesh to some devices (tests: one device vs eight).
+  restricts the mesh to some devices (tests: one device vs eight). On SIGTERM it saves a checkpoint
+  at a step every process agrees on and raises Preempted (parallel/failure.py).
   """
+  preemption = PreemptionNotice()     # SIGTERM from here on means "checkpoint, then stop"
+  try:
+    return _train(config, workdir, stop_after, devices, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -> dict:
+  """The loop itself; train() owns the SIGTERM handler around it."""
   validate_config(config)                        # every config error before any device work
   if config.train.init_from:
     checkpoint.check_init_from_config(config.train.init_from, config)
@@ -58,6 +69,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over the "
                       f"mesh's data x fsdp = {rows_axes} devices; use a multiple of {rows_axes}")
   checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  fault_drill(0)
   config = with_prepared_data(config)          # data.path and new-token ids (data/cache.py)
   mc = validate_config(config)
   checkpoint.check_workdir_config(workdir, config)
@@ -101,6 +113,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
       batch = next(data)
       window["wait"] += time.perf_counter() - t_wait
       state, metrics = step_fn(state, batch)
+      fault_drill(step + 1)
       # Exact counts over the logging window, summed on device (no host sync per step).
       counts = {k: metrics[k] for k in ("nonpad_slots", "examples", "slots")}
       window["counts"] = counts if window["counts"] is None else jax.tree.map(
@@ -143,8 +156,17 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
         writer.write(step + 1, evaluation)
         log(f"\ntrain: held-out at step {step + 1}: " +
               ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
-      if (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps:
+      saved = (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps
+      if saved:
         checkpoint.save(mngr, step + 1, state, data.get_state())
+      if preemption.reached(step + 1) and step + 1 < t_cfg.steps:
+        if not saved:
+          checkpoint.save(mngr, step + 1, state, data.get_state(), force=True)
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        log(f"train: preempted at step {step + 1}: checkpoint saved; rerun the same command to resume")
+        raise Preempted(step + 1)
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
