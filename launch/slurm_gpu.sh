@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Train on a Slurm GPU cluster: one task per node, each driving its node's GPUs; jax.distributed
-# reads the Slurm environment (SLURM_* variables) to find the coordinator and the process ids.
+# Train on a Slurm GPU cluster: one task per node, each process driving all of its node's GPUs.
 #
 #   launch/slurm_gpu.sh [--dry-run] CONFIG WORKDIR [extra train flags]
 #
-# Knobs (environment): NODES (2), GPUS_PER_NODE (8), PARTITION, ACCOUNT, TIME (24:00:00),
-# JOB_NAME (synergen), VENV (a virtualenv to activate on the nodes), LOG_DIR (slurm_logs).
-# WORKDIR must be on a file system every node sees. Writes the batch script to
-# $LOG_DIR/<job>.sbatch and submits it; --dry-run prints the script and the sbatch command only.
+# Knobs (environment): NODES (2), GPUS_PER_NODE (8), CPUS_PER_TASK (8 per GPU: the data pipeline's
+# decoding and packing run on them; Slurm's default is 1), PARTITION, ACCOUNT, TIME (24:00:00),
+# JOB_NAME (synergen), VENV (a virtualenv to activate on the nodes), LOG_DIR (slurm_logs),
+# PREEMPT_NOTICE (300: seconds before the time limit at which Slurm sends the trainers SIGTERM),
+# MAX_REQUEUES (20). WORKDIR and LOG_DIR must be on a file system every node sees. Writes the batch
+# script to $LOG_DIR/<job>.sbatch and submits it; --dry-run prints the script and the sbatch command.
+#
+# Why one task per node: one Python process per host owns the host's data pipeline and all its
+# GPUs (the mesh spans them; NCCL joins hosts), as on TPU VMs. JAX's own Slurm detection would pin
+# each process to the single GPU numbered SLURM_LOCALID, so the script sets JAX_LOCAL_DEVICE_IDS to
+# every GPU of the node.
+#
+# Logs: $LOG_DIR/<job>-<id>.out (this script's own, appended across requeues) and one per node and
+# run, $LOG_DIR/<job>-<id>-run<R>-node<N>.log. When a task fails, srun (--kill-on-bad-exit) stops the
+# others and the job log names the node that failed first, with its status.
+#
+# Preemption and time limits: Slurm sends SIGTERM (on preemption, and PREEMPT_NOTICE seconds before
+# the time limit); every trainer checkpoints at one agreed step and exits 75; the job then requeues
+# itself (--requeue, at most MAX_REQUEUES times) and the rerun resumes from that checkpoint.
 set -euo pipefail
 
 DRY_RUN=0
@@ -17,33 +31,73 @@ if [[ $# -lt 2 ]]; then
   exit 2
 fi
 CONFIG="$1"; WORKDIR="$2"; shift 2
-NODES="${NODES:-2}"; GPUS_PER_NODE="${GPUS_PER_NODE:-8}"; TIME="${TIME:-24:00:00}"
-JOB_NAME="${JOB_NAME:-synergen}"; LOG_DIR="${LOG_DIR:-slurm_logs}"
-for n in "$NODES" "$GPUS_PER_NODE"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "slurm_gpu.sh: NODES and GPUS_PER_NODE must be positive integers" >&2; exit 2; }
-done
+positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "slurm_gpu.sh: $1=$2 must be a positive integer" >&2; exit 2; }; }
+NODES="${NODES:-2}"; positive NODES "$NODES"
+GPUS_PER_NODE="${GPUS_PER_NODE:-8}"; positive GPUS_PER_NODE "$GPUS_PER_NODE"
+CPUS_PER_TASK="${CPUS_PER_TASK:-$((8 * GPUS_PER_NODE))}"; positive CPUS_PER_TASK "$CPUS_PER_TASK"
+PREEMPT_NOTICE="${PREEMPT_NOTICE:-300}"; positive PREEMPT_NOTICE "$PREEMPT_NOTICE"
+MAX_REQUEUES="${MAX_REQUEUES:-20}"; [[ "$MAX_REQUEUES" =~ ^[0-9]+$ ]] ||
+  { echo "slurm_gpu.sh: MAX_REQUEUES=$MAX_REQUEUES must be a number" >&2; exit 2; }
+TIME="${TIME:-24:00:00}"; JOB_NAME="${JOB_NAME:-synergen}"; LOG_DIR="${LOG_DIR:-slurm_logs}"
+[[ "$LOG_DIR" == /* ]] || LOG_DIR="$PWD/$LOG_DIR"     # the job runs elsewhere: absolute paths
 
 train_cmd="python -m synergen_jax.train --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 for flag in "$@"; do train_cmd+=" $(printf '%q' "$flag")"; done
+device_ids="$(seq -s, 0 $((GPUS_PER_NODE - 1)))"
+q() { printf '%q' "$1"; }
 
 script="#!/usr/bin/env bash
 #SBATCH --job-name=$JOB_NAME
 #SBATCH --nodes=$NODES
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=$GPUS_PER_NODE
+#SBATCH --cpus-per-task=$CPUS_PER_TASK
 #SBATCH --time=$TIME
+#SBATCH --requeue
+#SBATCH --signal=TERM@$PREEMPT_NOTICE
+#SBATCH --open-mode=append
 #SBATCH --output=$LOG_DIR/%x-%j.out${PARTITION:+
 #SBATCH --partition=$PARTITION}${ACCOUNT:+
 #SBATCH --account=$ACCOUNT}
-set -euo pipefail
-cd $(printf '%q' "$PWD")${VENV:+
-source $(printf '%q' "$VENV")/bin/activate}
+set -uo pipefail
+cd $(q "$PWD")${VENV:+
+source $(q "$VENV")/bin/activate}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 export XLA_FLAGS=\"--xla_gpu_enable_latency_hiding_scheduler=true \${XLA_FLAGS:-}\"
-# One process per node; SYNERGEN_DISTRIBUTED=1 makes the trainer call jax.distributed.initialize(),
-# which takes the coordinator and process ids from Slurm.
-export SYNERGEN_DISTRIBUTED=1
-srun --kill-on-bad-exit=1 $train_cmd
+# One process per node driving all its GPUs; jax.distributed takes the coordinator and process ids
+# from Slurm's variables (SYNERGEN_DISTRIBUTED=1).
+export SYNERGEN_DISTRIBUTED=1 JAX_LOCAL_DEVICE_IDS=$device_ids
+run=\${SLURM_RESTART_COUNT:-0}
+logs=$(q "$LOG_DIR")/\$SLURM_JOB_NAME-\$SLURM_JOB_ID-run\$run
+echo \"slurm_gpu: run \$run of job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST; node logs \$logs-node*.log\"
+# The batch shell itself must outlive a SIGTERM (preemption) to requeue: srun runs in the background.
+trap 'echo \"slurm_gpu: SIGTERM: the trainers checkpoint and exit 75\"' TERM
+srun --kill-on-bad-exit=1 --cpus-per-task=$CPUS_PER_TASK --output=\"\$logs-node%n.log\" \\
+    bash launch/task_status.sh \"\$logs.status\" $train_cmd &
+srun_pid=\$!
+while true; do
+  wait \$srun_pid; status=\$?
+  kill -0 \$srun_pid 2>/dev/null || break      # still running: the trap interrupted the wait
+done
+if [[ \$status == 75 ]]; then
+  if (( run < $MAX_REQUEUES )); then
+    echo \"slurm_gpu: preempted; checkpoint saved; requeueing (run \$((run + 1)) resumes)\"
+    scontrol requeue \"\$SLURM_JOB_ID\"
+  else
+    echo \"slurm_gpu: preempted, and already requeued $MAX_REQUEUES times: not requeueing\"
+  fi
+elif [[ \$status != 0 ]]; then
+  # The first task that failed by itself: statuses 3 (stopped because another failed) and 137/143
+  # (killed by srun after the first failure) are consequences.
+  first=\$(sort -n \"\$logs.status\" 2>/dev/null | awk '\$4 != 0 && \$4 != 3 && \$4 != 75 && \$4 < 128' | head -n 1)
+  if [[ -n \$first ]]; then
+    read -r _ node host code <<< \"\$first\"
+    echo \"slurm_gpu: node \$node (\$host) failed first with status \$code; its log: \$logs-node\$node.log\"
+  else
+    echo \"slurm_gpu: srun exited with status \$status; per-node statuses in \$logs.status\"
+  fi
+fi
+exit \$status
 "
 if [[ "$DRY_RUN" == 1 ]]; then
   printf '%s' "$script"

@@ -6,6 +6,10 @@ other JAX call.
   SYNERGEN_DISTRIBUTED=1
       let JAX find the cluster itself (Cloud TPU slices, Slurm, Open MPI: launch/tpu_pod.sh,
       launch/slurm_gpu.sh)
+  JAX_LOCAL_DEVICE_IDS=0,1,...
+      (read by JAX itself) the devices this process drives; launch/slurm_gpu.sh sets all of the
+      node's GPUs, since JAX's Slurm detection would otherwise pin each process to the one GPU
+      numbered SLURM_LOCALID
   SYNERGEN_HEARTBEAT_TIMEOUT=S
       seconds without a heartbeat after which a process counts as dead (default 100); the survivors
       then stop with an error instead of waiting in a collective forever
@@ -16,6 +20,7 @@ Neither variable set: a single process, nothing to do. On CPU, cross-process col
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -52,4 +57,9 @@ def initialize_from_env() -> bool:
     jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=heartbeat)
   else:
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+  # Every process says who it is and what it drives: the first thing to read in a node's log.
+  visible = jax.config.values.get("jax_cuda_visible_devices")     # set from JAX_LOCAL_DEVICE_IDS
+  print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local {jax.local_devices()[0].platform} devices "
+        f"(jax_cuda_visible_devices={visible})", file=sys.stderr, flush=True)
   return True

@@ -124,7 +124,8 @@ def check_init_from_config(init_from: str, config) -> None:
                         f"{source[key]!r}")
 
 
-def _barrier(name: str) -> None:
+def barrier(name: str) -> None:
+  """All processes meet here (nothing to do in one process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
@@ -138,7 +139,7 @@ def check_workdir_config(workdir: str, config) -> None:
   renamed), so no reader ever sees a half-written file."""
   path = workdir_path(workdir) / "config.json"
   model = json.loads(config.model.to_json_best_effort())
-  _barrier("synergen_jax: before reading config.json")
+  barrier("synergen_jax: before reading config.json")
   if path.exists():
     saved = json.loads(path.read_text())
     if saved.get("model") != model and (workdir_path(workdir) / "checkpoints").exists():
@@ -146,7 +147,7 @@ def check_workdir_config(workdir: str, config) -> None:
                     if model.get(k) != saved.get("model", {}).get(k))
       raise ConfigError(f"{workdir} holds checkpoints of a different model (config.model keys differ: "
                         f"{diff}); use a new --workdir or the original config")
-  _barrier("synergen_jax: config.json read")
+  barrier("synergen_jax: config.json read")
   if jax.process_index() == 0:
     text = config.to_json_best_effort(indent=1)
     if "://" in str(path):      # a bucket object is written whole or not at all

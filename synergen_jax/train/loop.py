@@ -163,6 +163,7 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
         if not saved:
           checkpoint.save(mngr, step + 1, state, data.get_state(), force=True)
         mngr.wait_until_finished()
+        checkpoint.barrier("synergen_jax: preemption checkpoint committed")   # nobody exits early
         mngr.close()
         writer.close()
         log(f"train: preempted at step {step + 1}: checkpoint saved; rerun the same command to resume")

@@ -1,0 +1,87 @@
+"""launch/slurm_gpu.sh against a simulated Slurm cluster (fake sbatch/srun/scontrol, tests/cluster/bin):
+2 nodes x 4 simulated GPUs, each node's one process initialised with all 4 of its devices; SIGTERM to
+one node's task checkpoints both at one step, the job requeues itself and the rerun finishes with
+the losses of an uninterrupted run; a failing node is named in the job log."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+from conftest import calls
+from helpers import ROOT, RUN_FLAGS, losses_of, wait_for_step
+
+
+def _submit(cluster, tiny_data, workdir, logs, *flags, **env):
+  run = subprocess.run(
+      ["bash", "launch/slurm_gpu.sh", "configs/tiny.py", str(workdir), f"--config.data.path={tiny_data['data_dir']}",
+       *RUN_FLAGS, *flags], cwd=ROOT, capture_output=True, text=True,
+      env=dict(cluster["env"], NODES="2", GPUS_PER_NODE="4", CPUS_PER_TASK="2", LOG_DIR=str(logs),
+               JOB_NAME="t", **env))
+  assert run.returncode == 0, run.stderr
+  return int(re.search(r"Submitted batch job (\d+)", run.stdout).group(1))
+
+
+class _Job:
+  """A submitted fake job, with the poll() of a process (for helpers.wait_for_step)."""
+
+  def __init__(self, cluster, job):
+    self.done, self.args = cluster["state"] / "jobs" / f"{job}.done", f"job {job}"
+
+  def poll(self):
+    return int(self.done.read_text()) if self.done.exists() else None
+
+
+def _wait_done(cluster, job, timeout=600):
+  done = cluster["state"] / "jobs" / f"{job}.done"
+  deadline = time.time() + timeout
+  while not done.exists():
+    assert time.time() < deadline, f"job {job} did not finish"
+    time.sleep(0.5)
+  return int(done.read_text())
+
+
+def test_preempted_job_requeues_and_equals_an_uninterrupted_run(cluster, tiny_data, reference_losses, tmp_path):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  job = _submit(cluster, tiny_data, workdir, logs, "--config.train.steps=14", "--config.train.checkpoint_every=1000")
+  wait_for_step(str(workdir), 2, [_Job(cluster, job)])
+  tasks = dict(line.split() for line in open(cluster["state"] / "jobs" / f"{job}.tasks"))
+  os.kill(int(tasks["1"]), signal.SIGTERM)            # node 1 only, as a maintenance event would
+  assert _wait_done(cluster, job) == 0, open(logs / f"t-{job}.out").read()
+
+  (submitted,) = calls(cluster, "sbatch")
+  script = open(submitted[-1]).read()
+  for line in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=2", "--requeue",
+               "--signal=TERM@300"):
+    assert f"#SBATCH {line}\n" in script, line
+  assert calls(cluster, "scontrol") == [["requeue", str(job)]]
+  assert [c[:2] for c in calls(cluster, "srun")] == [["--kill-on-bad-exit=1", "--cpus-per-task=2"]] * 2
+
+  for run in (0, 1):
+    for node in (0, 1):
+      log = open(logs / f"t-{job}-run{run}-node{node}.log").read()
+      assert (f"distributed: process {node} of 2, 4 local cpu devices "
+              "(jax_cuda_visible_devices=0,1,2,3)") in log, log[-2000:]
+  first = open(logs / f"t-{job}-run0-node0.log").read()
+  step = int(re.search(r"train: preempted at step (\d+)", first).group(1))
+  assert "resumed" in open(logs / f"t-{job}-run1-node0.log").read()
+  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [step, 14]
+  losses = losses_of(str(workdir))
+  assert sorted(losses) == list(range(1, 15)) and step < 14
+  np.testing.assert_allclose([losses[s] for s in range(1, 15)], [reference_losses[s] for s in range(1, 15)],
+                             rtol=1e-5)
+  assert "preempted; checkpoint saved; requeueing (run 1 resumes)" in open(logs / f"t-{job}.out").read()
+
+
+def test_a_failing_node_is_named_and_the_job_is_not_requeued(cluster, tiny_data, tmp_path):
+  logs = tmp_path / "logs"
+  job = _submit(cluster, tiny_data, tmp_path / "run", logs, "--config.train.steps=1000",
+                SYNERGEN_FAULT_DRILL="1:0")
+  status = _wait_done(cluster, job)
+  out = open(logs / f"t-{job}.out").read()
+  assert status != 0 and calls(cluster, "scontrol") == [], out
+  assert re.search(r"slurm_gpu: node 1 \(\S+\) failed first with status 1; its log: \S+-run0-node1.log", out), out
+  assert "fault drill" in open(logs / f"t-{job}-run0-node1.log").read()
