@@ -12,30 +12,46 @@ def _run(args, **env):
 
 
 def test_tpu_pod_dry_run():
+  base = dict(SHIP_DIRTY="1", SKIP_PREFLIGHT="1")
   up = _run(["launch/tpu_pod.sh", "--dry-run", "up"], TPU_NAME="pod1", ZONE="us-east5-a",
-            ACCELERATOR_TYPE="v5p-64", PROJECT="proj", SPOT="1")
+            ACCELERATOR_TYPE="v5p-64", PROJECT="proj", SPOT="0", **base)
   assert up.returncode == 0, up.stderr
   lines = up.stdout.splitlines()
-  assert lines[0].startswith("+ gcloud compute tpus tpu-vm create pod1 --accelerator-type v5p-64")
-  assert "--spot" in lines[0] and "--zone us-east5-a --project proj" in lines[0]
+  assert lines[0] == ("+ gcloud compute tpus tpu-vm create pod1 --accelerator-type v5p-64 --version "
+                      "v2-alpha-tpuv5 --zone us-east5-a --project proj")          # SPOT=0: on demand
   assert any("scp" in l and "--worker=all" in l for l in lines)
-  assert any("ssh pod1 --worker=all" in l and "pip\\ install" in l for l in lines)
+  assert any("ssh pod1 --worker=all" in l and "uv\\ venv" in l and "--python\\ 3.11" in l for l in lines)
+  # One runtime per generation; spot and reserved capacity through queued resources.
+  for accelerator, runtime, capacity in (("v5litepod-64", "v2-alpha-tpuv5-lite", dict(SPOT="1")),
+                                         ("v6e-16", "v2-alpha-tpuv6e", dict(CAPACITY="reserved")),
+                                         ("v4-32", "tpu-ubuntu2204-base", dict(SPOT="1"))):
+    r = _run(["launch/tpu_pod.sh", "--dry-run", "up"], ACCELERATOR_TYPE=accelerator, **capacity, **base)
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("+ gcloud compute tpus queued-resources create synergen --node-id synergen")
+    assert f"--runtime-version {runtime}" in first and ("--reserved" if "CAPACITY" in capacity else "--spot") in first
+  bad = _run(["launch/tpu_pod.sh", "--dry-run", "up"], ACCELERATOR_TYPE="v9-8", **base)
+  assert bad.returncode == 2 and "RUNTIME_VERSION" in bad.stderr
 
   train = _run(["launch/tpu_pod.sh", "--dry-run", "train", "--", "--config.train.steps=7"],
-               TPU_NAME="pod1", WORKDIR="gs://bucket/run 1", CONFIG="configs/tiny.py:fold=2x4")
+               TPU_NAME="pod1", WORKDIR="gs://bucket/run 1", CONFIG="configs/tiny.py:fold=2x4",
+               DATA="gs://bucket/prepared")
   assert train.returncode == 0, train.stderr
   first, second = train.stdout.splitlines()
-  assert "ssh pod1 --worker=all" in first and "SYNERGEN_DISTRIBUTED=1" in first
-  assert "synergen_jax.train --config configs/tiny.py:fold=2x4" in first.replace("\\", "")
-  assert "gs://bucket/run 1" in first.replace("\\", "") and "--config.train.steps=7" in first
-  assert "--worker=0" in second and "train.log" in second
+  plain = first.replace("\\", "")
+  assert "ssh pod1 --worker=all" in first and "synergen_jax.train --config configs/tiny.py:fold=2x4" in plain
+  assert "gs://bucket/run 1" in plain and "--config.train.steps=7" in first
+  assert "gcsfuse --implicit-dirs bucket ~/gcs/bucket" in plain and "--config.data.path=$HOME/gcs/bucket/prepared" in plain
+  assert "setsid" in plain and "</dev/null" in plain and "agent-worker-number" in plain
+  assert "--worker=0" in second and "tail --pid" in second.replace("\\", "")
 
   missing = _run(["launch/tpu_pod.sh", "--dry-run", "train"], WORKDIR="")
   assert missing.returncode == 2 and "set WORKDIR" in missing.stderr
   bad = _run(["launch/tpu_pod.sh", "--dry-run", "launch"])
   assert bad.returncode == 2 and "usage" in bad.stderr
   stop = _run(["launch/tpu_pod.sh", "--dry-run", "stop"], TPU_NAME="pod1")
-  assert "--worker=all" in stop.stdout and "pkill" in stop.stdout
+  assert "--worker=all" in stop.stdout and "kill\\ -TERM" in stop.stdout
+  logs = _run(["launch/tpu_pod.sh", "--dry-run", "logs", "3"], TPU_NAME="pod1")
+  assert "--worker=3" in logs.stdout
 
 
 def test_gpu_single_host_dry_run():
@@ -55,14 +71,17 @@ def test_slurm_dry_run_prints_the_batch_script():
   assert r.returncode == 0, r.stderr
   out = r.stdout
   for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-               "#SBATCH --partition=a100", "source /opt/venv/bin/activate", "export SYNERGEN_DISTRIBUTED=1",
-               "srun --kill-on-bad-exit=1 python -m synergen_jax.train --config configs/tiny.py "
-               "--workdir /shared/run --config.train.steps=5", "+ sbatch slurm_logs/synergen.sbatch"):
+               "#SBATCH --cpus-per-task=64", "#SBATCH --requeue", "#SBATCH --signal=TERM@300",
+               "#SBATCH --partition=a100", "source /opt/venv/bin/activate",
+               "export SYNERGEN_DISTRIBUTED=1 JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7",
+               "srun --kill-on-bad-exit=1 --cpus-per-task=64",
+               "python -m synergen_jax.train --config configs/tiny.py --workdir /shared/run --config.train.steps=5",
+               f"+ sbatch {ROOT}/slurm_logs/synergen.sbatch"):
     assert line in out, line
   assert "--account" not in out
   assert not os.path.exists(os.path.join(ROOT, "slurm_logs"))      # a dry run writes nothing
   bad = _run(["launch/slurm_gpu.sh", "--dry-run", "c", "w"], NODES="two")
-  assert bad.returncode == 2 and "positive integers" in bad.stderr
+  assert bad.returncode == 2 and "NODES=two must be a positive integer" in bad.stderr
 
 
 def test_local_multiprocess_dry_run():

@@ -25,11 +25,14 @@ from absl import app, flags, logging
 
 from synergen_jax import cli
 from synergen_jax.aot.compile_report import compile_report, format_report, parse_mesh
+from synergen_jax.aot.targets import tpu_topology_of
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
 flags.DEFINE_string("topology", None, "TPU slice (v5p:4x4x4, v4:2x2x2, v5e:4x4) or GPU target "
                     "GPU[:HOSTSxDEVICES] (h100, h100:1x8, h200:2x8)")
+flags.DEFINE_string("accelerator_type", None, "instead of --topology: a gcloud TPU accelerator type "
+                    "(v5p-128, v5litepod-64, v6e-256, v4-32), compiled for its default chip grid")
 flags.DEFINE_string("mesh", None, "mesh override, e.g. data=1,fsdp=-1,tensor=1")
 flags.DEFINE_float("hbm_gb", None, "HBM per chip in GiB (default: from the device kind)")
 flags.DEFINE_string("json", None, "also write the report as JSON here")
@@ -41,7 +44,10 @@ def main(argv):
   config = FLAGS.config
   with config.unlocked():
     parse_mesh(FLAGS.mesh, config)
-  report = compile_report(config, FLAGS.topology, FLAGS.hbm_gb)
+  if bool(FLAGS.topology) == bool(FLAGS.accelerator_type):
+    raise app.UsageError("give one of --topology (v5p:4x4x4, h100:1x8) or --accelerator_type (v5p-128)")
+  topology = FLAGS.topology or tpu_topology_of(FLAGS.accelerator_type)
+  report = compile_report(config, topology, FLAGS.hbm_gb)
   print(format_report(report))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
@@ -50,5 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "topology"])
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -17,6 +17,28 @@ from synergen_jax.hardware import GPU_TARGETS, tpu_hbm_bytes
 _NAME = re.compile(r"^(?P<gpu>[a-z0-9]+)(?::(?P<hosts>\d+)x(?P<devices>\d+))?$")
 
 
+# gcloud's accelerator types (launch/tpu_pod.sh's ACCELERATOR_TYPE) and the chip grid each names by
+# default: v4-N and v5p-N count TensorCores (2 per chip), v5litepod-N and v6e-N count chips.
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+            512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_GRID_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_ACCELERATOR = re.compile(r"^(?P<gen>v4|v5p|v5litepod|v6e)-(?P<n>\d+)$")
+
+
+def tpu_topology_of(accelerator_type: str) -> str:
+  """GEN:TOPOLOGY of a gcloud accelerator type: v5p-128 -> v5p:4x4x4, v5litepod-64 -> v5e:8x8."""
+  m = _ACCELERATOR.match(accelerator_type)
+  if not m:
+    raise ConfigError(f"--accelerator_type={accelerator_type!r}: expected v4-N, v5p-N, v5litepod-N or "
+                      "v6e-N (gcloud's names), or pass --topology GEN:TOPOLOGY")
+  gen, n = m.group("gen"), int(m.group("n"))
+  chips, grids = (n // 2, _GRID_3D) if gen in ("v4", "v5p") else (n, _GRID_2D)
+  if chips not in grids or (gen in ("v4", "v5p") and n % 2):
+    raise ConfigError(f"--accelerator_type={accelerator_type}: no default chip grid for {chips} chips; "
+                      f"pass --topology {'v5e' if gen == 'v5litepod' else gen}:<grid> as the slice has it")
+  return f"{'v5e' if gen == 'v5litepod' else gen}:{grids[chips]}"
+
+
 def is_gpu_target(name: str) -> bool:
   match = _NAME.match(name or "")
   return bool(match) and match.group("gpu") in GPU_TARGETS

@@ -10,8 +10,8 @@ seq_len or workers, which only change how examples are packed):
   <cache root>/<data.name>-<key>/data   prepare's output (data/writer.py)
 
 The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax. Under
-several processes process 0 builds the entry (on a file system they all see) and the others wait,
-then stop with an error if they cannot see it (they never build their own).
+several processes the entry must exist and be visible to every process (a shared file system);
+nothing is built then, since each process would train its own image tokenizer.
 """
 
 from __future__ import annotations
@@ -57,10 +57,7 @@ def ensure_prepared(config) -> str | None:
   if config.data.path:
     return config.data.path
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    data_dir = _ensure_prepared_here(config) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("synergen_jax: data prepared")
-    return data_dir or _prepared_elsewhere(config)
+    return _prepared_before(config)
   return _ensure_prepared_here(config)
 
 
@@ -68,16 +65,18 @@ def _entry(config) -> str:
   return os.path.join(cache_root(config), f"{config.data.name.replace(':', '_')}-{cache_key(config)}")
 
 
-def _prepared_elsewhere(config) -> str:
-  """The entry process 0 just built, seen from another process; never rebuilt here: a second
-  process preparing its own copy would train its own image tokenizer, with other codes."""
+def _prepared_before(config) -> str:
+  """Under several processes the cache entry must exist already, and every process must see it:
+  building it here would train an image tokenizer per process (each with its own codes), and
+  training one in process 0 alone runs Orbax collectives the others are not part of."""
   data_dir = os.path.join(_entry(config), "data")
   if not os.path.exists(os.path.join(data_dir, "meta.json")):
     raise ConfigError(
-        f"process {jax.process_index()} does not see the data process 0 prepared into {data_dir}: "
-        "the cache (config.data.cache_dir or $SYNERGEN_CACHE) must be on a file system every process "
-        "sees; or prepare once (python -m synergen_jax.prepare, launch/tpu_pod.sh prepare) and pass "
-        "--config.data.path")
+        f"process {jax.process_index()} of {jax.process_count()} finds no prepared data at {data_dir}. "
+        "A multi-process run does not build the data cache: prepare first (python -m "
+        "synergen_jax.prepare --out DIR, or launch/tpu_pod.sh prepare) and pass --config.data.path=DIR, "
+        "or run the same command once as a single process on a file system every process sees "
+        "(config.data.cache_dir or $SYNERGEN_CACHE)")
   return data_dir
 
 

@@ -1,6 +1,7 @@
-"""Several processes on this machine as one jax.distributed job (gloo CPU collectives), 4 fake CPU
-devices each: the same losses as one process with 8 devices, a checkpoint that resumes under another
-process count, and survivors that stop when a process dies instead of hanging."""
+"""A process that dies without a word (kill -9, a lost host) stops the others through the
+coordination service's heartbeats instead of leaving them in a collective. (Two processes training
+like one: tests/cluster/test_tpu_pod.py; their checkpoint resuming in one process, failures and
+preemption: tests/parallel/test_failures.py.)"""
 
 import json
 import os
@@ -9,7 +10,6 @@ import socket
 import subprocess
 import time
 
-import numpy as np
 
 from helpers import ROOT
 
@@ -36,30 +36,6 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def test_two_processes_train_like_one_and_resume_under_one(tiny_data, tmp_path):
-  from synergen_jax.train.loop import train
-  reference = train(_config(tiny_data, 4), str(tmp_path / "one"))["losses"]   # 1 process x 8 devices
-
-  workdir = str(tmp_path / "two")
-  run = subprocess.run(
-      ["bash", "launch/local_multiprocess.sh", "2", "python", "-m", "synergen_jax.train", "--config",
-       "configs/tiny.py", "--workdir", workdir, f"--config.data.path={tiny_data['data_dir']}",
-       "--config.train.steps=2", *TRAIN_FLAGS],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, LOG_DIR=str(tmp_path), PORT=str(_free_port()), SYNERGEN_HEARTBEAT_TIMEOUT="120"))
-  assert run.returncode == 0, run.stderr[-3000:] + open(tmp_path / "process_1.log").read()[-2000:]
-  two = _losses(workdir)
-  assert sorted(two) == [1, 2]                      # process 0 alone wrote the metrics
-  np.testing.assert_allclose([two[1], two[2]], [reference[1], reference[2]], rtol=1e-5)
-  assert "train: done at step 2" in run.stdout and "train: done" not in open(tmp_path / "process_1.log").read()
-
-  # The 2-process checkpoint (two data-state files, one per logical shard) resumes in 1 process.
-  saved = os.listdir(os.path.join(workdir, "checkpoints", "2", "data"))
-  assert sorted(f for f in saved if f.startswith("shard_")) == ["shard_0-of-2.json", "shard_1-of-2.json"]
-  resumed = train(_config(tiny_data, 4), workdir)["losses"]
-  np.testing.assert_allclose([resumed[3], resumed[4]], [reference[3], reference[4]], rtol=1e-5)
 
 
 def test_a_dead_process_stops_the_others(tiny_data, tmp_path):
