@@ -52,6 +52,11 @@ def test_tpu_pod_dry_run():
   assert "--worker=all" in stop.stdout and "kill\\ -TERM" in stop.stdout
   logs = _run(["launch/tpu_pod.sh", "--dry-run", "logs", "3"], TPU_NAME="pod1")
   assert "--worker=3" in logs.stdout
+  prepare = _run(["launch/tpu_pod.sh", "--dry-run", "prepare", "--", "--workers=4"], PREPARE_OUT="gs://b/laion",
+                 CONFIG="my.py")
+  plain = prepare.stdout.replace("\\", "")
+  assert "--worker=all" in plain and "gcsfuse --implicit-dirs b ~/gcs/b" in plain and "agent-worker-number" in plain
+  assert "python -m synergen_jax.prepare --config my.py --out $HOME/gcs/b/laion --workers=4" in plain
 
 
 def test_gpu_single_host_dry_run():
