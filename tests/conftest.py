@@ -1,12 +1,18 @@
 """Test setup: 8 fake CPU devices (SYNERGEN_TEST_CPU_DEVICES overrides; the Mosaic GPU interpreter
-runs in a one-device child process), set before jax initialises its backends."""
+runs in a one-device child process), set before jax initialises its backends; and one persistent
+compilation cache for the whole suite, inherited by the processes tests start (the same tiny train
+step is compiled by many tests and subprocesses; a cache hit returns the same executable)."""
 
 import os
+import tempfile
 
 CPU_DEVICES = int(os.environ.get("SYNERGEN_TEST_CPU_DEVICES", "8"))
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={CPU_DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"synergen_jax_tests_{os.getuid()}_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
