@@ -63,3 +63,17 @@ def reference_losses(tiny_data, tmp_path_factory):
   from helpers import run_config
   from synergen_jax.train.loop import train
   return train(run_config(tiny_data, 16), str(tmp_path_factory.mktemp("reference")))["losses"]
+
+
+CLUSTER_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster", "bin")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+  """The environment of a shell on a machine whose gcloud, sbatch, srun, scontrol, gcsfuse, uv and
+  curl are the fakes in tests/cluster/bin, with their state under tmp_path/cluster."""
+  state = tmp_path / "cluster"
+  state.mkdir()
+  env = dict(os.environ, PATH=f"{CLUSTER_BIN}:{os.environ['PATH']}", FAKE_CLUSTER_DIR=str(state))
+  env.pop("XLA_FLAGS", None)
+  return dict(env=env, state=state)

@@ -162,3 +162,10 @@ def wait_for_step(workdir, step: int, procs, timeout: float = 300):
     ended = [p.args for p in procs if p.poll() is not None]
     assert not ended and time.time() < deadline, f"ended or timed out before step {step}: {ended}"
     time.sleep(0.3)
+
+
+def calls(cluster, tool=None) -> list:
+  """The argv of every recorded call of the fake cluster tools (tests/cluster/bin), or of one."""
+  path = cluster["state"] / "calls.jsonl"
+  rows = [json.loads(line) for line in open(path)] if path.exists() else []
+  return [r["argv"] for r in rows if tool is None or r["tool"] == tool]

@@ -11,8 +11,7 @@ import time
 
 import numpy as np
 
-from conftest import calls
-from helpers import ROOT, RUN_FLAGS, losses_of, wait_for_step
+from helpers import ROOT, RUN_FLAGS, calls, losses_of, wait_for_step
 
 
 def _submit(cluster, tiny_data, workdir, logs, *flags, **env):

@@ -10,8 +10,7 @@ import sys
 
 import numpy as np
 
-from conftest import calls
-from helpers import ROOT, RUN_FLAGS, free_port, losses_of
+from helpers import ROOT, RUN_FLAGS, calls, free_port, losses_of
 
 
 def _pod(cluster, *args, **env):

@@ -1,5 +1,6 @@
-"""prepare writes one part per input shard: a rerun, a kill -9, several processes or workers all end
-in the same prepared set as one uninterrupted run."""
+"""prepare writes one part per input shard: a rerun, a kill -9, several processes (also as TPU
+workers started by launch/tpu_pod.sh prepare) or decode workers all end in the same prepared set as
+one uninterrupted run."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import time
 import pytest
 from grain.sources import ArrayRecordDataSource
 
-from helpers import ROOT
+from helpers import ROOT, calls
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.writer import prepare
 
@@ -114,25 +115,26 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_data, reference, tmp
   assert not [p.name for p in (out / "parts").iterdir() if ".tmp" in p.name]   # the dead run's too
 
 
-def test_launched_processes_split_the_shards_and_the_last_merges(tiny_data, reference, tmp_path):
-  """Two processes as a launcher starts them (SYNERGEN_NUM_PROCESSES / SYNERGEN_PROCESS_ID, as Slurm's
-  and TPU VMs' variables do): each prepares its share from the environment alone, the last to finish
-  merges, and the set equals one process's."""
-  out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "synergen_jax.prepare", "--config", str(ROOT / "configs/tiny.py"),
-         "--config.data.name=digits", f"--config.data.records_per_shard={PER_SHARD}",
-         "--vq_workdir", tiny_data["vq_dir"], "--out", str(out)]
-  procs = [subprocess.Popen(cmd, env=dict(os.environ, SYNERGEN_NUM_PROCESSES="2",
-                                          SYNERGEN_PROCESS_ID=str(i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  logs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
-  written = [[line for line in log.splitlines() if " examples from " in line] for log in logs]
-  assert sorted(map(len, written)) == [6, 7]               # 13 parts, dealt out 7 / 6
-  assert sum("merge when the others are done" in log for log in logs) <= 1   # the last one merged
+def test_tpu_workers_prepare_their_shares_and_the_last_merges(cluster, tiny_data, reference):
+  """`launch/tpu_pod.sh prepare` on 2 simulated TPU workers (tests/cluster/bin): each worker learns
+  its id and peers from the metadata server, prepares its share of the input shards into a
+  gcsfuse-mounted bucket, the last to finish merges, and the set equals one process's (8 devices per
+  worker, as in the reference, so the tokenizer's batch split is the same)."""
+  env = dict(FAKE_TPU_WORKERS="2", FAKE_TPU_CHIPS="8", CONFIG="configs/tiny.py", SKIP_PREFLIGHT="1",
+             SHIP_DIRTY="1", FAKE_PYTHON=sys.executable, PREPARE_OUT="gs://bkt/digits")
+  pod = lambda *args: subprocess.run(["bash", "launch/tpu_pod.sh", *args], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=600, env=dict(cluster["env"], **env))
+  up = pod("up")
+  assert up.returncode == 0, up.stderr[-3000:]
+  run = pod("prepare", "--", "--config.data.name=digits", f"--config.data.records_per_shard={PER_SHARD}",
+            "--vq_workdir", tiny_data["vq_dir"])
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert run.stdout.count(" examples from ") == 13          # 13 parts in all (the workers interleave lines)
+  assert run.stdout.count("merge when the others are done") <= 1                       # the last one merged
+  out = cluster["state"] / "buckets" / "bkt" / "digits"
   meta = json.loads((out / "meta.json").read_text())
   assert _examples(str(out), meta) == reference[1]
+  assert [c[-2] for c in calls(cluster, "gcsfuse")] == ["bkt", "bkt"]                 # mounted on both
 
 
 def test_launcher_environments_give_the_share():
