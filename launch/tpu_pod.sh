@@ -189,7 +189,7 @@ case "$ACTION" in
     on_worker 0 "tail --pid=\$(cat ~/train.pid) -n +1 -F ~/train.log 2>/dev/null" || true
     [[ "$DRY_RUN" == 1 ]] && exit 0
     for ((i = 0; i < ${STOP_GRACE:-30}; i++)); do
-      report="$(statuses 2>/dev/null | grep -v '^+')"
+      report="$(statuses 2>/dev/null | grep -v "^+" || true)"
       grep -q '^running' <<< "$report" || break
       sleep 1
     done
