@@ -13,12 +13,12 @@
 #
 # Failures: when a process exits non-zero (other than 75, "preempted", which all of them do together),
 # the others get STOP_GRACE seconds (default 10) to stop by themselves (the trainer's watchdog stops
-# them within about a second of an exception, with status 3) and are then killed with SIGKILL. The
-# script names the process that failed first (the first status other than 0, 3 and 75) and exits
-# with its status. SIGTERM or
-# SIGINT sent to this script is passed on to every process (SIGTERM: the trainers checkpoint and
-# exit 75). At the end it prints every process's status (137: killed). SYNERGEN_HEARTBEAT_TIMEOUT defaults to 30 here: a process killed outright is noticed
-# by the others' coordination service after that long.
+# them at once after an exception, with status 3) and are then killed with SIGKILL. The script names
+# the process that failed first (the first status other than 0, 3 and 75), says how long the others
+# took to stop, prints every process's status (137: killed) and exits with the failure's status.
+# SIGTERM or SIGINT sent to this script is passed on to every process (SIGTERM: the trainers
+# checkpoint and exit 75). SYNERGEN_HEARTBEAT_TIMEOUT defaults to 30 here: a process killed outright
+# is noticed by the others' coordination service after that long.
 set -euo pipefail
 
 DRY_RUN=0

@@ -12,8 +12,8 @@ Exit statuses of `python -m synergen_jax.train`:
 Under several processes a failing process writes "<its id>: <error>" into the coordination
 service's key-value store under FAILURE_KEY (first writer wins) and exits at once, without
 jax.distributed's shutdown, whose barrier would wait for peers that sit in a collective. Every
-process runs a watchdog thread blocked on that key, so the others stop within about a second,
-wherever their main thread is. A process that dies without a word (kill -9, lost host) is noticed
+process runs a watchdog thread blocked on that key, so the others stop as soon as it is written
+(the blocked read returns at once), wherever their main thread is. A process that dies without a word (kill -9, lost host) is noticed
 by the coordination service's heartbeats instead (SYNERGEN_HEARTBEAT_TIMEOUT, parallel/distributed.py).
 """
 
