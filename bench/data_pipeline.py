@@ -66,7 +66,7 @@ def main(argv):
   model = SynerGenVL(mc)
   batch = {k: jax.numpy.asarray(v) for k, v in first.items()}
   params = jax.jit(model.init)(jax.random.key(0), batch)
-  step = jax.jit(jax.grad(lambda p, b: synergen_loss(model.apply(p, b), b, config.loss.image_weight)[0]))
+  step = jax.jit(jax.grad(lambda p, b: synergen_loss(model.apply(p, b), config.loss.image_weight)[0]))
   jax.block_until_ready(step(params, batch))
   start = time.perf_counter()
   for _ in range(FLAGS.steps):

@@ -163,7 +163,15 @@ class ModelKeys:
   attention_impl: str = "auto"
   attention_block_q: int = 0      # flash-attention query / key block sizes (0 = the kernel's default)
   attention_block_k: int = 0
-  unfold_capacity: int | None = None   # image windows per row sent through the unfold head (None = all)
+  # Per-row budgets (README "Per-row budgets"): the packer never puts more into a row, and the model
+  # runs each head only on that many gathered slots. None: derived from the prepared data's index
+  # when the trainer opens it, the whole row where no data is read (AOT, benchmarks).
+  text_target_capacity: int | None = None   # text-target slots through the LM head
+  image_slot_capacity: int | None = None    # image slots through the fold MLP
+  unfold_capacity: int | None = None        # image-target windows through the unfold head
+  # The chunked cross-entropy (model/chunked_xent.py): positions per chunk, vocabulary per tile.
+  loss_chunk_rows: int = 2048
+  loss_vocab_tile: int = 8192
   new_tokens: tuple[int, ...] = ()     # ids whose embedding / LM-head rows are separate parameters
 
 
@@ -194,7 +202,11 @@ class ModelConfig:
   fold: tuple[int, int]
   fold_mlp_hidden: int
   init_vision_from_text: bool
-  unfold_capacity: int | None   # image windows per row sent through the unfold head (None = all slots)
+  unfold_capacity: int | None        # per-row budgets (ModelKeys); None = the whole row
+  text_target_capacity: int | None = None
+  image_slot_capacity: int | None = None
+  loss_chunk_rows: int = 2048
+  loss_vocab_tile: int = 8192
   new_tokens: tuple[int, ...] = ()   # ids whose embedding / LM-head rows are separate parameters
 
   @property
@@ -231,7 +243,9 @@ class ModelConfig:
                codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
                code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
                fold_mlp_hidden=m.fold_mlp_hidden, init_vision_from_text=m.init_vision_from_text,
-               unfold_capacity=m.unfold_capacity, new_tokens=tuple(int(t) for t in m.new_tokens))
+               unfold_capacity=m.unfold_capacity, text_target_capacity=m.text_target_capacity,
+               image_slot_capacity=m.image_slot_capacity, loss_chunk_rows=m.loss_chunk_rows,
+               loss_vocab_tile=m.loss_vocab_tile, new_tokens=tuple(int(t) for t in m.new_tokens))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,8 +316,17 @@ def validate_model(mc: ModelConfig) -> None:
     _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
   _check(all(0 <= t < mc.text_vocab for t in mc.new_tokens) and len(set(mc.new_tokens)) == len(mc.new_tokens),
          f"config.model.new_tokens={mc.new_tokens} must be distinct ids in [0, text_vocab={mc.text_vocab})")
-  _check(mc.unfold_capacity is None or mc.unfold_capacity > 0,
-         f"config.model.unfold_capacity={mc.unfold_capacity} must be None (all slots) or > 0")
+  for field in CAPACITIES:
+    value = getattr(mc, field)
+    _check(value is None or (isinstance(value, int) and value > 0),
+           f"config.model.{field}={value!r} must be None (derived from the data) or > 0")
+  for field in ("loss_chunk_rows", "loss_vocab_tile"):
+    value = getattr(mc, field)
+    _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
+
+
+# The per-row budgets of config.model besides the row's slots (data.seq_len).
+CAPACITIES = ("text_target_capacity", "image_slot_capacity", "unfold_capacity")
 
 
 def _divisors(n: int) -> list[int]:
@@ -331,8 +354,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
     _check(seq_len % blocks[0] == 0 and seq_len % blocks[1] == 0,
            f"config.data.seq_len={seq_len} must be a multiple of the pallas_mgpu attention blocks "
            f"{blocks} (config.model.attention_block_q/k)")
-  _check(mc.unfold_capacity is None or mc.unfold_capacity <= seq_len,
-         f"config.model.unfold_capacity={mc.unfold_capacity} exceeds config.data.seq_len={seq_len}")
+  for field in CAPACITIES:
+    value = getattr(mc, field)
+    _check(value is None or value <= seq_len,
+           f"config.model.{field}={value} exceeds config.data.seq_len={seq_len}")
+  _check(mc.image_slot_capacity is None or mc.image_slot_capacity >= mc.windows_per_image,
+         f"config.model.image_slot_capacity={mc.image_slot_capacity} cannot hold one image of "
+         f"{mc.windows_per_image} windows; raise it or set None")
   _check(config.loss.image_weight >= 0, f"config.loss.image_weight={config.loss.image_weight} < 0")
   _check(config.train.batch_size > 0, f"config.train.batch_size={config.train.batch_size} must be > 0")
   _check(config.train.steps >= 0, f"config.train.steps={config.train.steps} must be >= 0")
@@ -452,9 +480,10 @@ def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collecti
       stage="1",
       mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
   ))
-  # unfold_capacity may be None or an int: declare its type so `--config.model.unfold_capacity=64`
+  # The capacities may be None or an int: declare their type so `--config.model.unfold_capacity=64`
   # overrides work on the locked config.
-  config.model.unfold_capacity = ml_collections.FieldReference(m["unfold_capacity"], field_type=int)
+  for field in CAPACITIES:
+    config.model[field] = ml_collections.FieldReference(m[field], field_type=int)
   config.data.path = ml_collections.FieldReference(None, field_type=str)
   config.data.tokenizer = ml_collections.FieldReference(None, field_type=str)
   config.data.tfds_text_key = ml_collections.FieldReference(None, field_type=str)

@@ -57,7 +57,7 @@ def main(argv):
   model = SynerGenVL(mc)
   params = jax.jit(model.init)(jax.random.key(0), batch)
   step = jax.jit(jax.value_and_grad(
-      lambda p, b: synergen_loss(model.apply(p, b), b, config.loss.image_weight), has_aux=True))
+      lambda p, b: synergen_loss(model.apply(p, b), config.loss.image_weight), has_aux=True))
   (loss, metrics), _ = step(params, batch)           # compile
   jax.block_until_ready(loss)
   start = time.perf_counter()

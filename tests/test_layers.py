@@ -24,6 +24,7 @@ LAYERS = {
     "data.tokenizers": (3, "raw data"), "data.synthetic": (3, "raw data"),
     "data.documents": (3, "raw data"), "data.formats": (3, "raw data"), "data.paths": (3, "raw data"),
     "data.decoding": (3, "raw data"), "data.inputs": (3, "raw data"), "data.parts": (3, "raw data"),
+    "data.budgets": (3, "raw data"),
     "vq": (4, "image tokenizer"),
     "data.writer": (5, "prepare"),            # the writer and the reader do not know each other:
     "data.pipeline": (5, "pipeline"),         # they share data/records.py

@@ -14,13 +14,36 @@ import jax
 import numpy as np
 
 from synergen_jax.aot.targets import topology_devices
-from synergen_jax.config import ConfigError, validate_config
-from synergen_jax.data.synthetic import synthetic_batch
+from synergen_jax.config import CAPACITIES, ConfigError, validate_config
+from synergen_jax.data.synthetic import synthetic_batch, with_synthetic_budgets
 from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.model import accounting
 from synergen_jax.parallel.mesh import AXES, make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
 from synergen_jax.train.state import build_train_step
+
+# Collective ops in compiled HLO text: "%x = f32[8,16]{1,0} all-gather(...)", async "-start" forms,
+# tuple results "(f32[..], f32[..]) all-reduce(...)".
+COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE = re.compile(r"=\s+(.+?)\s+(" + "|".join(COLLECTIVE_OPS) + r")(?:-start)?\(")
+_SHAPE = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
+
+
+_SINGLETON_GROUPS = re.compile(r"replica_groups=\{(?:\{\d+\},?)+\}")
+
+
+def collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(op, result shape) of every collective in a compiled module's HLO text (one entry per array of
+  a tuple result). Collectives over one-device groups (a size-1 mesh axis) move nothing and are
+  left out."""
+  out = []
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.search(line)
+    if match and not _SINGLETON_GROUPS.search(line):
+      for dims in _SHAPE.findall(match.group(1)):
+        out.append((match.group(2), tuple(int(d) for d in dims.split(",") if d)))
+  return out
+
 
 # The TPU compiler refuses a program that cannot fit; its message carries the sizes.
 OOM_MESSAGE = re.compile(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
@@ -41,6 +64,8 @@ class Report:
   model_flops: float          # per step, whole slice
   xla_flops: float            # per device, XLA's count
   compile_seconds: float
+  budgets: dict = dataclasses.field(default_factory=dict)       # the per-row budgets compiled
+  collectives: dict = dataclasses.field(default_factory=dict)   # op -> [count, bytes per device]
 
   @property
   def fits(self) -> bool:
@@ -71,10 +96,15 @@ def parse_mesh(text: str | None, config) -> None:
 
 def for_target(config, devices):
   """The config as it would run on `devices` (no prepared data at hand): attention "auto" resolved
-  for their platform, not this host's, and three new-token ids (only their count shapes the
-  parameters) where the config leaves them to the prepared tokenizer. Returns the ModelConfig."""
+  for their platform, not this host's, three new-token ids (only their count shapes the
+  parameters) where the config leaves them to the prepared tokenizer, and the per-row budgets it
+  leaves None derived from the synthetic generation/captioning mix (data/synthetic.py) as the
+  trainer derives them from prepared data. Returns the ModelConfig."""
   mc = validate_config(config)
+  resolved = with_synthetic_budgets(mc, config.data.seq_len)
   with config.unlocked():
+    for name in CAPACITIES:
+      config.model[name] = getattr(resolved, name)
     if config.model.attention_impl == "auto":
       config.model.attention_impl = auto_impl("tpu" if is_tpu(devices[0]) else "gpu")
     if not config.model.new_tokens:
@@ -122,6 +152,11 @@ def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report
     total = params + optimizer + batch_bytes + temp
     hbm = min(hbm, int(float(oom.group(2)) * 2**30))
   else:
+    found = collectives(compiled.as_text())
+    moved = {}
+    for op, shape in found:
+      count, size = moved.get(op, (0, 0))
+      moved[op] = (count + 1, size + math.prod(shape))
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}   # None from GPU AOT
@@ -132,7 +167,9 @@ def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report
                 params_bytes=params, optimizer_bytes=optimizer, batch_bytes=batch_bytes,
                 temp_bytes=temp, total_bytes=total, hbm_bytes=hbm,
                 model_flops=float(accounting.batch_train_flops(mc, host_batch)),
-                xla_flops=xla_flops, compile_seconds=seconds)
+                xla_flops=xla_flops, compile_seconds=seconds,
+                budgets={name: getattr(mc, name) for name in CAPACITIES},
+                collectives={} if compiled is None else {op: list(v) for op, v in moved.items()})
 
 
 def format_report(r: Report) -> str:
@@ -145,4 +182,8 @@ def format_report(r: Report) -> str:
       f"  per device total {gib(r.total_bytes)} of {gib(r.hbm_bytes)} HBM: "
       + ("fits" if r.fits else "DOES NOT FIT"),
       f"  model FLOPs per step {r.model_flops:.3e} (slice), XLA FLOPs per device "
-      + (f"{r.xla_flops:.3e}" if r.xla_flops else "n/a (this compiler does not count them)")])
+      + (f"{r.xla_flops:.3e}" if r.xla_flops else "n/a (this compiler does not count them)")
+      + (f" = {r.xla_flops * r.devices / r.model_flops:.2f}x model FLOPs" if r.xla_flops else ""),
+      "  per-row budgets: " + ", ".join(f"{k}={v}" for k, v in r.budgets.items()),
+      "  collectives: " + (", ".join(f"{op} x{n} ({e / 1e6:.1f}M elements)"
+                                     for op, (n, e) in sorted(r.collectives.items())) or "none")])

@@ -24,6 +24,8 @@ import jax
 
 from synergen_jax.config import ConfigError
 from synergen_jax.data import mixture
+from synergen_jax.data.pipeline import resolve_budgets
+from synergen_jax.data.records import FORMAT_VERSION
 from synergen_jax.data.writer import prepare
 from synergen_jax.vq import training as vq_training
 from synergen_jax.vq.tokenizer import ImageTokenizer
@@ -38,7 +40,7 @@ def cache_key(config) -> str:
   v.pop("workdir", None)
   m = config.model
   key = json.dumps(dict(data=d, vq=v, grid=list(m.code_grid), codebook=m.codebook_size,
-                        text_vocab=m.text_vocab), sort_keys=True)
+                        text_vocab=m.text_vocab, format=FORMAT_VERSION), sort_keys=True)
   return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -97,8 +99,9 @@ def _ensure_prepared_here(config) -> str:
 
 
 def with_prepared_data(config):
-  """The config the model is built from: data.path set to the prepared data (built if needed) and
-  the new-token ids (<boi>, <eoi>, <UNCOND>) taken from its tokenizer unless the config names them.
+  """The config the model is built from: data.path set to the prepared data (built if needed), the
+  new-token ids (<boi>, <eoi>, <UNCOND>) taken from its tokenizer unless the config names them, and
+  the per-row budgets the config leaves None derived from its index (data/budgets.py).
 
   Under config.data.mixture nothing is prepared and data.path stays unset: the ids come from the
   components' meta.json files, which must agree (data/mixture.py), so a mismatch fails here, before
@@ -114,4 +117,4 @@ def with_prepared_data(config):
     config.data.path = data_dir
   if not config.model.new_tokens:
     config.model.new_tokens = (special["boi"], special["eoi"], special["uncond"])
-  return config
+  return resolve_budgets(config)

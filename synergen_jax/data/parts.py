@@ -3,7 +3,7 @@
 Every input shard (data/inputs.py) becomes one part under `<out>/parts/`:
 
   {split}-{name}.array_record    the part's records (data/records.py)
-  {split}-{name}-index.npz       text length, image count and task per record
+  {split}-{name}-index.npz       per record: text length, image count, the same with loss, task
   {split}-{name}.json            its counts (records, examples, skipped and dropped by reason, the
                                  first skipped records by name, tasks)
                                  and the `key` of the settings it was written with
@@ -33,6 +33,8 @@ from synergen_jax.data.records import TASK_IDS
 
 PARTS = "parts"
 SUFFIXES = (".array_record", "-index.npz", ".json")
+# Per record: text tokens, images, text tokens with loss, images with loss (the packer's budgets), task.
+INDEX_FIELDS = ("text_len", "n_images", "loss_text_len", "n_loss_images", "task")
 WHERE_PER_REASON = 5      # skipped records named (file, record) per reason, in a part and in meta
 
 
@@ -99,9 +101,9 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
       entry["shards"].append(os.path.relpath(part_path(out_dir, shard, ".array_record"), out_dir))
       entry["shard_sizes"].append(part["examples"])
       with np.load(part_path(out_dir, shard, "-index.npz")) as z:
-        for field in ("text_len", "n_images", "task"):
+        for field in INDEX_FIELDS:
           index[field].append(z[field])
-    dtypes = dict(text_len=np.int32, n_images=np.int32, task=np.int8)
+    dtypes = {f: np.int8 if f == "task" else np.int32 for f in INDEX_FIELDS}
     arrays = {f: np.concatenate(index[f]) if index[f] else np.zeros(0, t) for f, t in dtypes.items()}
     write_npz(os.path.join(out_dir, f"{split}-index.npz"), arrays)
     splits[split] = entry

@@ -1,12 +1,15 @@
 """Prepared shards -> packed, batched model inputs, with Grain.
 
   ArrayRecord shards (data/writer.py; records decoded by data/records.py)
-    -> drop or reject examples longer than a row        (counted from the index, before any reading)
+    -> drop or reject examples longer than a row or      (counted from the index, before any reading)
+       alone over a per-row budget (data/budgets.py)
     -> seeded global shuffle, reshuffled every epoch
     -> logical data shard s of S (every S-th example)   S = config.data.shards (0: one per process)
     -> record -> model slots for the configured fold     (layout.layout_example; ids range-checked)
     -> first-fit packing into rows of seq_len slots      (whole examples only: an image span is never
-                                                          split; segment ids and positions per example)
+                                                          split; segment ids and positions per example;
+                                                          no row over a budget: text targets, image
+                                                          slots, image-target windows)
     -> batch of batch_size / S rows per shard            (optionally in worker processes)
     -> this process's shards, concatenated in order      (process p of P owns shards [p S/P, (p+1) S/P))
     -> global jax.Arrays sharded on the mesh's batch axes
@@ -47,8 +50,8 @@ from absl import flags
 from grain.experimental import FirstFitPackIterDataset
 
 from synergen_jax.batch import SLOT_FIELDS
-from synergen_jax.config import ModelConfig, validate_config
-from synergen_jax.data import layout, mixture
+from synergen_jax.config import CAPACITIES, ModelConfig, validate_config
+from synergen_jax.data import budgets, layout, mixture
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.records import FORMAT_VERSION, decode_record, record_parts
 from synergen_jax.parallel.sharding import batch_sharding
@@ -67,6 +70,8 @@ class PreparedSplit:
   shard_sizes: tuple[int, ...]
   text_len: np.ndarray          # per example
   n_images: np.ndarray          # per example
+  loss_text_len: np.ndarray     # per example: text tokens with loss
+  n_loss_images: np.ndarray     # per example: images with loss
 
   @property
   def special(self) -> layout.SpecialTokens:
@@ -105,7 +110,8 @@ def open_split(directory: str, split: str, mc: ModelConfig) -> PreparedSplit:
   entry = meta["splits"][split]
   index = np.load(os.path.join(directory, f"{split}-index.npz"))
   return PreparedSplit(directory, split, meta, tuple(os.path.join(directory, f) for f in entry["shards"]),
-                       tuple(entry["shard_sizes"]), index["text_len"], index["n_images"])
+                       tuple(entry["shard_sizes"]), index["text_len"], index["n_images"],
+                       index["loss_text_len"], index["n_loss_images"])
 
 
 def example_slots(text_len, n_images, mc: ModelConfig):
@@ -157,7 +163,8 @@ class ToSlots(grain.transforms.Map):
       raise DataError(f"{self.split.locate(index)} in {self.split.directory}: image code "
                       f"{int(codes.min() if codes.min() < 0 else codes.max())} outside "
                       f"[0, config.model.codebook_size={self.mc.codebook_size})")
-    example = layout.layout_example(record_parts(record), self.mc.fold, self.special)
+    example = add_budget_features(layout.layout_example(record_parts(record), self.mc.fold,
+                                                        self.special))
     if self.component is not None:
       example[COMPONENT] = self.component
     return example
@@ -168,6 +175,16 @@ class ToSlots(grain.transforms.Map):
 # field: DataIterator takes it out of the batch before anything goes to the device.
 COMPONENT = "component"
 COMPONENT_EXAMPLES = "component_examples"
+# Per example: BUDGET_PREFIX + capacity name, an array with one entry per budgeted item (packing only).
+BUDGET_PREFIX = "budget/"
+
+
+def add_budget_features(example: dict) -> dict:
+  """Adds one array per budget with one entry per budgeted item, so that the packer's per-feature
+  lengths keep the row budgets (pack_rows)."""
+  for name, count in budgets.slot_counts(example).items():
+    example[BUDGET_PREFIX + name] = np.zeros(count, np.int8)
+  return example
 
 
 def _finish_row(row: dict) -> dict:
@@ -190,11 +207,15 @@ class _FinishMixedRow:
     return out
 
 
-def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int,
+def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int, row_budgets: dict[str, int],
               num_components: int = 0) -> grain.IterDataset:
-  """Laid-out examples -> rows of seq_len slots, first fit over `bins` open rows, no splitting.
-  num_components > 0: the examples carry COMPONENT and each row gets COMPONENT_EXAMPLES."""
-  packed = FirstFitPackIterDataset(examples, length_struct={k: seq_len for k in SLOT_FIELDS},
+  """Laid-out examples -> rows of seq_len slots, first fit over `bins` open rows, no splitting, and
+  no row over any of `row_budgets` (data/budgets.py): each budget is one more packed feature whose
+  length is its count, so Grain's per-feature lengths keep it. num_components > 0: the examples
+  carry COMPONENT and each row gets COMPONENT_EXAMPLES."""
+  lengths = {k: seq_len for k in SLOT_FIELDS}
+  lengths.update({BUDGET_PREFIX + name: budget for name, budget in row_budgets.items()})
+  packed = FirstFitPackIterDataset(examples, length_struct=lengths,
                                    num_packing_bins=bins, shuffle_bins=False,
                                    meta_features=(COMPONENT,) if num_components else ())
   return packed.map(_FinishMixedRow(num_components) if num_components else _finish_row)
@@ -202,14 +223,24 @@ def pack_rows(examples: grain.IterDataset, seq_len: int, bins: int,
 
 def kept_records(split: PreparedSplit, mc: ModelConfig, seq_len: int,
                  too_long: str) -> tuple[grain.MapDataset, int]:
-  """(index, bytes) of the split's examples that fit a row, unshuffled, and how many do not."""
+  """(index, bytes) of the split's examples that fit a row, unshuffled, and how many do not: longer
+  than seq_len, or alone over a per-row budget (data/budgets.py)."""
   slots = example_slots(split.text_len, split.n_images, mc)
-  too_long_mask = slots > seq_len
+  counts = budgets.index_counts(split, mc)
+  over = budgets.over_budget(counts, mc, seq_len)
+  too_long_mask = (slots > seq_len) | over
   if too_long_mask.any() and too_long == "error":
     first = int(np.argmax(too_long_mask))
-    raise DataError(f"{split.locate(first)} in {split.directory} takes {int(slots[first])} slots at fold "
-                    f"{mc.fold[0]}x{mc.fold[1]} but config.data.seq_len={seq_len} ({int(too_long_mask.sum())}"
-                    " such examples); raise seq_len or the fold ratio, or set config.data.too_long=skip")
+    if slots[first] > seq_len:
+      why = f"takes {int(slots[first])} slots at fold {mc.fold[0]}x{mc.fold[1]} but config.data.seq_len={seq_len}"
+    else:
+      row = budgets.row_budgets(mc, seq_len)
+      name = next(n for n in row if counts[n][first] > row[n])
+      why = (f"holds {int(counts[name][first])} {budgets.COUNTED[name]} but config.model.{name}="
+             f"{row[name]}")
+    raise DataError(f"{split.locate(first)} in {split.directory} {why} ({int(too_long_mask.sum())}"
+                    " such examples); raise seq_len, the budget or the fold ratio, or set "
+                    "config.data.too_long=skip")
   keep = np.flatnonzero(~too_long_mask)
   if not len(keep):
     raise DataError(f"every example of {split.directory}/{split.split} is longer than seq_len={seq_len}")
@@ -243,6 +274,7 @@ class DataIterator:
   mesh: jax.sharding.Mesh | None
   too_long_skipped: int
   rows_per_process: int
+  model_config: ModelConfig | None = None
   finite: bool = False
   last_local: dict | None = None
   components: tuple[mixture.Component, ...] = ()
@@ -273,6 +305,8 @@ class DataIterator:
       for shard, part in zip(self.shards, parts):
         self.consumed[shard] += part.pop(COMPONENT_EXAMPLES).sum(axis=0)
     local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if self.model_config is not None:
+      budgets.check_batch(local, self.model_config, local["modality"].shape[1], "packed batch")
     self.last_local = local        # this process's rows of the batch just returned (host numpy)
     return local if self.mesh is None else global_batch(local, self.mesh)
 
@@ -418,6 +452,7 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
     else:
       it, too_long = _union_examples(splits, mc, d, shard, num_shards, num_epochs, read)
     it = pack_rows(it, d.seq_len, d.packing_bins or rows_per_shard,
+                   budgets.row_budgets(mc, d.seq_len),
                    num_components=len(components)).batch(rows_per_shard, drop_remainder=True)
     if d.num_workers:
       if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags; outside app.run use defaults
@@ -425,7 +460,7 @@ def make_iterator(config, directory: str | None = None, split: str = "train", *,
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
                                                        per_worker_buffer_size=max(1, d.prefetch)))
     shards[shard] = iter(it)
-  return DataIterator(shards, num_shards, mesh, too_long, rows // process_count,
+  return DataIterator(shards, num_shards, mesh, too_long, rows // process_count, model_config=mc,
                       finite=num_epochs is not None, components=components)
 
 
@@ -433,3 +468,28 @@ def global_batch(local: dict, mesh: jax.sharding.Mesh) -> dict:
   """Per-process rows -> global arrays; each process contributes its own rows."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def resolve_budgets(config):
+  """config.model's None budgets derived from the prepared training data (data/budgets.py): its
+  folder (config.data.path), or every mixture component weighted by its mixture weight. Returns a
+  copy; explicit budgets are kept. Logs what it chose."""
+  mc = validate_config(config)
+  missing = [name for name in CAPACITIES if getattr(mc, name) is None]
+  components = mixture.parse_mixture(config.data)
+  if not missing or not (components or config.data.path):
+    return config
+  if components:
+    splits = [(open_split(c.path, "train", mc), c.weight) for c in components]
+  else:
+    splits = [(open_split(config.data.path, "train", mc), 1.0)]
+  derived = budgets.derive([(budgets.index_counts(split, mc),
+                             example_slots(split.text_len, split.n_images, mc), weight)
+                            for split, weight in splits], config.data.seq_len,
+                           budgets.floors_of(mc))
+  config = config.copy_and_resolve_references()
+  for name in missing:
+    config.model[name] = derived[name]
+  print("data: per-row budgets derived from the prepared data (seq_len "
+        f"{config.data.seq_len}): " + ", ".join(f"{n}={derived[n]}" for n in missing))
+  return config

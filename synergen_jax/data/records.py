@@ -23,7 +23,8 @@ from flax import serialization
 from synergen_jax.batch import IMAGE, TEXT
 from synergen_jax.data.layout import Image, Part, Text
 
-FORMAT_VERSION = 1
+# 2: the index also counts loss-bearing text tokens and images (the packer's per-row budgets).
+FORMAT_VERSION = 2
 # Pair tasks (the task mix) then document tasks (data/documents.py); ids are only ever appended.
 TASK_IDS = dict(caption=0, generation=1, interleaved=2, chat=3, text=4)
 TASK_NAMES = {v: k for k, v in TASK_IDS.items()}

@@ -189,6 +189,9 @@ class _PartWriter:
                                     caption=caption))
     self.index["text_len"].append(sum(len(p.tokens) for p in parts if isinstance(p, Text)))
     self.index["n_images"].append(sum(isinstance(p, Image) for p in parts))
+    self.index["loss_text_len"].append(sum(len(p.tokens) for p in parts
+                                           if isinstance(p, Text) and p.loss))
+    self.index["n_loss_images"].append(sum(isinstance(p, Image) and p.loss for p in parts))
     self.index["task"].append(TASK_IDS[task])
     self.tasks[task] += 1
 
@@ -197,6 +200,8 @@ class _PartWriter:
     os.replace(self.tmp, self.path)
     arrays = dict(text_len=np.asarray(self.index["text_len"], np.int32),
                   n_images=np.asarray(self.index["n_images"], np.int32),
+                  loss_text_len=np.asarray(self.index["loss_text_len"], np.int32),
+                  n_loss_images=np.asarray(self.index["n_loss_images"], np.int32),
                   task=np.asarray(self.index["task"], np.int8))
     parts_lib.write_npz(parts_lib.part_path(self.out_dir, self.shard, "-index.npz"), arrays)
     part = dict(counts, examples=len(arrays["task"]), tasks=dict(self.tasks))

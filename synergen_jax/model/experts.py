@@ -3,7 +3,9 @@
 Each layer holds E = 2 FFNs (expert 0 = text, expert 1 = vision), one set of kernels each, stacked
 [E, ...] at use; every position is hard-routed by its modality id. The production path groups tokens by modality with a
 stable sort and runs `jax.lax.ragged_dot` over the contiguous groups, so each token pays for exactly one
-FFN on backends with grouped matmuls (GPU/TPU; XLA:CPU lowers ragged_dot densely). `routed=False`
+FFN on backends with grouped matmuls (GPU/TPU; XLA:CPU lowers ragged_dot densely). Under a mesh the
+sort runs on each device's rows (`per_batch_shard`): a global sort would make XLA gather every
+device's tokens. `routed=False`
 computes every expert for every token and selects with a mask: the reference the routed path is tested
 against. With E = 1 (vision experts off) it is a plain SwiGLU FFN.
 """
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 
 from synergen_jax.config import StackConfig
 from synergen_jax.model.layers import INIT_STDDEV, dtype_of, partitioned
+from synergen_jax.parallel.sharding import per_batch_shard
 
 
 EXPERT_NAMES = ("text", "vision")
@@ -66,7 +69,9 @@ class ExpertFFN(nn.Module):
     if e == 1:
       return _swiglu(x, w_gate[0], w_up[0], w_down[0])
     if self.routed:
-      return routed_ffn(x, modality, w_gate, w_up, w_down)
+      # Per device shard: the sort and the grouped matmuls never see another device's rows, so the
+      # FFN's only collectives are FSDP's parameter gathers (and their gradients' reduction).
+      return per_batch_shard(routed_ffn, (x, modality), (w_gate, w_up, w_down))
     return dense_reference_ffn(x, modality, w_gate, w_up, w_down)
 
 

@@ -21,8 +21,10 @@ import numpy as np
 
 from synergen_jax.batch import grid_to_windows
 from synergen_jax.config import ModelConfig
-from synergen_jax.model.layers import dtype_of, normal_init, zeros_init
+from synergen_jax.model.chunked_xent import linear_cross_entropy
+from synergen_jax.model.layers import Classifier, dtype_of, normal_init, zeros_init
 from synergen_jax.model.transformer import DecoderStack
+from synergen_jax.parallel.sharding import per_batch_shard
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -89,23 +91,39 @@ class UnfoldHead(nn.Module):
     self.pos_table = self.param("pos_table", normal_init((None, "unfold_embed")),
                                 (cfg.fold_ratio, u.d_model), pdt)
     self.blocks = DecoderStack(u, decode=self.decode)
-    self.classifier = nn.Dense(cfg.codebook_size, use_bias=False, dtype=cdt, param_dtype=pdt,
-                               kernel_init=normal_init(("unfold_embed", "codebook")))
+    self.classifier = Classifier(u.d_model, cfg.codebook_size, ("unfold_embed", "codebook"),
+                                 u.dtype, u.param_dtype)
 
   def __call__(self, hidden: jax.Array, codes: jax.Array) -> jax.Array:
-    """Teacher-forced logits.
+    """Teacher-forced logits (inference and tests; training uses `loss_terms`).
 
     hidden: [N, d_model] LLM outputs of the predicting slots; codes: [N, r] target codes.
     Returns [N, r, codebook_size] float32 logits; position j sees hidden and codes[:, :j] only.
     """
+    return self.classifier(self.states(hidden, codes)).astype(jnp.float32)
+
+  def states(self, hidden: jax.Array, codes: jax.Array) -> jax.Array:
+    """The head's final states [N, r, du] before the classifier (same inputs as __call__)."""
     r = self.cfg.fold_ratio
     prefix = self.prefix_proj(hidden)[:, None, :]                                   # [N, 1, du]
     x = jnp.concatenate([prefix, self.code_embed(codes[:, : r - 1])], axis=1)       # [N, r, du]
     x = x + self.pos_table.astype(x.dtype)[None]
     n = x.shape[0]
     positions = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32), (n, r))
-    x = self.blocks(x, positions, None, jnp.zeros((n, r), jnp.int32))
-    return self.classifier(x).astype(jnp.float32)
+    return self.blocks(x, positions, None, jnp.zeros((n, r), jnp.int32))
+
+  def loss_terms(self, hidden: jax.Array, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """hidden: [B, W, d_model], codes: [B, W, r] -> (nll, hit), each [B, W, r] float32, from the
+    chunked cross-entropy: the [B, W, r, codebook_size] logits are never built."""
+    b, w, r = codes.shape
+    x = self.states(hidden.reshape(b * w, -1), codes.reshape(b * w, r))            # [B*W, r, du]
+    m = self.cfg
+    nll, hit = per_batch_shard(
+        lambda x, t, kernel: linear_cross_entropy(
+            x.reshape(-1, x.shape[-1]), kernel, t.reshape(-1), chunk_rows=m.loss_chunk_rows,
+            vocab_tile=m.loss_vocab_tile),
+        (x.reshape(b, w * r, -1), codes), (self.classifier.kernel.astype(x.dtype),))
+    return nll.reshape(b, w, r), hit.reshape(b, w, r)
 
   # -- KV-cached sampling, one code at a time (decode=True) -----------------------------------------
 

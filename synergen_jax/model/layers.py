@@ -38,6 +38,24 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return nn.with_logical_constraint(x, tuple(names))
 
 
+class Classifier(nn.Module):
+  """Bias-free [features, classes] projection (nn.Dense's parameter layout: `kernel`), whose kernel
+  the chunked loss (model/chunked_xent.py) reads directly instead of calling it on every position."""
+  features: int
+  classes: int
+  names: tuple[str, str]
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def setup(self):
+    self.kernel = self.param("kernel", normal_init(self.names), (self.features, self.classes),
+                             dtype_of(self.param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cdt = dtype_of(self.dtype)
+    return jnp.dot(x.astype(cdt), self.kernel.astype(cdt))
+
+
 class RMSNorm(nn.Module):
   """RMSNorm computed in float32 (as InternLM2/Llama do), cast back to the compute dtype."""
   eps: float

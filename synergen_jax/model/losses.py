@@ -18,24 +18,18 @@ def _weighted_mean(values, weights):
   return (values * weights).sum() / jnp.maximum(total, 1e-8), total
 
 
-def synergen_loss(outputs, batch, image_weight: float):
-  """Returns (loss, metrics) from SynerGenVL outputs and the batch."""
-  text_w = batch["text_weights"].astype(jnp.float32)
-  text_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["text_logits"],
-                                                            batch["text_targets"])
-  text_loss, text_count = _weighted_mean(text_ce, text_w)
-  text_acc, _ = _weighted_mean(
-      (outputs["text_logits"].argmax(-1) == batch["text_targets"]).astype(jnp.float32), text_w)
+def synergen_loss(outputs, image_weight: float):
+  """Returns (loss, metrics) from SynerGenVL's outputs (per-target nll and hits, gathered)."""
+  text_w = outputs["text_weights"].astype(jnp.float32)
+  text_loss, text_count = _weighted_mean(outputs["text_nll"], text_w)
+  text_acc, _ = _weighted_mean(outputs["text_hit"], text_w)
 
   img_w = outputs["image_weights"].astype(jnp.float32)
-  img_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["image_logits"],
-                                                           outputs["image_targets"])  # [B, W, r]
-  img_loss, img_windows = _weighted_mean(img_ce.mean(-1), img_w)
-  img_hit = (outputs["image_logits"].argmax(-1) == outputs["image_targets"]).astype(jnp.float32)
-  img_acc, _ = _weighted_mean(img_hit.mean(-1), img_w)
+  img_loss, img_windows = _weighted_mean(outputs["image_nll"].mean(-1), img_w)
+  img_acc, _ = _weighted_mean(outputs["image_hit"].mean(-1), img_w)
 
   loss = text_loss + image_weight * img_loss
-  r = outputs["image_targets"].shape[-1]
+  r = outputs["image_nll"].shape[-1]
   metrics = {
       "loss": loss,
       "loss/text": text_loss,
@@ -44,6 +38,22 @@ def synergen_loss(outputs, batch, image_weight: float):
       "accuracy/image": img_acc,
       "tokens/text": text_count,
       "tokens/image": img_windows * r,
-      "image/overflow_windows": outputs["image_overflow"],
   }
   return loss, jax.tree.map(jnp.asarray, metrics)
+
+
+def full_logits_loss(model, params, batch, image_weight: float):
+  """The same loss from full [B, T, text_vocab] and [B, T, r, codebook] logits, every head on every
+  slot: the reference the chunked, gathered heads are tested against, and the "before" of
+  bench/forward_backward.py. Returns the loss."""
+  hidden = model.apply(params, batch, method=model.hidden_states)
+  text_logits = model.apply(params, hidden, method=model.text_logits)
+  b, t, r = batch["image_targets"].shape
+  image_logits = model.apply(params, hidden.reshape(b * t, -1),
+                             batch["image_targets"].reshape(b * t, r), method=model.image_logits)
+  text_ce = optax.softmax_cross_entropy_with_integer_labels(text_logits, batch["text_targets"])
+  image_ce = optax.softmax_cross_entropy_with_integer_labels(
+      image_logits, batch["image_targets"].reshape(b * t, r)).reshape(b, t, r).mean(-1)
+  text_loss, _ = _weighted_mean(text_ce, batch["text_weights"].astype(jnp.float32))
+  image_loss, _ = _weighted_mean(image_ce, batch["image_weights"].astype(jnp.float32))
+  return text_loss + image_weight * image_loss

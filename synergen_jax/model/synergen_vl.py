@@ -14,21 +14,26 @@ import jax.numpy as jnp
 from synergen_jax.batch import IMAGE
 from synergen_jax.config import ModelConfig
 from synergen_jax.model.folding import FoldEmbed, UnfoldHead
-from synergen_jax.model.layers import constrain, dtype_of, normal_init
+from synergen_jax.model.chunked_xent import linear_cross_entropy
+from synergen_jax.model.layers import Classifier, constrain, dtype_of, normal_init
 from synergen_jax.model.transformer import DecoderStack
+from synergen_jax.parallel.sharding import per_batch_shard
 
 
-def gather_image_windows(image_weights: jax.Array, capacity: int):
-  """Indices of the slots whose window is a loss target, compacted to the front of each row.
+def gather_slots(selected: jax.Array, capacity: int):
+  """The first `capacity` slots of each row where `selected` holds, compacted to the front.
 
-  Returns (slot_index [B, capacity], kept_weight [B, capacity], overflow [] int): targets beyond the
-  capacity are not sent through the unfold head; `overflow` counts them so that is never silent.
+  Returns (slots [B, capacity] int32, valid [B, capacity] bool); entries past a row's count are
+  valid=False (they point at unselected slots). The packer's per-row budgets guarantee that no
+  selected slot falls beyond the capacity (data/budgets.py checks every batch on the host).
   """
-  is_target = image_weights > 0
-  order = jnp.argsort(~is_target, axis=-1, stable=True)[:, :capacity]
-  weights = jnp.take_along_axis(image_weights, order, axis=-1)
-  overflow = jnp.maximum(is_target.sum(-1) - capacity, 0).sum()
-  return order, weights, overflow
+  order = jnp.argsort(~selected, axis=-1, stable=True)[:, :capacity].astype(jnp.int32)
+  return order, jnp.take_along_axis(selected, order, axis=-1)
+
+
+def take_rows(x: jax.Array, slots: jax.Array) -> jax.Array:
+  """x [B, T, ...] at slots [B, C] -> [B, C, ...]."""
+  return jnp.take_along_axis(x, slots.reshape(slots.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 class SynerGenVL(nn.Module):
@@ -44,8 +49,8 @@ class SynerGenVL(nn.Module):
     self.fold_embed = FoldEmbed(cfg)
     self.decoder = DecoderStack(cfg.llm, self.routed_experts, decode=self.decode)
     if not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(cfg.text_vocab, use_bias=False, dtype=cdt, param_dtype=pdt,
-                              kernel_init=normal_init(("embed", "vocab")))
+      self.lm_head = Classifier(cfg.llm.d_model, cfg.text_vocab, ("embed", "vocab"),
+                                cfg.llm.dtype, cfg.llm.param_dtype)
     self.unfold_head = UnfoldHead(cfg, decode=self.decode)
     if cfg.new_tokens:
       # Tokens the sequence format adds to a (pretrained) LLM: <boi>, <eoi>, <UNCOND>. Their rows live
@@ -61,28 +66,44 @@ class SynerGenVL(nn.Module):
   def embed(self, batch) -> jax.Array:
     """Text embedding at text slots, folded window embedding at image slots: [B, T, d_model].
 
-    The fold MLP runs on every slot and is selected by modality: simpler than a gather, at a cost of
-    (fold MLP FLOPs x text slots), small next to one LLM layer.
+    The fold MLP runs on the row's image slots only, gathered into `image_slot_capacity` slots (all
+    slots when it is None) and scattered back over the text embeddings.
     """
     text = self.text_embed(batch["text_tokens"])
     for i, token in enumerate(self.cfg.new_tokens):
       text = jnp.where((batch["text_tokens"] == token)[..., None],
                        self.new_token_embed[i].astype(text.dtype), text)
-    image = self.fold_embed(batch["image_codes"], batch["window_ids"])
-    x = jnp.where((batch["modality"] == IMAGE)[..., None], image, text)
+    is_image = batch["modality"] == IMAGE
+    t = is_image.shape[1]
+    capacity = self.cfg.image_slot_capacity
+    if capacity is None or capacity >= t:
+      image = self.fold_embed(batch["image_codes"], batch["window_ids"])
+      x = jnp.where(is_image[..., None], image, text)
+    else:
+      slots, valid = gather_slots(is_image, capacity)
+      image = self.fold_embed(take_rows(batch["image_codes"], slots),
+                              take_rows(batch["window_ids"], slots))               # [B, C, D]
+      slots = jnp.where(valid, slots, t)                  # unused entries write nowhere ("drop")
+      x = jax.vmap(lambda row, s, u: row.at[s].set(u.astype(row.dtype), mode="drop"))(
+          text, slots, image)
     return constrain(x, ("batch", "length", "act_embed"))
 
   def backbone(self, x, batch) -> jax.Array:
     return self.decoder(x, batch["positions"], batch["segment_ids"], batch["modality"])
 
-  def text_logits(self, hidden) -> jax.Array:
-    if self.cfg.tie_embeddings:
-      logits = self.text_embed.attend(hidden)
-    else:
-      logits = self.lm_head(hidden)
+  def text_kernel(self) -> jax.Array:
+    """The LM head as a [d_model, text_vocab] matrix: the tied embedding or lm_head's kernel, with
+    the new tokens' columns taken from new_token_head."""
+    kernel = self.text_embed.embedding.T if self.cfg.tie_embeddings else self.lm_head.kernel
     if self.cfg.new_tokens:
-      new = hidden @ self.new_token_head.astype(hidden.dtype)
-      logits = logits.at[..., jnp.asarray(self.cfg.new_tokens)].set(new.astype(logits.dtype))
+      kernel = kernel.at[:, jnp.asarray(self.cfg.new_tokens)].set(
+          self.new_token_head.astype(kernel.dtype))
+    return kernel
+
+  def text_logits(self, hidden) -> jax.Array:
+    """Full logits [..., text_vocab] float32 (decoding and scoring; training uses __call__)."""
+    cdt = dtype_of(self.cfg.llm.dtype)
+    logits = jnp.dot(hidden.astype(cdt), self.text_kernel().astype(cdt))
     return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
   def image_logits(self, hidden, codes) -> jax.Array:
@@ -103,21 +124,31 @@ class SynerGenVL(nn.Module):
   # -- training forward ------------------------------------------------------------------------------
 
   def __call__(self, batch):
-    """Teacher-forced forward. Returns a dict:
+    """Teacher-forced forward to per-target losses; no [*, vocabulary] logits are ever built.
 
-      text_logits   [B, T, V] float32
-      image_logits  [B, W, r, K] float32 for the W = unfold capacity gathered target windows
-      image_targets [B, W, r], image_weights [B, W]: the gathered targets and their weights
-      image_overflow []: target windows that did not fit the unfold capacity (not in the loss)
+    Returns a dict (C_t = text_target_capacity, C_w = unfold_capacity, None = T):
+      text_nll, text_hit [B, C_t]: -log p and argmax == target at the gathered text-target slots
+      text_weights [B, C_t]: their loss weights (0 for unused capacity)
+      image_nll, image_hit [B, C_w, r]: the same per code of the gathered target windows
+      image_weights [B, C_w]
     """
     hidden = self.hidden_states(batch)
-    b, t = batch["image_weights"].shape
-    capacity = min(self.cfg.unfold_capacity or t, t)
-    slots, weights, overflow = gather_image_windows(batch["image_weights"], capacity)
-    h = jnp.take_along_axis(hidden, slots[..., None], axis=1)                       # [B, W, D]
-    targets = jnp.take_along_axis(batch["image_targets"], slots[..., None], axis=1)  # [B, W, r]
-    r = self.cfg.fold_ratio
-    logits = self.image_logits(h.reshape(b * capacity, -1), targets.reshape(b * capacity, r))
-    return dict(text_logits=self.text_logits(hidden),
-                image_logits=logits.reshape(b, capacity, r, -1),
-                image_targets=targets, image_weights=weights, image_overflow=overflow)
+    t = hidden.shape[1]
+    m = self.cfg
+
+    slots, valid = gather_slots(batch["text_weights"] > 0, min(m.text_target_capacity or t, t))
+    text_nll, text_hit = per_batch_shard(
+        lambda h, y, kernel: linear_cross_entropy(
+            h.reshape(-1, h.shape[-1]), kernel, y.reshape(-1), chunk_rows=m.loss_chunk_rows,
+            vocab_tile=m.loss_vocab_tile),
+        (take_rows(hidden, slots), take_rows(batch["text_targets"], slots)),
+        (self.text_kernel().astype(hidden.dtype),))
+    b, c = slots.shape
+    text_weights = jnp.where(valid, take_rows(batch["text_weights"], slots), 0.0)
+
+    windows, valid = gather_slots(batch["image_weights"] > 0, min(m.unfold_capacity or t, t))
+    image_nll, image_hit = self.unfold_head.loss_terms(take_rows(hidden, windows),
+                                                       take_rows(batch["image_targets"], windows))
+    return dict(text_nll=text_nll.reshape(b, c), text_hit=text_hit.reshape(b, c),
+                text_weights=text_weights, image_nll=image_nll, image_hit=image_hit,
+                image_weights=jnp.where(valid, take_rows(batch["image_weights"], windows), 0.0))

@@ -8,6 +8,8 @@ Mesh axes: `data`, `fsdp`, `tensor` (parallel/mesh.py).
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 
@@ -79,6 +81,28 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """A batch's rows over the mesh axes the rules give `batch`; everything else replicated."""
   axes = tuple(a for a in dict(LOGICAL_RULES)["batch"] if a in mesh.axis_names)
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+
+
+def per_batch_shard(fn, batched, replicated):
+  """fn(*batched, *replicated) on each device's rows under the current mesh (`shard_map`).
+
+  batched: arrays whose leading axis is rows, split like the `batch` activation axis; replicated:
+  arrays every device needs whole (parameters: under FSDP, entering whole is the parameter gather
+  FSDP does anyway, and their gradients leave as a sum over devices). fn's outputs are per-row
+  arrays, split the same way. So whatever fn does along rows (sorting, chunked loops) stays on the
+  device. Outside a mesh, on one device, or with rows that do not split evenly (a decoding batch),
+  fn runs as it is and XLA partitions it.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(*batched, *replicated)
+  axes = tuple(a for a in dict(LOGICAL_RULES)["batch"] if a in mesh.axis_names)
+  shards = math.prod(mesh.shape[a] for a in axes)
+  if any(x.shape[0] % shards for x in batched):
+    return fn(*batched, *replicated)
+  rows, whole = jax.sharding.PartitionSpec(axes), jax.sharding.PartitionSpec()
+  return jax.shard_map(fn, in_specs=(rows,) * len(batched) + (whole,) * len(replicated),
+                       out_specs=rows, check_vma=False)(*batched, *replicated)
 
 
 def spec_table(shardings) -> dict[str, str]:

@@ -20,7 +20,7 @@ def _sums_fn(model, image_weight: float):
   """One jitted pass per (model, loss weight): a run with eval_every compiles it once, not per eval."""
   @jax.jit
   def sums(params, batch):
-    _, m = synergen_loss(model.apply(params, batch), batch, image_weight)
+    _, m = synergen_loss(model.apply(params, batch), image_weight)
     t, i = m["tokens/text"], m["tokens/image"]
     return dict(text_loss=m["loss/text"] * t, text_acc=m["accuracy/text"] * t, text=t,
                 image_loss=m["loss/image"] * i, image_acc=m["accuracy/image"] * i, image=i,

@@ -146,7 +146,6 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
             "data_wait_fraction": window["wait"] / elapsed,
             "mfu": (window["flops"] / elapsed / (peak * jax.device_count())) if peak else None,
             "nonfinite_skipped": int(jax.device_get(state["nonfinite"])),
-            "image/overflow_windows": float(m["image/overflow_windows"]),
             **component_examples(data)})
         writer.progress(step + 1, loss, window["tokens"] / elapsed,
                         elapsed / window["n"] * (end - step - 1))

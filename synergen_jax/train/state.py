@@ -79,7 +79,7 @@ def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_ac
   increments state["nonfinite"]; the loop decides whether to go on.
   """
   def loss_fn(params, batch):
-    loss, metrics = synergen_loss(model.apply(params, batch), batch, image_weight)
+    loss, metrics = synergen_loss(model.apply(params, batch), image_weight)
     return loss, metrics
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -169,7 +169,7 @@ def test_recipe_reuses_internlm2s_unused_tokens(inputs, tmp_path):
       if k.startswith("new_token_")})()
   start = {"params": {**params, **fresh}}
   batch = jax.device_get(next(make_iterator(resolved, mesh=make_mesh(resolved.mesh, ONE_DEVICE))))
-  want = jax.jit(lambda p, b: synergen_loss(model.apply(p, b), b, resolved.loss.image_weight)[0])(
+  want = jax.jit(lambda p, b: synergen_loss(model.apply(p, b), resolved.loss.image_weight)[0])(
       start, batch)
   np.testing.assert_allclose(result["losses"][1], float(want), rtol=1e-5)
   trained = jax.device_get(result["state"]["params"])["params"]

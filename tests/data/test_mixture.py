@@ -49,8 +49,9 @@ def _subset(tiny_data, out, quota: dict) -> str:
       for i in chosen:
         writer.write(reader[i])
       writer.close()
-    np.savez(os.path.join(out, f"{split}-index.npz"), text_len=prepared.text_len[chosen],
-             n_images=prepared.n_images[chosen])
+    np.savez(os.path.join(out, f"{split}-index.npz"),
+             **{f: getattr(prepared, f)[chosen]
+                for f in ("text_len", "n_images", "loss_text_len", "n_loss_images")})
     meta["splits"][split] = dict(examples=len(chosen), shards=[name] if chosen else [],
                                  shard_sizes=[len(chosen)] if chosen else [], tasks={})
   with open(os.path.join(out, "meta.json"), "w") as f:

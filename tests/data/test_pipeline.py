@@ -13,7 +13,8 @@ import pytest
 from array_record.python import array_record_module
 
 from helpers import tiny
-from synergen_jax.data import layout, pipeline
+from synergen_jax.config import CAPACITIES
+from synergen_jax.data import budgets, layout, pipeline
 from synergen_jax.data.errors import DataError
 from synergen_jax.data.records import TASK_NAMES, decode_record, encode_record, record_parts
 
@@ -63,24 +64,33 @@ def test_real_batches_are_well_formed_for_every_fold(tiny_data, fold):
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
-@hypothesis.given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 2)), min_size=1, max_size=30),
-                  st.sampled_from([(1, 1), (2, 2), (1, 4)]), st.integers(1, 4))
-def test_packing_never_splits_or_loses_an_example(shapes, fold, bins):
-  """Random text lengths and image counts through the pipeline's packing stage."""
+@hypothesis.given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 2), st.booleans(),
+                                     st.booleans()), min_size=1, max_size=30),
+                  st.sampled_from([(1, 1), (2, 2), (1, 4)]), st.integers(1, 4),
+                  st.tuples(st.integers(4, 40), st.integers(4, 40), st.integers(4, 40)))
+def test_packing_never_splits_or_loses_an_example(shapes, fold, bins, limits):
+  """Random text lengths, image counts and loss flags through the pipeline's packing stage, under
+  random per-row budgets: no row exceeds one, and every example that fits them comes out whole."""
   _, mc = tiny("fold=%dx%d" % fold)
   seq_len = 40
+  row_budgets = dict(zip(CAPACITIES, limits))
   rng = np.random.default_rng(len(shapes))
   examples = []
-  for n_text, n_images in shapes:
-    parts = [layout.Text(rng.integers(10, 60, n_text), True)]
-    parts += [layout.Image(rng.integers(0, 32, (4, 4)), True) for _ in range(n_images)]
+  for n_text, n_images, text_loss, image_loss in shapes:
+    parts = [layout.Text(rng.integers(10, 60, n_text), text_loss)]
+    parts += [layout.Image(rng.integers(0, 32, (4, 4)), image_loss) for _ in range(n_images)]
     ex = layout.layout_example(parts, fold)
-    if len(ex["text_tokens"]) <= seq_len:
-      examples.append(ex)
+    counts = budgets.slot_counts(ex)
+    if len(ex["text_tokens"]) <= seq_len and all(counts[k] <= row_budgets[k] for k in counts):
+      examples.append(pipeline.add_budget_features(ex))
   hypothesis.assume(examples)
-  rows = list(pipeline.pack_rows(grain.MapDataset.source(examples).to_iter_dataset(), seq_len, bins))
+  rows = list(pipeline.pack_rows(grain.MapDataset.source(examples).to_iter_dataset(), seq_len, bins,
+                                 row_budgets))
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
   _assert_rows_well_formed(batch, mc, layout.SpecialTokens())
+  for row in rows:
+    for name, count in budgets.slot_counts(row).items():
+      assert count <= row_budgets[name], (name, count, row_budgets[name])
   # Every example comes out whole, exactly once, in some row.
   seen = []
   for row in rows:

@@ -39,7 +39,7 @@ def test_model_routed_equals_dense_reference():
 
   def loss(params, routed):
     out = SynerGenVL(mc, routed_experts=routed).apply(params, batch)
-    return synergen_loss(out, batch, 2.0)[0]
+    return synergen_loss(out, 2.0)[0]
 
   loss = jax.jit(loss, static_argnums=1)
   np.testing.assert_allclose(loss(params, True), loss(params, False), rtol=1e-5)
@@ -52,7 +52,7 @@ def _expert_grads(mc, batch):
   """Summed |gradient| of the text (expert 0) and vision (expert 1) FFN weights of all layers."""
   params = init_params(mc, batch)
   grads = jax.jit(jax.grad(
-      lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0]))(params)
+      lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), 2.0)[0]))(params)
   ffns = [grads["params"]["decoder"][f"layer_{i}"]["ffn"] for i in range(mc.llm.num_layers)]
   def total(expert):
     return sum(float(jnp.abs(w).sum()) for ffn in ffns for k, w in ffn.items() if k.startswith(expert))

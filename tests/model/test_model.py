@@ -9,7 +9,7 @@ import pytest
 
 from helpers import init_params, random_batch, tiny
 from synergen_jax.model import accounting
-from synergen_jax.model.losses import synergen_loss
+from synergen_jax.model.losses import full_logits_loss, synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 
 
@@ -75,7 +75,7 @@ def test_random_init_loss_is_log_vocab():
   _, mc = tiny()
   batch = random_batch(mc, rows=4, seq_len=32, seed=8)
   params = init_params(mc, batch)
-  _, metrics = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0))(params)
+  _, metrics = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), 2.0))(params)
   assert metrics["tokens/text"] > 0 and metrics["tokens/image"] > 0
   np.testing.assert_allclose(metrics["loss/text"], np.log(mc.text_vocab), atol=0.05)
   np.testing.assert_allclose(metrics["loss/image"], np.log(mc.codebook_size), atol=0.05)
@@ -102,7 +102,7 @@ def test_scan_and_remat_match_unrolled(arg):
   assert jax.tree.structure(params2) == jax.tree.structure(init_params(mc2, batch))
 
   def grads(mc, params):
-    f = lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0]
+    f = lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), 2.0)[0]
     return jax.jit(jax.value_and_grad(f))(params)
 
   (l1, g1), (l2, g2) = grads(mc, params), grads(mc2, params2)
@@ -113,19 +113,29 @@ def test_scan_and_remat_match_unrolled(arg):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_unfold_capacity_gathers_exactly_the_targets():
-  _, mc = tiny()
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_heads_equal_full_logits(tie):
+  """Loss and every gradient equal the full-logits loss (f32, 1e-5), over several position chunks and
+  vocabulary tiles (with a padded last tile), with the capacities at each row's exact need."""
+  config, _ = tiny()
+  config.model.update(new_tokens=(3, 4), tie_embeddings=tie)
+  from synergen_jax.config import validate_config
+  mc = validate_config(config)
   batch = random_batch(mc, rows=3, seq_len=32, seed=10)
   params = init_params(mc, batch)
-  loss = lambda mc: jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0))(params)
-  full_loss, full = loss(mc)
-  most = int((batch["image_weights"] > 0).sum(-1).max())
-  exact_loss, exact = loss(dataclasses.replace(mc, unfold_capacity=most))
-  np.testing.assert_allclose(exact_loss, full_loss, rtol=1e-6)
-  assert exact["image/overflow_windows"] == 0
-  _, short = loss(dataclasses.replace(mc, unfold_capacity=most - 1))
-  assert short["image/overflow_windows"] >= 1
-  assert short["tokens/image"] == full["tokens/image"] - short["image/overflow_windows"] * mc.fold_ratio
+  need = lambda selected: int(selected.sum(-1).max())
+  chunked = dataclasses.replace(
+      mc, loss_chunk_rows=5, loss_vocab_tile=mc.codebook_size // 3 + 1,
+      text_target_capacity=need(batch["text_weights"] > 0),
+      image_slot_capacity=need(batch["modality"] == 1),
+      unfold_capacity=need(batch["image_weights"] > 0))
+  assert chunked.unfold_capacity < 32 and chunked.text_target_capacity < 32
+  want, want_g = jax.jit(jax.value_and_grad(lambda p: full_logits_loss(SynerGenVL(mc), p, batch, 2.0)))(params)
+  got, got_g = jax.jit(jax.value_and_grad(
+      lambda p: synergen_loss(SynerGenVL(chunked).apply(p, batch), 2.0)[0]))(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want_g)[0], jax.tree.leaves(got_g)):
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 def test_bfloat16_compute_stays_close_to_float32():
@@ -134,8 +144,8 @@ def test_bfloat16_compute_stays_close_to_float32():
                              unfold=dataclasses.replace(mc.unfold, dtype="bfloat16"))
   batch = random_batch(mc, rows=2, seq_len=32, seed=11)
   params = init_params(mc, batch)
-  l32 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), batch, 2.0)[0])(params)
-  l16 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc16).apply(p, batch), batch, 2.0)[0])(params)
+  l32 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc).apply(p, batch), 2.0)[0])(params)
+  l16 = jax.jit(lambda p: synergen_loss(SynerGenVL(mc16).apply(p, batch), 2.0)[0])(params)
   np.testing.assert_allclose(l16, l32, rtol=1e-2)
 
 
@@ -154,7 +164,7 @@ def test_new_tokens_use_their_own_rows():
   p = params["params"]
   np.testing.assert_allclose(logits[..., 3], hidden @ p["new_token_head"][:, 0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(logits[..., 5], hidden @ p["lm_head"]["kernel"][:, 5], rtol=1e-5, atol=1e-5)
-  grads = jax.grad(lambda q: synergen_loss(model.apply(q, batch), batch, 2.0)[0])(params)["params"]
+  grads = jax.grad(lambda q: synergen_loss(model.apply(q, batch), 2.0)[0])(params)["params"]
   assert float(jnp.abs(grads["text_embed"]["embedding"][3:5]).sum()) == 0.0
   assert float(jnp.abs(grads["lm_head"]["kernel"][:, 3:5]).sum()) == 0.0
   uses_new = bool(np.isin(batch["text_tokens"], [3, 4]).any())

@@ -117,7 +117,7 @@ def test_heldout_metrics_weight_batches_by_their_targets(tiny_data, tmp_path):
   model = SynerGenVL(validate_config(config))
   got = heldout_metrics(config, model, params, mesh=None, max_batches=2)
   it = make_iterator(config, split="eval", num_epochs=1)
-  per = [synergen_loss(model.apply(params, b), b, config.loss.image_weight)[1] for b in (next(it), next(it))]
+  per = [synergen_loss(model.apply(params, b), config.loss.image_weight)[1] for b in (next(it), next(it))]
   t = [float(m["tokens/text"]) for m in per]
   want = sum(float(m["loss/text"]) * w for m, w in zip(per, t)) / sum(t)
   np.testing.assert_allclose(got["eval/loss/text"], want, rtol=1e-5)
