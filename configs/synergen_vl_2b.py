@@ -61,7 +61,7 @@ def get_config(arg=None):
                       learning_rate={"1": 1e-4, "2": 5e-5, "sft": 5e-5}[arg.stage],
                       schedule={"1": "constant", "2": "cosine", "sft": "cosine"}[arg.stage],
                       weight_decay={"1": 0.05, "2": 0.05, "sft": 0.01}[arg.stage])
-  config.train.batch_size = 256
+  config.train.batch_size = {"1": 256, "2": 128, "sft": 64}[arg.stage]   # x seq_len: ~1M slots
   config.train.steps = {"1": 95_000, "2": 35_000, "sft": 12_000}[arg.stage]
   # FSDP over the whole slice: billions of parameters and their Adam moments are never copied whole
   # onto every chip, and a mesh that would replicate more than 1% of the parameter bytes fails first.

@@ -172,6 +172,7 @@ class ModelKeys:
   # The chunked cross-entropy (model/chunked_xent.py): positions per chunk, vocabulary per tile.
   loss_chunk_rows: int = 2048
   loss_vocab_tile: int = 8192
+  unfold_chunk: int = 256         # target windows per row through the unfold head at a time
   new_tokens: tuple[int, ...] = ()     # ids whose embedding / LM-head rows are separate parameters
 
 
@@ -207,6 +208,7 @@ class ModelConfig:
   image_slot_capacity: int | None = None
   loss_chunk_rows: int = 2048
   loss_vocab_tile: int = 8192
+  unfold_chunk: int = 256
   new_tokens: tuple[int, ...] = ()   # ids whose embedding / LM-head rows are separate parameters
 
   @property
@@ -245,7 +247,7 @@ class ModelConfig:
                fold_mlp_hidden=m.fold_mlp_hidden, init_vision_from_text=m.init_vision_from_text,
                unfold_capacity=m.unfold_capacity, text_target_capacity=m.text_target_capacity,
                image_slot_capacity=m.image_slot_capacity, loss_chunk_rows=m.loss_chunk_rows,
-               loss_vocab_tile=m.loss_vocab_tile, new_tokens=tuple(int(t) for t in m.new_tokens))
+               loss_vocab_tile=m.loss_vocab_tile, unfold_chunk=m.unfold_chunk, new_tokens=tuple(int(t) for t in m.new_tokens))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +322,7 @@ def validate_model(mc: ModelConfig) -> None:
     value = getattr(mc, field)
     _check(value is None or (isinstance(value, int) and value > 0),
            f"config.model.{field}={value!r} must be None (derived from the data) or > 0")
-  for field in ("loss_chunk_rows", "loss_vocab_tile"):
+  for field in ("loss_chunk_rows", "loss_vocab_tile", "unfold_chunk"):
     value = getattr(mc, field)
     _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
 

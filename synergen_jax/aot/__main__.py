@@ -17,6 +17,12 @@ temporaries figure and available HBM are reported).
 
 from __future__ import annotations
 
+import os
+
+# Nothing runs on an accelerator here: the local platform is the CPU, and the CUDA plugin (which
+# otherwise checks for CUDA libraries such as cuPTI that a CPU host lacks) only describes targets.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import dataclasses
 import json
 import sys
@@ -36,6 +42,7 @@ flags.DEFINE_string("accelerator_type", None, "instead of --topology: a gcloud T
 flags.DEFINE_string("mesh", None, "mesh override, e.g. data=1,fsdp=-1,tensor=1")
 flags.DEFINE_float("hbm_gb", None, "HBM per chip in GiB (default: from the device kind)")
 flags.DEFINE_string("json", None, "also write the report as JSON here")
+flags.DEFINE_string("hlo", None, "also write the compiled program's HLO text here")
 
 
 def main(argv):
@@ -47,7 +54,7 @@ def main(argv):
   if bool(FLAGS.topology) == bool(FLAGS.accelerator_type):
     raise app.UsageError("give one of --topology (v5p:4x4x4, h100:1x8) or --accelerator_type (v5p-128)")
   topology = FLAGS.topology or tpu_topology_of(FLAGS.accelerator_type)
-  report = compile_report(config, topology, FLAGS.hbm_gb)
+  report = compile_report(config, topology, FLAGS.hbm_gb, hlo_path=FLAGS.hlo)
   print(format_report(report))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

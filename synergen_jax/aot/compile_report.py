@@ -32,16 +32,21 @@ _SHAPE = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
 _SINGLETON_GROUPS = re.compile(r"replica_groups=\{(?:\{\d+\},?)+\}")
 
 
-def collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
-  """(op, result shape) of every collective in a compiled module's HLO text (one entry per array of
-  a tuple result). Collectives over one-device groups (a size-1 mesh axis) move nothing and are
-  left out."""
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...], str]]:
+  """(op, result shape, the JAX op it came from) of every collective in a compiled module's HLO
+  text (one entry per array of a tuple result). Collectives over one-device groups (a size-1 mesh
+  axis) move nothing and are left out."""
   out = []
   for line in hlo_text.splitlines():
     match = _COLLECTIVE.search(line)
     if match and not _SINGLETON_GROUPS.search(line):
+      name = _OP_NAME.search(line)
       for dims in _SHAPE.findall(match.group(1)):
-        out.append((match.group(2), tuple(int(d) for d in dims.split(",") if d)))
+        out.append((match.group(2), tuple(int(d) for d in dims.split(",") if d),
+                    name.group(1) if name else ""))
   return out
 
 
@@ -65,7 +70,7 @@ class Report:
   xla_flops: float            # per device, XLA's count
   compile_seconds: float
   budgets: dict = dataclasses.field(default_factory=dict)       # the per-row budgets compiled
-  collectives: dict = dataclasses.field(default_factory=dict)   # op -> [count, bytes per device]
+  collectives: dict = dataclasses.field(default_factory=dict)   # op -> [count, elements per device]
 
   @property
   def fits(self) -> bool:
@@ -112,7 +117,8 @@ def for_target(config, devices):
   return validate_config(config)
 
 
-def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report:
+def compile_report(config, topology: str, hbm_gb: float | None = None,
+                   hlo_path: str | None = None) -> Report:
   validate_config(config)                         # config errors before any compilation
   devices, target_hbm = topology_devices(topology)
   mc = for_target(config, devices)
@@ -152,9 +158,13 @@ def compile_report(config, topology: str, hbm_gb: float | None = None) -> Report
     total = params + optimizer + batch_bytes + temp
     hbm = min(hbm, int(float(oom.group(2)) * 2**30))
   else:
-    found = collectives(compiled.as_text())
+    hlo = compiled.as_text()
+    if hlo_path:
+      with open(hlo_path, "w") as f:
+        f.write(hlo)
+    found = collectives(hlo)
     moved = {}
-    for op, shape in found:
+    for op, shape, _ in found:
       count, size = moved.get(op, (0, 0))
       moved[op] = (count + 1, size + math.prod(shape))
     memory = compiled.memory_analysis()

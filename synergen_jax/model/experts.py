@@ -71,7 +71,8 @@ class ExpertFFN(nn.Module):
     if self.routed:
       # Per device shard: the sort and the grouped matmuls never see another device's rows, so the
       # FFN's only collectives are FSDP's parameter gathers (and their gradients' reduction).
-      return per_batch_shard(routed_ffn, (x, modality), (w_gate, w_up, w_down))
+      return per_batch_shard(routed_ffn, (x, modality), (w_gate, w_up, w_down),
+                             (("expert", "embed", "mlp"),) * 2 + (("expert", "mlp", "embed"),))
     return dense_reference_ffn(x, modality, w_gate, w_up, w_down)
 
 

@@ -14,6 +14,8 @@ state entering as a prefix is our documented choice (the paper does not say how 
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ import numpy as np
 from synergen_jax.batch import grid_to_windows
 from synergen_jax.config import ModelConfig
 from synergen_jax.model.chunked_xent import linear_cross_entropy
-from synergen_jax.model.layers import Classifier, dtype_of, normal_init, zeros_init
+from synergen_jax.model.layers import Classifier, dtype_of, lookup, normal_init, zeros_init
 from synergen_jax.model.transformer import DecoderStack
 from synergen_jax.parallel.sharding import per_batch_shard
 
@@ -60,7 +62,8 @@ class FoldEmbed(nn.Module):
     pos_embed = self.param("pos_embed", normal_init(("grid", "code_embed")),
                            (grid_cells, cfg.code_embed_dim), pdt)
     cells = jnp.asarray(window_cell_ids(cfg.code_grid, cfg.fold))[window_ids]     # [..., r]
-    e = code_embed(codes) + pos_embed.astype(cdt)[cells]                            # [..., r, dc]
+    e = lookup((code_embed.embedding.astype(cdt), pos_embed.astype(cdt)), (codes, cells),
+               (("codebook", "code_embed"), ("grid", "code_embed")))                # [..., r, dc]
     e = e.reshape(e.shape[:-2] + (cfg.fold_ratio * cfg.code_embed_dim,))            # row-major concat
     h = nn.Dense(cfg.fold_mlp_hidden, dtype=cdt, param_dtype=pdt,
                  kernel_init=normal_init(("fold_in", "mlp")), bias_init=zeros_init(("mlp",)),
@@ -90,7 +93,8 @@ class UnfoldHead(nn.Module):
                                embedding_init=normal_init(("codebook", "unfold_embed")))
     self.pos_table = self.param("pos_table", normal_init((None, "unfold_embed")),
                                 (cfg.fold_ratio, u.d_model), pdt)
-    self.blocks = DecoderStack(u, decode=self.decode)
+    # Rematerialised per chunk of windows in loss_terms, so not layer by layer as well.
+    self.blocks = DecoderStack(dataclasses.replace(u, remat_policy="none"), decode=self.decode)
     self.classifier = Classifier(u.d_model, cfg.codebook_size, ("unfold_embed", "codebook"),
                                  u.dtype, u.param_dtype)
 
@@ -106,15 +110,41 @@ class UnfoldHead(nn.Module):
     """The head's final states [N, r, du] before the classifier (same inputs as __call__)."""
     r = self.cfg.fold_ratio
     prefix = self.prefix_proj(hidden)[:, None, :]                                   # [N, 1, du]
-    x = jnp.concatenate([prefix, self.code_embed(codes[:, : r - 1])], axis=1)       # [N, r, du]
+    embedded = lookup((self.code_embed.embedding.astype(prefix.dtype),),
+                      (codes[:, : r - 1],), (("codebook", "unfold_embed"),))
+    x = jnp.concatenate([prefix, embedded], axis=1)                                 # [N, r, du]
     x = x + self.pos_table.astype(x.dtype)[None]
     n = x.shape[0]
     positions = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32), (n, r))
     return self.blocks(x, positions, None, jnp.zeros((n, r), jnp.int32))
 
   def loss_terms(self, hidden: jax.Array, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """hidden: [B, W, d_model], codes: [B, W, r] -> (nll, hit), each [B, W, r] float32, from the
-    chunked cross-entropy: the [B, W, r, codebook_size] logits are never built."""
+    """hidden: [B, W, d_model], codes: [B, W, r] -> (nll, hit), each [B, W, r] float32.
+
+    The windows go through the head and its chunked cross-entropy (the [B, W, r, codebook] logits
+    are never built) `unfold_chunk` windows per row at a time: a scan whose chunks are each
+    rematerialised whole when the config asks for remat, so the head's activations are held for one
+    chunk, not for every target window of the row (at paper scale ~10x the LLM's positions).
+    """
+    b, w, r = codes.shape
+    n = -(-w // self.cfg.unfold_chunk)                  # chunks per row, equal sizes, padded
+    size = -(-w // n)
+
+    def chunk(module, carry, xs):
+      return carry, module._chunk_loss(*xs)
+    if self.cfg.unfold.remat_policy != "none":     # the whole chunk, instead of layer by layer
+      chunk = nn.remat(chunk, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+    if n == 1:
+      return chunk(self, None, (hidden, codes))[1]
+    pad = ((0, 0), (0, n * size - w), (0, 0))
+    hidden = jnp.pad(hidden, pad).reshape(b, n, size, -1)
+    codes = jnp.pad(codes, pad).reshape(b, n, size, r)
+    scan = nn.scan(chunk, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=1, out_axes=1, length=n)
+    _, (nll, hit) = scan(self, None, (hidden, codes))
+    return (nll.reshape(b, n * size, r)[:, :w], hit.reshape(b, n * size, r)[:, :w])
+
+  def _chunk_loss(self, hidden, codes):
     b, w, r = codes.shape
     x = self.states(hidden.reshape(b * w, -1), codes.reshape(b * w, r))            # [B*W, r, du]
     m = self.cfg
@@ -122,7 +152,8 @@ class UnfoldHead(nn.Module):
         lambda x, t, kernel: linear_cross_entropy(
             x.reshape(-1, x.shape[-1]), kernel, t.reshape(-1), chunk_rows=m.loss_chunk_rows,
             vocab_tile=m.loss_vocab_tile),
-        (x.reshape(b, w * r, -1), codes), (self.classifier.kernel.astype(x.dtype),))
+        (x.reshape(b, w * r, -1), codes), (self.classifier.kernel.astype(x.dtype),),
+        (("unfold_embed", "codebook"),))
     return nll.reshape(b, w, r), hit.reshape(b, w, r)
 
   # -- KV-cached sampling, one code at a time (decode=True) -----------------------------------------

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from synergen_jax.parallel.sharding import per_batch_shard
+
 # Llama/InternLM2 initialise every linear and embedding with N(0, 0.02); keeping it means a random
 # model's logits are near zero and its loss starts at ~log(vocab).
 INIT_STDDEV = 0.02
@@ -31,6 +33,15 @@ def normal_init(names: Sequence[str | None], stddev: float = INIT_STDDEV):
 
 def zeros_init(names: Sequence[str | None]):
   return partitioned(nn.initializers.zeros_init(), names)
+
+
+def lookup(tables, ids, names) -> jax.Array:
+  """sum_i tables[i][ids[i]] on each device's rows with the tables all-gathered (FSDP's parameter
+  gather; `names`: each table's logical axes): XLA would otherwise look up every device's ids in
+  its slice of a table and trade the results across devices (an all-to-all of activations)."""
+  def run(*args):
+    return sum(jnp.take(t, i, axis=0) for i, t in zip(args[:len(ids)], args[len(ids):]))
+  return per_batch_shard(run, tuple(ids), tuple(tables), tuple(names))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -15,7 +15,7 @@ from synergen_jax.batch import IMAGE
 from synergen_jax.config import ModelConfig
 from synergen_jax.model.folding import FoldEmbed, UnfoldHead
 from synergen_jax.model.chunked_xent import linear_cross_entropy
-from synergen_jax.model.layers import Classifier, constrain, dtype_of, normal_init
+from synergen_jax.model.layers import Classifier, constrain, dtype_of, lookup, normal_init
 from synergen_jax.model.transformer import DecoderStack
 from synergen_jax.parallel.sharding import per_batch_shard
 
@@ -46,7 +46,10 @@ class SynerGenVL(nn.Module):
     pdt, cdt = dtype_of(cfg.llm.param_dtype), dtype_of(cfg.llm.dtype)
     self.text_embed = nn.Embed(cfg.text_vocab, cfg.llm.d_model, dtype=cdt, param_dtype=pdt,
                                embedding_init=normal_init(("vocab", "embed")))
-    self.fold_embed = FoldEmbed(cfg)
+    # The fold MLP's input is r x code_embed_dim wide per image slot (16 x 2048 in the paper config):
+    # recomputed in the backward pass rather than held, when the config rematerialises.
+    fold = FoldEmbed if cfg.llm.remat_policy == "none" or self.decode else nn.remat(FoldEmbed)
+    self.fold_embed = fold(cfg)
     self.decoder = DecoderStack(cfg.llm, self.routed_experts, decode=self.decode)
     if not cfg.tie_embeddings:
       self.lm_head = Classifier(cfg.llm.d_model, cfg.text_vocab, ("embed", "vocab"),
@@ -69,7 +72,8 @@ class SynerGenVL(nn.Module):
     The fold MLP runs on the row's image slots only, gathered into `image_slot_capacity` slots (all
     slots when it is None) and scattered back over the text embeddings.
     """
-    text = self.text_embed(batch["text_tokens"])
+    text = lookup((self.text_embed.embedding.astype(dtype_of(self.cfg.llm.dtype)),),
+                  (batch["text_tokens"],), (("vocab", "embed"),))
     for i, token in enumerate(self.cfg.new_tokens):
       text = jnp.where((batch["text_tokens"] == token)[..., None],
                        self.new_token_embed[i].astype(text.dtype), text)
@@ -142,7 +146,7 @@ class SynerGenVL(nn.Module):
             h.reshape(-1, h.shape[-1]), kernel, y.reshape(-1), chunk_rows=m.loss_chunk_rows,
             vocab_tile=m.loss_vocab_tile),
         (take_rows(hidden, slots), take_rows(batch["text_targets"], slots)),
-        (self.text_kernel().astype(hidden.dtype),))
+        (self.text_kernel().astype(hidden.dtype),), (("embed", "vocab"),))
     b, c = slots.shape
     text_weights = jnp.where(valid, take_rows(batch["text_weights"], slots), 0.0)
 

@@ -83,26 +83,42 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
 
 
-def per_batch_shard(fn, batched, replicated):
-  """fn(*batched, *replicated) on each device's rows under the current mesh (`shard_map`).
+def per_batch_shard(fn, batched, params=(), param_names=None):
+  """fn(*batched, *params) on each device's rows under the current mesh (`shard_map`).
 
-  batched: arrays whose leading axis is rows, split like the `batch` activation axis; replicated:
-  arrays every device needs whole (parameters: under FSDP, entering whole is the parameter gather
-  FSDP does anyway, and their gradients leave as a sum over devices). fn's outputs are per-row
-  arrays, split the same way. So whatever fn does along rows (sorting, chunked loops) stays on the
-  device. Outside a mesh, on one device, or with rows that do not split evenly (a decoding batch),
-  fn runs as it is and XLA partitions it.
+  batched: arrays whose leading axis is rows, split like the `batch` activation axis; fn's outputs
+  are per-row arrays split the same way, so whatever fn does along rows (sorting, chunked loops)
+  stays on the device. params: arrays every device needs whole. With `param_names` (their logical
+  axis names) they enter as their shards and are all-gathered inside: exactly FSDP's parameter
+  gather, and the transpose makes their gradients a reduce-scatter back to the shards. Without
+  names they enter whole (their gradients are then summed over all devices). Outside a mesh, on
+  one device, or with rows that do not split evenly (a decoding batch), fn runs as it is.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return fn(*batched, *replicated)
+    return fn(*batched, *params)
   axes = tuple(a for a in dict(LOGICAL_RULES)["batch"] if a in mesh.axis_names)
   shards = math.prod(mesh.shape[a] for a in axes)
   if any(x.shape[0] % shards for x in batched):
-    return fn(*batched, *replicated)
-  rows, whole = jax.sharding.PartitionSpec(axes), jax.sharding.PartitionSpec()
-  return jax.shard_map(fn, in_specs=(rows,) * len(batched) + (whole,) * len(replicated),
-                       out_specs=rows, check_vma=False)(*batched, *replicated)
+    return fn(*batched, *params)
+  whole = jax.sharding.PartitionSpec()
+  if param_names is None:
+    specs = [whole] * len(params)
+  else:
+    specs = [_divisible(nn.logical_to_mesh_axes(names, LOGICAL_RULES), p.shape, mesh)
+             for p, names in zip(params, param_names)]
+
+  def run(*args):
+    xs, ps = args[:len(batched)], list(args[len(batched):])
+    for i, spec in enumerate(specs):
+      for dim, names in enumerate(spec):
+        if names:
+          ps[i] = jax.lax.all_gather(ps[i], names, axis=dim, tiled=True)
+    return fn(*xs, *ps)
+
+  rows = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(run, in_specs=(rows,) * len(batched) + tuple(specs), out_specs=rows,
+                       check_vma=False)(*batched, *params)
 
 
 def spec_table(shardings) -> dict[str, str]:

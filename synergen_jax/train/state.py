@@ -122,6 +122,17 @@ def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_ac
 
 
 
+# libtpu's while-loop all-reduce code motion fails a RET_CHECK ("user->opcode() == kAdd",
+# while_loop_all_reduce_code_motion.cc) on the unfold head's chunk loop, whose FSDP parameter
+# gradients are reduced inside the loop. The pass only moves such reductions of accumulated values
+# out of loops; without it they run per iteration (per chunk of windows).
+TPU_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-all-reduce-code-motion"}
+
+
+def compiler_options(mesh) -> dict | None:
+  return TPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "tpu" else None
+
+
 @dataclasses.dataclass
 class StepPlan:
   model: SynerGenVL
@@ -155,5 +166,5 @@ def build_train_step(config, mc, mesh, host_example: bool = False) -> StepPlan:
   step_fn = jax.jit(
       make_train_step(model, tx, schedule, trainable, config.loss.image_weight, t_cfg.grad_accum),
       in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=compiler_options(mesh))
   return StepPlan(model, example, tx, abstract_state, shardings, step_fn)

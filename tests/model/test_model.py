@@ -113,11 +113,13 @@ def test_scan_and_remat_match_unrolled(arg):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_chunked_heads_equal_full_logits(tie):
+@pytest.mark.parametrize("tie,arg,unfold_chunk", [(False, "", 256), (True, "", 3),
+                                                    (False, "remat=full,scan=true", 3)])
+def test_chunked_heads_equal_full_logits(tie, arg, unfold_chunk):
   """Loss and every gradient equal the full-logits loss (f32, 1e-5), over several position chunks and
-  vocabulary tiles (with a padded last tile), with the capacities at each row's exact need."""
-  config, _ = tiny()
+  vocabulary tiles (with a padded last tile), with the capacities at each row's exact need, and with
+  the unfold head run a few windows at a time (padded last chunk; rematerialised per chunk)."""
+  config, _ = tiny(arg)
   config.model.update(new_tokens=(3, 4), tie_embeddings=tie)
   from synergen_jax.config import validate_config
   mc = validate_config(config)
@@ -128,8 +130,9 @@ def test_chunked_heads_equal_full_logits(tie):
       mc, loss_chunk_rows=5, loss_vocab_tile=mc.codebook_size // 3 + 1,
       text_target_capacity=need(batch["text_weights"] > 0),
       image_slot_capacity=need(batch["modality"] == 1),
-      unfold_capacity=need(batch["image_weights"] > 0))
+      unfold_capacity=need(batch["image_weights"] > 0), unfold_chunk=unfold_chunk)
   assert chunked.unfold_capacity < 32 and chunked.text_target_capacity < 32
+  assert unfold_chunk > chunked.unfold_capacity or chunked.unfold_capacity % unfold_chunk
   want, want_g = jax.jit(jax.value_and_grad(lambda p: full_logits_loss(SynerGenVL(mc), p, batch, 2.0)))(params)
   got, got_g = jax.jit(jax.value_and_grad(
       lambda p: synergen_loss(SynerGenVL(chunked).apply(p, batch), 2.0)[0]))(params)

@@ -79,7 +79,7 @@ def test_paper_configs_shard_parameters_by_default(name):
 def _collective_dims(fn, *args):
   """Every dimension of every collective's result in fn's compiled HLO."""
   hlo = jax.jit(fn).lower(*args).compile().as_text()
-  return {(op, shape) for op, shape in collectives(hlo)}
+  return {(op, shape) for op, shape, _ in collectives(hlo)}
 
 
 def test_expert_ffn_runs_per_shard_without_activation_collectives():
