@@ -87,8 +87,11 @@ def make_train_step(model, tx, schedule, trainable, image_weight: float, grad_ac
   def compute_grads(params, batch):
     if grad_accum == 1:
       return grad_fn(params, batch)
-    micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]),
-                         batch)
+    # Micro-batch i takes rows i, i + grad_accum, i + 2 grad_accum, ...: each device then holds
+    # its share of every micro-batch, so taking one moves nothing (a [grad_accum, rows / grad_accum]
+    # split would put each micro-batch on a fraction of the devices and reshard it every step).
+    micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:])
+                         .swapaxes(0, 1), batch)
 
     def body(carry, mb):
       (loss, metrics), grads = grad_fn(params, mb)
