@@ -41,11 +41,12 @@ COUNTED = {"text_target_capacity": "text-target slots", "image_slot_capacity": "
            "unfold_capacity": "image-target windows"}
 
 
-def slot_counts(example: dict) -> dict[str, int]:
-  """The budgeted counts of one laid-out example or one packed row (1-D slot arrays)."""
-  return {"text_target_capacity": int((example["text_weights"] > 0).sum()),
-          "image_slot_capacity": int((example["modality"] == IMAGE).sum()),
-          "unfold_capacity": int((example["image_weights"] > 0).sum())}
+def slot_counts(example: dict) -> dict:
+  """The budgeted counts of one laid-out example or packed row (ints), or per row of a batch."""
+  counts = {"text_target_capacity": (example["text_weights"] > 0).sum(-1),
+            "image_slot_capacity": (example["modality"] == IMAGE).sum(-1),
+            "unfold_capacity": (example["image_weights"] > 0).sum(-1)}
+  return {k: int(v) if np.ndim(v) == 0 else v for k, v in counts.items()}
 
 
 def index_counts(split, mc: ModelConfig) -> dict[str, np.ndarray]:
@@ -104,10 +105,10 @@ def floors_of(mc: ModelConfig) -> dict[str, int]:
 def check_batch(batch: dict, mc: ModelConfig, seq_len: int, where: str = "batch") -> None:
   """Raises DataError naming the row and the budget when a host batch breaks one."""
   budgets = row_budgets(mc, seq_len)
-  for row in range(batch["modality"].shape[0]):
-    counts = slot_counts({k: batch[k][row] for k in ("text_weights", "modality", "image_weights")})
-    for name, count in counts.items():
-      if count > budgets[name]:
-        raise DataError(f"{where} row {row} holds {count} {COUNTED[name]}, over "
-                        f"config.model.{name}={budgets[name]}: the model would leave targets out. "
-                        "Pack rows with data/pipeline.py (which keeps the budgets) or raise it.")
+  for name, counts in slot_counts(batch).items():           # [rows] each, one pass per budget
+    over = np.flatnonzero(counts > budgets[name])
+    if over.size:
+      row, count = int(over[0]), int(counts[over[0]])
+      raise DataError(f"{where} row {row} holds {count} {COUNTED[name]}, over "
+                      f"config.model.{name}={budgets[name]}: the model would leave targets out. "
+                      "Pack rows with data/pipeline.py (which keeps the budgets) or raise it.")
