@@ -79,6 +79,11 @@ class Watchdog:
       if self._stopped.is_set():
         return
       if not first.startswith(f"{me}:"):
+        if me == 0:
+          # This process hosts the coordination service. Leaving at once takes the service away while
+          # the failing process is still between its report and its exit (and the other peers still
+          # reading the key), and their JAX clients then abort (status 134) instead of exiting 1 / 3.
+          time.sleep(2 * POLL_SECONDS)
         _exit_now(f"synergen_jax: process {me} stops because process {first} "
                   f"(exit {EXIT_PEER_FAILED})", EXIT_PEER_FAILED)
       return                          # our own report: fail() exits this process
