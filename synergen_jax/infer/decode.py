@@ -49,8 +49,22 @@ class Sampling:
 GREEDY = Sampling(temperature=0.0)
 
 
+def row_keys(seeds: Sequence[int]) -> jax.Array:
+  """One PRNG key per row: a row's samples then depend on its own seed only, not on which other
+  rows share its batch (what makes a resumed batch job reproduce the uninterrupted one)."""
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
+def split_key(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """jax.random.split for one key or for a [N] array of per-row keys."""
+  if rng.ndim == 0:
+    return tuple(jax.random.split(rng))
+  pairs = jax.vmap(jax.random.split)(rng)
+  return pairs[:, 0], pairs[:, 1]
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
-  """[N, V] float logits -> [N] int32 ids."""
+  """[N, V] float logits -> [N] int32 ids; `rng` is one key or [N] per-row keys (row_keys)."""
   if sampling.temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
@@ -66,6 +80,8 @@ def sample_logits(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.
     drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= sampling.top_p
     drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
     logits = jnp.where(drop, masked, logits)
+  if rng.ndim:
+    return jax.vmap(jax.random.categorical)(rng, logits).astype(jnp.int32)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -112,6 +128,14 @@ def _empty_cache(model, params, batch, method):
   shapes = jax.eval_shape(lambda p, b: model.apply({"params": p}, *b, method=method,
                                                    mutable=["cache"])[1]["cache"], params, batch)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _keys(seed: int | Sequence[int], rows: int) -> jax.Array:
+  if isinstance(seed, (int, np.integer)):
+    return jax.random.key(seed)
+  if len(seed) != rows:
+    raise ValueError(f"{len(seed)} seeds for {rows} prompts: give one seed, or one per prompt")
+  return row_keys(seed)
 
 
 class Decoder:
@@ -174,7 +198,7 @@ class Decoder:
     h, cache = self._slots(params, batch, self._llm_cache(params, rows, length + max_new))
     logits_of = lambda h: self.model.apply({"params": params}, h[:, None],   # [B, 1, D]: the head's
                                            method=SynerGenVL.text_logits)[:, 0]  # constraints want rank 3
-    rng, key = jax.random.split(rng)
+    rng, key = split_key(rng)
     token = sample_logits(logits_of(h), key, sampling)
     start = batch["positions"][:, -1] + 1
     out = jnp.full((rows, max_new), self.special.pad, jnp.int32)
@@ -189,7 +213,7 @@ class Decoder:
       out = out.at[:, i].set(jnp.where(done, self.special.pad, token))
       done = done | jnp.isin(token, stop_ids)
       h, cache = self._slots(params, self._one_slot(rows, start + i, token=token), cache)
-      rng, key = jax.random.split(rng)
+      rng, key = split_key(rng)
       return i + 1, sample_logits(logits_of(h), key, sampling), cache, out, done, rng
 
     carry = (jnp.int32(0), token, cache, out, jnp.zeros((rows,), bool), rng)
@@ -197,12 +221,13 @@ class Decoder:
 
   def generate_text(self, prompts: Sequence[dict[str, np.ndarray]], max_new_tokens: int, *,
                     stop_tokens: Sequence[int] | None = None, sampling: Sampling = GREEDY,
-                    seed: int = 0, pad_to: int | None = None) -> list[list[int]]:
-    """Laid-out prompts -> generated ids per prompt, up to and excluding the first stop token."""
+                    seed: int | Sequence[int] = 0, pad_to: int | None = None) -> list[list[int]]:
+    """Laid-out prompts -> generated ids per prompt, up to and excluding the first stop token.
+    `seed`: one for the batch, or one per prompt (see row_keys)."""
     stops = tuple(stop_tokens if stop_tokens is not None else (self.special.eos,))
     batch = jax.tree.map(jnp.asarray, left_pad(prompts, pad_to))
     with self._under_mesh():
-      out = np.asarray(self._text(self.params, batch, jax.random.key(seed), max_new_tokens, stops,
+      out = np.asarray(self._text(self.params, batch, _keys(seed, len(prompts)), max_new_tokens, stops,
                                   sampling))
     results = []
     for row in out:
@@ -234,13 +259,13 @@ class Decoder:
 
     def window(h, rng):
       logits, ucache = unfold(SynerGenVL.unfold_first, unfold_empty, h)
-      rng, key = jax.random.split(rng)
+      rng, key = split_key(rng)
       codes = jnp.zeros((rows, r), jnp.int32).at[:, 0].set(pick(logits, key))
 
       def next_code(j, carry):
         codes, ucache, rng = carry
         logits, ucache = unfold(SynerGenVL.unfold_next, ucache, both(codes[:, j - 1]), j)
-        rng, key = jax.random.split(rng)
+        rng, key = split_key(rng)
         return codes.at[:, j].set(pick(logits, key)), ucache, rng
       codes, _, rng = jax.lax.fori_loop(1, r, next_code, (codes, ucache, rng))
       return codes, rng
@@ -258,12 +283,14 @@ class Decoder:
     return jax.lax.fori_loop(0, n_windows, next_window, (h, cache, windows, rng))[2]
 
   def generate_images(self, prompts: Sequence[Sequence[int]], *, uncond_prompt: Sequence[int] | None,
-                      cfg_scale: float = 7.5, sampling: Sampling = Sampling(), seed: int = 0,
+                      cfg_scale: float = 7.5, sampling: Sampling = Sampling(),
+                      seed: int | Sequence[int] = 0,
                       pad_to: int | None = None) -> np.ndarray:
     """Text prompt ids (without <s>/<boi>) -> code grids [N, h, w].
 
     With `uncond_prompt` (the "<UNCOND>" prompt's ids) and cfg_scale != 1, every code is sampled with
-    classifier-free guidance; without it, from the conditional logits alone.
+    classifier-free guidance; without it, from the conditional logits alone. `seed`: one for the
+    batch, or one per prompt (see row_keys).
     """
     fold, special = self.mc.fold, self.special
     laid = [generation_prompt(p, fold, special) for p in prompts]
@@ -272,6 +299,6 @@ class Decoder:
       laid += [generation_prompt(uncond_prompt, fold, special)] * len(prompts)
     batch = jax.tree.map(jnp.asarray, left_pad(laid, pad_to))
     with self._under_mesh():
-      windows = self._images(self.params, batch, jax.random.key(seed), len(prompts),
+      windows = self._images(self.params, batch, _keys(seed, len(prompts)), len(prompts),
                              float(cfg_scale), sampling)
     return np.asarray(windows_to_grid(np.asarray(windows), self.mc.code_grid, self.mc.fold))

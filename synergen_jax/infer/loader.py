@@ -18,7 +18,11 @@ import functools
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+
+from synergen_jax import batch as batch_lib
 
 from synergen_jax.config import validate_config
 from synergen_jax.data.errors import DataError
@@ -26,6 +30,9 @@ from synergen_jax.data.layout import SpecialTokens
 from synergen_jax.data.mixture import parse_mixture
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.infer.decode import Decoder
+from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.parallel.mesh import make_mesh
+from synergen_jax.parallel.sharding import mesh_shardings
 from synergen_jax.train import checkpoint
 from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
 from synergen_jax.vq.tokenizer import ImageTokenizer
@@ -40,6 +47,7 @@ class Loaded:
   step: int
   meta: dict
   text_tokenizer: TextTokenizer | None
+  mesh: object = None             # jax.sharding.Mesh the decoder runs under (None: one device)
 
   @property
   def special(self) -> SpecialTokens:
@@ -53,7 +61,7 @@ class Loaded:
 
   @functools.cached_property
   def decoder(self) -> Decoder:
-    return Decoder(self.mc, self.params, self.special)
+    return Decoder(self.mc, self.params, self.special, self.mesh)
 
   @functools.cached_property
   def image_tokenizer(self) -> ImageTokenizer:
@@ -84,7 +92,31 @@ def prepared_dir(config) -> str | None:
   return config.data.path or (components[0].path if components else None)
 
 
-def load(workdir: str) -> Loaded:
+def local_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
+  """This process's devices as a (data, fsdp) mesh for inference: prompt rows split over all of them,
+  parameters sharded over `fsdp` of them (1: a full copy on each). No collective crosses processes,
+  so every process of a job decodes its own share independently."""
+  devices = jax.local_devices()
+  if len(devices) % fsdp:
+    raise ValueError(f"fsdp={fsdp} does not divide this process's {len(devices)} devices")
+  return make_mesh(dict(data=-1, fsdp=fsdp, tensor=1), devices)
+
+
+def _place(params, mc, mesh):
+  boxed = jax.eval_shape(SynerGenVL(mc).init, jax.random.key(0), batch_lib.zeros(1, 8, mc.fold_ratio, jnp))
+  return jax.device_put(params, mesh_shardings(boxed, mesh))
+
+
+def load(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loaded:
+  """`mesh` (e.g. local_mesh()): parameters placed on it by the sharding rules, and decoding runs
+  on all its devices."""
+  loaded = _load(workdir)
+  if mesh is not None:
+    loaded.params, loaded.mesh = _place(loaded.params, loaded.mc, mesh), mesh
+  return loaded
+
+
+def _load(workdir: str) -> Loaded:
   config = checkpoint.read_config(workdir)
   mc = validate_config(config)
   data_dir = prepared_dir(config)

@@ -27,25 +27,43 @@ def _chunks(items: list, size: int):
 
 
 def generate(loaded: Loaded, texts: Sequence[str], *, cfg_scale: float = 7.5,
-             sampling: Sampling = Sampling(), seed: int = 0, batch_size: int = 64) -> np.ndarray:
+             sampling: Sampling = Sampling(), seed: int = 0, batch_size: int = 64,
+             **layout) -> np.ndarray:
   """One image per text: uint8 [N, S, S, C] (the image tokenizer decodes the sampled codes)."""
   return loaded.image_tokenizer.decode(
       generate_codes(loaded, texts, cfg_scale=cfg_scale, sampling=sampling, seed=seed,
-                     batch_size=batch_size))
+                     batch_size=batch_size, **layout))
+
+
+def generation_pad_to(loaded: Loaded, texts: Sequence[str]) -> int:
+  """The prompt length (slots) that `texts` are padded to: the longest, or the unconditional one."""
+  d = loaded.config.data
+  prefix = loaded.encode_text(d.generation_prompt)
+  prompts = [prefix + loaded.encode_text(t) for t in texts] + [loaded.encode_text(d.uncond_prompt)]
+  return max(len(generation_prompt(p, loaded.mc.fold, loaded.special)["text_tokens"]) for p in prompts)
 
 
 def generate_codes(loaded: Loaded, texts: Sequence[str], *, cfg_scale: float = 7.5,
-                   sampling: Sampling = Sampling(), seed: int = 0, batch_size: int = 64) -> np.ndarray:
+                   sampling: Sampling = Sampling(), seed: int = 0, batch_size: int = 64,
+                   seeds: Sequence[int] | None = None, pad_to: int | None = None,
+                   rows: int | None = None) -> np.ndarray:
+  """Code grids [N, h, w]. `seeds` (one per text) make each image depend on its own seed only, and
+  `pad_to` (generation_pad_to of a larger list) fixes the prompt length: together they give a job
+  the same images whichever texts share a batch, e.g. after a resume. Else `seed` seeds each chunk.
+  `rows`: every chunk filled up to exactly that many prompts (one compiled shape, divisible by the
+  mesh's batch devices); default min(batch_size, len(texts))."""
   d = loaded.config.data
   prefix = loaded.encode_text(d.generation_prompt)
   prompts = [prefix + loaded.encode_text(t) for t in texts]
   uncond = loaded.encode_text(d.uncond_prompt)
-  pad_to = max(len(generation_prompt(p, loaded.mc.fold, loaded.special)["text_tokens"])
-               for p in prompts + [uncond])
+  pad_to = pad_to or generation_pad_to(loaded, texts)
+  size = rows or min(batch_size, len(prompts))
+  seed_chunks = _chunks(list(seeds), size) if seeds is not None else None
   out = []
-  for k, (chunk, real) in enumerate(_chunks(prompts, min(batch_size, len(prompts)))):
+  for k, (chunk, real) in enumerate(_chunks(prompts, size)):
+    chunk_seed = next(seed_chunks)[0] if seeds is not None else seed * 1_000_003 + k
     codes = loaded.decoder.generate_images(chunk, uncond_prompt=uncond, cfg_scale=cfg_scale,
-                                           sampling=sampling, seed=seed * 1_000_003 + k, pad_to=pad_to)
+                                           sampling=sampling, seed=chunk_seed, pad_to=pad_to)
     out.append(codes[:real])
   return np.concatenate(out)
 
@@ -63,17 +81,39 @@ def image_codes(loaded: Loaded, pixels: np.ndarray) -> list[np.ndarray]:
   return list(tok.encode(np.stack(tiles)))
 
 
-def caption(loaded: Loaded, tile_codes: Sequence[Sequence[np.ndarray]], *, question: str | None = None,
-            max_new_tokens: int = 32, sampling: Sampling = GREEDY, seed: int = 0,
-            batch_size: int = 128) -> list[str]:
-  """Per image (a list of tile code grids): the generated caption, or the answer to `question`."""
-  prompt_ids = loaded.encode_text(question if question is not None else
-                                  loaded.config.data.caption_prompt)
-  laid = [caption_prompt(codes, prompt_ids, loaded.mc.fold, loaded.special) for codes in tile_codes]
-  pad_to = max(len(x["text_tokens"]) for x in laid)
+def caption(loaded: Loaded, tile_codes: Sequence[Sequence[np.ndarray]], *,
+            question: str | Sequence[str | None] | None = None, max_new_tokens: int = 32,
+            sampling: Sampling = GREEDY, seed: int = 0, batch_size: int = 128,
+            seeds: Sequence[int] | None = None, pad_to: int | None = None,
+            rows: int | None = None) -> list[str]:
+  """Per image (a list of tile code grids): the generated caption, or the answer to `question` (one
+  for all images, or one per image, None: the caption prompt). `seeds` / `pad_to` / `rows` as in generate_codes."""
+  laid = [caption_prompt(codes, _question_ids(loaded, question, i), loaded.mc.fold, loaded.special)
+          for i, codes in enumerate(tile_codes)]
+  pad_to = pad_to or max(len(x["text_tokens"]) for x in laid)
+  size = rows or min(batch_size, len(laid))
+  seed_chunks = _chunks(list(seeds), size) if seeds is not None else None
   texts = []
-  for chunk, real in _chunks(laid, min(batch_size, len(laid))):
-    ids = loaded.decoder.generate_text(chunk, max_new_tokens, sampling=sampling, seed=seed,
+  for chunk, real in _chunks(laid, size):
+    chunk_seed = next(seed_chunks)[0] if seeds is not None else seed
+    ids = loaded.decoder.generate_text(chunk, max_new_tokens, sampling=sampling, seed=chunk_seed,
                                        pad_to=pad_to)
     texts += [loaded.tokenizer().decode(x).strip() for x in ids[:real]]
   return texts
+
+
+def caption_pad_to(loaded: Loaded, questions: Sequence[str | None]) -> int:
+  """The longest caption prompt any image could need with these questions: every tile an image can
+  have (data.max_tiles, and the thumbnail) and the longest question."""
+  d, mc = loaded.config.data, loaded.mc
+  tiles = 1 if d.max_tiles <= 1 else d.max_tiles + int(d.thumbnail)
+  grid = np.zeros(mc.code_grid, np.int32)
+  longest = max((_question_ids(loaded, q, 0) for q in questions), key=len)
+  return len(caption_prompt([grid] * tiles, longest, mc.fold, loaded.special)["text_tokens"])
+
+
+def _question_ids(loaded: Loaded, question: str | Sequence[str | None] | None, i: int) -> list[int]:
+  """Image i's prompt: the question, or the caption prompt where there is none."""
+  if question is not None and not isinstance(question, str):
+    question = question[i]
+  return loaded.encode_text(loaded.config.data.caption_prompt if question is None else question)

@@ -1,0 +1,230 @@
+"""Batch jobs over a jsonl of records: images for prompts, answers for (image, question) records.
+
+One record per line, every line of a file of one kind:
+
+  {"prompt": "a red bus", "id": "bus-1", "num": 4}        text -> `num` images (default: --num)
+  {"image": "photos/1.jpg", "question": "What colour?"}  image -> answer ("question" optional:
+                                                          without it, the caption prompt)
+
+Other fields are kept in the index (e.g. a benchmark's answers). "id" defaults to the line number;
+ids must be unique. Image paths are relative to the jsonl's folder unless absolute.
+
+Output in OUT_DIR: `images/<id>_<k>.png` for generation, and index files, one line per finished
+item (`{"id", "sample", "file", "seed", ...}` or `{"id", "answer", ...}`). Every item's randomness
+comes from its own seed (derived from --seed, the id and the sample number) and every prompt is
+padded to the length the whole file needs, so an image does not depend on which items share its batch:
+a job that is stopped and rerun skips the finished items (those in an index whose file exists) and
+produces the same results as one uninterrupted run.
+
+Several processes (SYNERGEN_PROCESS_ID / SYNERGEN_NUM_PROCESSES, as the launchers set them) split
+the items between them, each writing `index-<process>-of-<count>.jsonl`; resuming reads every index
+file whatever the process count was. Within a process the batch is split over all local devices
+(loader.local_mesh). No collective is needed, so jax.distributed is not initialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image as PILImage
+
+from synergen_jax.data import images as image_ops
+from synergen_jax.data.errors import DataError
+from synergen_jax.infer import tasks
+from synergen_jax.infer.decode import GREEDY, Sampling
+from synergen_jax.infer.loader import Loaded
+
+GENERATE, ANSWER = "generate", "answer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One unit of work: sample k of a prompt, or the answer to one image record."""
+  id: str
+  sample: int
+  record: dict
+  seed: int
+
+
+def read_records(path: str) -> tuple[str, list[dict]]:
+  """(kind, records with their "id") from a jsonl file; errors name the file, line and field."""
+  kind, records, ids = None, [], set()
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not JSON ({e})") from None
+      if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object, got {type(record).__name__}")
+      this = GENERATE if "prompt" in record else ANSWER if "image" in record else None
+      if this is None:
+        raise DataError(f"{where}: a record needs \"prompt\" (generation) or \"image\" (answers)")
+      if kind is not None and this != kind:
+        raise DataError(f"{where}: {this} record in a file of {kind} records; use one kind per file")
+      kind = this
+      field = "prompt" if this == GENERATE else "image"
+      if not isinstance(record[field], str) or not record[field]:
+        raise DataError(f"{where}: \"{field}\" must be a non-empty string, got {record[field]!r}")
+      if "question" in record and not isinstance(record["question"], str):
+        raise DataError(f"{where}: \"question\" must be a string, got {record['question']!r}")
+      if "num" in record and (not isinstance(record["num"], int) or record["num"] < 1):
+        raise DataError(f"{where}: \"num\" must be a positive integer, got {record['num']!r}")
+      record = dict(record, id=str(record.get("id", f"{line_no:08d}")))
+      if record["id"] in ids or "/" in record["id"]:
+        raise DataError(f"{where}: id {record['id']!r} is " +
+                        ("used twice" if record["id"] in ids else "not a file name (no '/')"))
+      ids.add(record["id"])
+      records.append(record)
+  if not records:
+    raise DataError(f"{path}: no records")
+  return kind, records
+
+
+def item_seed(seed: int, item_id: str, sample: int) -> int:
+  """A 32-bit seed from the job's seed, the item's id and its sample number (stable across runs,
+  processes and Python versions: not hash())."""
+  digest = hashlib.sha256(f"{seed}\0{item_id}\0{sample}".encode()).digest()
+  return int.from_bytes(digest[:4], "little")
+
+
+def items_of(kind: str, records: list[dict], num: int, seed: int) -> list[Item]:
+  if kind == ANSWER:
+    return [Item(r["id"], 0, r, item_seed(seed, r["id"], 0)) for r in records]
+  return [Item(r["id"], k, r, item_seed(seed, r["id"], k))
+          for r in records for k in range(r.get("num", num))]
+
+
+def share(items: list, process: int, count: int) -> list:
+  """This process's items: every count-th one, so each process gets prompts of all lengths."""
+  return items[process::count]
+
+
+def process_share() -> tuple[int, int]:
+  return int(os.environ.get("SYNERGEN_PROCESS_ID", 0)), int(os.environ.get("SYNERGEN_NUM_PROCESSES", 1))
+
+
+def image_file(item: Item) -> str:
+  return os.path.join("images", f"{item.id}_{item.sample}.png")
+
+
+def read_index(out_dir: str) -> dict[tuple[str, int], dict]:
+  """Every finished item of every index file in out_dir: (id, sample) -> its index line. A line cut
+  short by a stop in mid-write is ignored (that item runs again)."""
+  done = {}
+  for path in sorted(glob.glob(os.path.join(out_dir, "index-*.jsonl"))):
+    with open(path) as f:
+      for line in f:
+        try:
+          entry = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if "file" not in entry or os.path.exists(os.path.join(out_dir, entry["file"])):
+          done[(entry["id"], entry["sample"])] = entry
+  return done
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
+def _save_png(pixels: np.ndarray, path: str) -> None:
+  """Written under a temporary name and renamed, so a stop never leaves half a PNG."""
+  tmp = path + ".tmp"
+  PILImage.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp, format="PNG")
+  os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class JobSettings:
+  num: int = 1                     # images per prompt without a "num" field
+  cfg_scale: float = 7.5
+  sampling: Sampling = Sampling()
+  answer_sampling: Sampling = GREEDY
+  max_new_tokens: int = 32
+  seed: int = 0
+  batch_size: int = 8              # rows per step on each local device
+
+
+def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettings,
+            log: Callable[[str], None] = print) -> dict:
+  """Runs (or resumes) the job; returns {"kind", "items", "done_before", "generated", "seconds",
+  "per_second"} for this process."""
+  kind, records = read_records(records_path)
+  process, count = process_share()
+  items = items_of(kind, records, settings.num, settings.seed)
+  done = read_index(out_dir)
+  mine = share(items, process, count)
+  todo = [it for it in mine if (it.id, it.sample) not in done]
+  os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+  index_path = os.path.join(out_dir, f"index-{process:05d}-of-{count:05d}.jsonl")
+  devices = loaded.mesh.devices.size if loaded.mesh is not None else 1
+  rows = settings.batch_size * devices
+  log(f"sample: {len(items)} {kind} items in {records_path}; this process ({process} of {count}) "
+      f"has {len(mine)}, {len(todo)} still to do, {rows} per batch on "
+      f"{devices} device(s)")
+  common = dict(cfg_scale=settings.cfg_scale, job_seed=settings.seed)
+  if kind == GENERATE:
+    pad_to = tasks.generation_pad_to(loaded, [r["prompt"] for r in records])
+    step = lambda batch: _generate(loaded, batch, settings, rows, pad_to)
+  else:
+    base = os.path.dirname(os.path.abspath(records_path))
+    pad_to = tasks.caption_pad_to(loaded, [r.get("question") for r in records])
+    step = lambda batch: _answer(loaded, batch, settings, rows, pad_to, base)
+  t0, finished = time.time(), 0
+  with open(index_path, "a") as index:
+    if index.tell() and not _ends_with_newline(index_path):
+      index.write("\n")            # after a line cut short by a stop: start a fresh one
+    for batch in _batches(todo, rows):
+      for item, entry in zip(batch, step(batch)):
+        if "pixels" in entry:
+          _save_png(entry.pop("pixels"), os.path.join(out_dir, image_file(item)))
+          entry["file"] = image_file(item)
+        extra = {k: v for k, v in item.record.items() if k not in ("id", "num")}
+        index.write(json.dumps(dict(id=item.id, sample=item.sample, seed=item.seed, **entry,
+                                    **extra, **common)) + "\n")
+      index.flush()
+      finished += len(batch)
+      log(f"sample: {finished}/{len(todo)} ({finished / (time.time() - t0):.2f} items/s)")
+  seconds = time.time() - t0
+  return dict(kind=kind, items=len(mine), done_before=len(mine) - len(todo), generated=finished, seconds=seconds, per_second=finished / seconds if finished else None)
+
+
+def _generate(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int, pad_to: int):
+  codes = tasks.generate_codes(loaded, [it.record["prompt"] for it in batch],
+                               cfg_scale=settings.cfg_scale, sampling=settings.sampling,
+                               seeds=[it.seed for it in batch], pad_to=pad_to, rows=rows)
+  return [dict(pixels=p) for p in loaded.image_tokenizer.decode(codes)]
+
+
+def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int, pad_to: int,
+            base: str):
+  tile_codes = []
+  for it in batch:
+    path = it.record["image"] if os.path.isabs(it.record["image"]) else os.path.join(base, it.record["image"])
+    try:
+      pixels = image_ops.decode(path)
+    except Exception as e:
+      raise DataError(f"record {it.id!r}: cannot read image {path}: {e}") from None
+    tile_codes.append(tasks.image_codes(loaded, pixels))
+  answers = tasks.caption(loaded, tile_codes, question=[it.record.get("question") for it in batch], sampling=settings.answer_sampling,
+                          max_new_tokens=settings.max_new_tokens, seeds=[it.seed for it in batch],
+                          pad_to=pad_to, rows=rows)
+  return [dict(answer=a) for a in answers]
