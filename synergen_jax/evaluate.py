@@ -1,16 +1,28 @@
-"""Evaluates a trained workdir and writes DIR/eval.json, DIR/eval_samples.png, DIR/eval_captions.png.
+"""Evaluates a trained workdir: the class-dataset report, or a benchmark suite.
 
   python -m synergen_jax.evaluate --workdir DIR [--count 500 --per_class 10 --cfg 7.5 --seed 0]
+  python -m synergen_jax.evaluate --workdir DIR --suite coco_fid --data prompts.jsonl \
+      --reference REF_DIR_OR_STATS.npz --inception_weights pt_inception-2015-12-05-6726825d.pth
+  python -m synergen_jax.evaluate --workdir DIR --suite vqa|caption --data FILE.jsonl
+  python -m synergen_jax.evaluate --suite fid --generated DIR --reference DIR_OR_STATS.npz \
+      --inception_weights FILE --out eval.json
 
-What each number means: synergen_jax/infer/report.py. Every number comes with the held-out size
-and the seed; the generation judge is trained once per dataset and cached.
+Without --suite: DIR/eval.json, DIR/eval_samples.png, DIR/eval_captions.png, what each number
+means in synergen_jax/infer/report.py (every number comes with the held-out size and the seed; the
+generation judge is trained once per dataset and cached). With --suite: the suite's numbers under its
+name in --out (default DIR/eval.json; other keys are kept); see synergen_jax/eval/suites.py.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 from absl import app, flags, logging
 
+from synergen_jax.eval import suites
 from synergen_jax.infer.decode import Sampling
+from synergen_jax.infer.jobs import JobSettings
 from synergen_jax.infer.report import evaluate_workdir, format_table
 
 FLAGS = flags.FLAGS
@@ -22,11 +34,53 @@ flags.DEFINE_float("temperature", 1.0, "image sampling temperature")
 flags.DEFINE_integer("top_k", 0, "image sampling top-k (0 = off)")
 flags.DEFINE_integer("seed", 0, "sampling seed")
 flags.DEFINE_string("source_path", None, "raw jsonl file / image folder (data.name jsonl or folder)")
+flags.DEFINE_enum("suite", None, suites.SUITES, "a benchmark suite instead of the class report")
+flags.DEFINE_string("data", None, "--suite coco_fid / vqa / caption: the benchmark's jsonl")
+flags.DEFINE_string("reference", None, "--suite coco_fid / fid: reference image folder or .npz stats")
+flags.DEFINE_string("generated", None, "--suite fid: folder of generated images")
+flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+flags.DEFINE_string("out", None, "--suite: the JSON file to merge the numbers into (default DIR/eval.json)")
+flags.DEFINE_integer("per_prompt", 1, "--suite coco_fid: images per caption")
+flags.DEFINE_integer("batch_size", 8, "--suite: prompts per step on each local device")
+flags.DEFINE_integer("fsdp", 1, "--suite: shard the parameters over this many local devices")
+flags.DEFINE_integer("max_new_tokens", 32, "--suite vqa / caption: longest answer")
+
+
+def suite() -> dict:
+  need = {"coco_fid": ("workdir", "data", "reference", "inception_weights"),
+          "vqa": ("workdir", "data"), "caption": ("workdir", "data"),
+          "fid": ("generated", "reference", "inception_weights")}[FLAGS.suite]
+  missing = [f"--{name}" for name in need if not FLAGS[name].value]
+  if missing:
+    raise app.UsageError(f"--suite {FLAGS.suite} needs {', '.join(missing)}")
+  if FLAGS.suite == "fid":
+    if not FLAGS.out:
+      raise app.UsageError("--suite fid has no workdir: give --out FILE.json")
+    from synergen_jax.eval import fid
+    return fid.fid_between(FLAGS.generated, FLAGS.reference, FLAGS.inception_weights)
+  settings = JobSettings(
+      num=FLAGS.per_prompt, cfg_scale=FLAGS.cfg, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+      max_new_tokens=FLAGS.max_new_tokens,
+      sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k))
+  if FLAGS.suite == "coco_fid":
+    return suites.coco_fid(FLAGS.workdir, FLAGS.data, FLAGS.reference, FLAGS.inception_weights,
+                           settings, FLAGS.fsdp)
+  run = suites.vqa if FLAGS.suite == "vqa" else suites.caption
+  return run(FLAGS.workdir, FLAGS.data, settings, FLAGS.fsdp)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.suite:
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "eval.json")
+    result = suite()
+    suites.merge_into(out, FLAGS.suite, result)
+    print(json.dumps({FLAGS.suite: result}, indent=1))
+    print(f"evaluate: {FLAGS.suite} -> {out}")
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required (without --suite fid)")
   report = evaluate_workdir(
       FLAGS.workdir, count=FLAGS.count or None, per_class=FLAGS.per_class, cfg_scale=FLAGS.cfg,
       seed=FLAGS.seed, sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k),
@@ -35,5 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
   app.run(main)

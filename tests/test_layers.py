@@ -31,8 +31,9 @@ LAYERS = {
     "data.mixture": (5, "pipeline"),
     "data.cache": (6, "cache"),
     "train": (7, "train"),
+    "eval": (4, "metrics"),                   # benchmark scores; eval.suites runs the model
     "infer": (8, "infer"),
-    "convert": (9, "tools"), "aot": (9, "tools"),
+    "convert": (9, "tools"), "aot": (9, "tools"), "eval.suites": (9, "tools"),
     # command lines
     "train_vq": (10, "commands"), "prepare": (10, "commands"), "sample": (10, "commands"),
     "score": (10, "commands"), "evaluate": (10, "commands"), "demo": (10, "commands"),

@@ -158,10 +158,16 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
 
 def evaluate_workdir(workdir: str, **settings) -> dict:
   """Loads a trained workdir, evaluates it (`settings`: the keyword arguments of `evaluate`) and
-  writes DIR/eval.json, DIR/eval_samples.png and DIR/eval_captions.png; returns the report."""
+  writes DIR/eval.json (keeping the benchmark suites' numbers there: eval/suites.py),
+  DIR/eval_samples.png and DIR/eval_captions.png; returns the report."""
   report = evaluate(loader.load(workdir), workdir, **settings)
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  path = os.path.join(workdir, "eval.json")
+  kept = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      kept = {k: v for k, v in json.load(f).items() if k not in report}
+  with open(path, "w") as f:
+    json.dump({**report, **kept}, f, indent=1)
   return report
 
 

@@ -33,7 +33,7 @@ def test_a_failing_process_stops_every_process(tiny_data, tmp_path, at):
                   env={"SYNERGEN_FAULT_DRILL": f"1:{at}", "SYNERGEN_HEARTBEAT_TIMEOUT": "300"})
   peer = open(tmp_path / "process_1.log").read()
   assert run.returncode == 1, run.stderr[-3000:]
-  assert "process 1 failed first, status 1" in run.stderr
+  assert "process 1 failed first, status 1" in run.stderr, run.stderr[-3000:]
   assert f"fault drill (SYNERGEN_FAULT_DRILL=1:{at}): process 1 fails at step {at}" in peer
   # Process 0 heard of it through the coordination service, not through a 300 s heartbeat timeout,
   # and stopped by itself (status 3) before the launcher's 10 s grace ran out.

@@ -1,0 +1,1 @@
+"""Benchmark scores: FID (InceptionV3 as pytorch-fid), VQA accuracy, captioning BLEU / CIDEr."""

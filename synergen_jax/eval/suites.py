@@ -1,0 +1,82 @@
+"""Benchmark suites of `python -m synergen_jax.evaluate --suite ...`: a batch job (infer/jobs.py)
+over the benchmark's records, then its scores, merged into an eval.json under the suite's name.
+
+  coco_fid  --data prompts.jsonl ({"prompt": caption} per line, e.g. 30k MSCOCO val captions)
+            --reference DIR_OR_STATS.npz --inception_weights pt_inception-2015-12-05-6726825d.pth
+            images generated for the captions, FID against the reference (eval/fid.py)
+  vqa       --data vqa.jsonl ({"image", "question", "answers"}): VQA accuracy, exact match, ANLS
+  caption   --data captions.jsonl ({"image", "captions"}): BLEU-1..4 and CIDEr
+  fid       --generated DIR --reference DIR_OR_STATS: FID of two folders, no model
+
+The job's outputs stay in WORKDIR/eval_<suite>/ (images, index), so a stopped evaluation resumes
+and the generated images can be looked at. Every result carries its sample count and settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from synergen_jax.data.errors import DataError
+from synergen_jax.infer import jobs, loader
+
+SUITES = ("coco_fid", "vqa", "caption", "fid")
+
+
+def merge_into(path: str, key: str, result: dict) -> dict:
+  """Writes result under `key` into the JSON object at path (kept: the other keys), atomically."""
+  report = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      report = json.load(f)
+  report[key] = result
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(tmp, path)
+  return report
+
+
+def _job(workdir: str, suite: str, data: str, settings: jobs.JobSettings, fsdp: int, log):
+  model = loader.load(workdir, mesh=loader.local_mesh(fsdp))
+  out_dir = os.path.join(workdir, f"eval_{suite}")
+  run = jobs.run_job(model, data, out_dir, settings, log=log)
+  return model, out_dir, run, jobs.read_index(out_dir)
+
+
+def _settings(settings: jobs.JobSettings) -> dict:
+  out = dataclasses.asdict(settings)
+  out["sampling"], out["answer_sampling"] = str(settings.sampling), str(settings.answer_sampling)
+  return out
+
+
+def coco_fid(workdir: str, data: str, reference: str, inception_weights: str,
+             settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
+  from synergen_jax.eval import fid
+  kind, _ = jobs.read_records(data)
+  if kind != jobs.GENERATE:
+    raise DataError(f"{data}: coco_fid needs {{\"prompt\": caption}} records, not image records")
+  model, out_dir, run, _ = _job(workdir, "coco_fid", data, settings, fsdp, log)
+  scores = fid.fid_between(os.path.join(out_dir, "images"), reference, inception_weights)
+  return dict(scores, step=model.step, data=data, images=run["items"], settings=_settings(settings),
+              images_per_second=run["per_second"])
+
+
+def vqa(workdir: str, data: str, settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
+  from synergen_jax.eval import vqa as vqa_scores
+  vqa_scores.read_vqa_records(data)                  # refuses bad records before any decoding
+  model, _, run, index = _job(workdir, "vqa", data, settings, fsdp, log)
+  pairs = [(entry["answer"], entry["answers"]) for entry in index.values()]
+  return dict(vqa_scores.scores(pairs), step=model.step, data=data, settings=_settings(settings),
+              answers_per_second=run["per_second"])
+
+
+def caption(workdir: str, data: str, settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
+  from synergen_jax.eval import captions
+  captions.read_caption_records(data)
+  model, _, run, index = _job(workdir, "caption", data, settings, fsdp, log)
+  generated = {entry["id"]: entry["answer"] for entry in index.values()}
+  references = {entry["id"]: entry["captions"] for entry in index.values()}
+  return dict(captions.scores(generated, references), step=model.step, data=data,
+              settings=_settings(settings), captions_per_second=run["per_second"])
