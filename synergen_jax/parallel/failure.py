@@ -94,6 +94,13 @@ class Watchdog:
       self._thread.join(timeout=2 * POLL_SECONDS + 1)
 
 
+def _reported_failure(client) -> str | None:
+  try:
+    return client.blocking_key_value_get(FAILURE_KEY, 100)
+  except Exception:                 # no report (DEADLINE_EXCEEDED) or no service
+    return None
+
+
 def fail(error: BaseException) -> None:
   """Handles an exception that ends the run. A single process re-raises it (the usual traceback and
   status 1). Under several processes: print it, tell the others (first report wins; process 0, which
@@ -107,7 +114,12 @@ def fail(error: BaseException) -> None:
   try:
     client.key_value_set(FAILURE_KEY, f"{me}: {summary}", allow_overwrite=False)
   except Exception:                 # ALREADY_EXISTS (another process failed first) or no service
-    pass
+    first = _reported_failure(client)
+    if first is not None and not first.startswith(f"{me}:"):
+      # This error is a consequence (e.g. a collective broken by the failed peer's exit while the
+      # watchdog gave it time to leave): report it as the peer's failure, as the watchdog would.
+      _exit_now(f"synergen_jax: process {me} stops because process {first} "
+                f"(exit {EXIT_PEER_FAILED})", EXIT_PEER_FAILED)
   else:
     if me == 0:                     # the key lives in this process's coordination service: let
       time.sleep(2 * POLL_SECONDS)  # the others' watchdogs read it before the service goes away
