@@ -69,7 +69,7 @@ def main(argv):
     if run.returncode:
       raise SystemExit(run.stderr[-3000:])
     rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
-  print(f"| devices | rows per batch | first batch (compile) s | total s | images/s after the first batch |")
+  print("| devices | rows per batch | first batch (compile) s | total s | images/s after the first batch |")
   print("|---|---|---|---|---|")
   for r in rows:
     steady = f"{r['steady_images_per_s']:.2f}" if r["steady_images_per_s"] else "-"

@@ -101,7 +101,6 @@ def main(argv):
     agree = float(np.mean(codes_j == codes_t.numpy().reshape(codes_j.shape)))
     n = FLAGS.images
     rows.append((name, size, params, n / enc_j, n / enc_t, n / dec_j, n / dec_t, agree))
-    del model, tok
   print(f"\n{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, jax {jax.__version__}; {FLAGS.images} images per pass")
   print("| tokenizer | size | params | encode img/s (ours) | encode img/s (torch) | decode img/s (ours) "

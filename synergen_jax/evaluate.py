@@ -5,7 +5,7 @@
       --reference REF_DIR_OR_STATS.npz --inception_weights pt_inception-2015-12-05-6726825d.pth
   python -m synergen_jax.evaluate --workdir DIR --suite vqa|caption --data FILE.jsonl
   python -m synergen_jax.evaluate --suite fid --generated DIR --reference DIR_OR_STATS.npz \
-      --inception_weights FILE --out eval.json
+      --inception_weights FILE --out eval.json [--save_reference_stats REF.npz]
 
 Without --suite: DIR/eval.json, DIR/eval_samples.png, DIR/eval_captions.png, what each number
 means in synergen_jax/infer/report.py (every number comes with the held-out size and the seed; the
@@ -39,6 +39,8 @@ flags.DEFINE_string("data", None, "--suite coco_fid / vqa / caption: the benchma
 flags.DEFINE_string("reference", None, "--suite coco_fid / fid: reference image folder or .npz stats")
 flags.DEFINE_string("generated", None, "--suite fid: folder of generated images")
 flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+flags.DEFINE_string("save_reference_stats", None,
+                    "--suite coco_fid / fid: write the reference folder's FID statistics here (.npz)")
 flags.DEFINE_string("out", None, "--suite: the JSON file to merge the numbers into (default DIR/eval.json)")
 flags.DEFINE_integer("per_prompt", 1, "--suite coco_fid: images per caption")
 flags.DEFINE_integer("batch_size", 8, "--suite: prompts per step on each local device")
@@ -49,7 +51,7 @@ flags.DEFINE_integer("max_new_tokens", 32, "--suite vqa / caption: longest answe
 def suite() -> dict:
   need = {"coco_fid": ("workdir", "data", "reference", "inception_weights"),
           "vqa": ("workdir", "data"), "caption": ("workdir", "data"),
-          "fid": ("generated", "reference", "inception_weights")}[FLAGS.suite]
+          "fid": ("generated", "reference")}[FLAGS.suite]
   missing = [f"--{name}" for name in need if not FLAGS[name].value]
   if missing:
     raise app.UsageError(f"--suite {FLAGS.suite} needs {', '.join(missing)}")
@@ -57,14 +59,15 @@ def suite() -> dict:
     if not FLAGS.out:
       raise app.UsageError("--suite fid has no workdir: give --out FILE.json")
     from synergen_jax.eval import fid
-    return fid.fid_between(FLAGS.generated, FLAGS.reference, FLAGS.inception_weights)
+    return fid.fid_between(FLAGS.generated, FLAGS.reference, FLAGS.inception_weights,
+                           save_reference=FLAGS.save_reference_stats)
   settings = JobSettings(
       num=FLAGS.per_prompt, cfg_scale=FLAGS.cfg, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
       max_new_tokens=FLAGS.max_new_tokens,
       sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k))
   if FLAGS.suite == "coco_fid":
     return suites.coco_fid(FLAGS.workdir, FLAGS.data, FLAGS.reference, FLAGS.inception_weights,
-                           settings, FLAGS.fsdp)
+                           settings, FLAGS.fsdp, save_reference=FLAGS.save_reference_stats)
   run = suites.vqa if FLAGS.suite == "vqa" else suites.caption
   return run(FLAGS.workdir, FLAGS.data, settings, FLAGS.fsdp)
 

@@ -6,7 +6,10 @@ over the benchmark's records, then its scores, merged into an eval.json under th
             images generated for the captions, FID against the reference (eval/fid.py)
   vqa       --data vqa.jsonl ({"image", "question", "answers"}): VQA accuracy, exact match, ANLS
   caption   --data captions.jsonl ({"image", "captions"}): BLEU-1..4 and CIDEr
-  fid       --generated DIR --reference DIR_OR_STATS: FID of two folders, no model
+  fid       --generated DIR_OR_STATS --reference DIR_OR_STATS: FID of two folders, no model
+
+coco_fid and fid take --save_reference_stats FILE.npz: the reference folder's statistics are
+written there, and later runs give that file as --reference instead of the folder.
 
 The job's outputs stay in WORKDIR/eval_<suite>/ (images, index), so a stopped evaluation resumes
 and the generated images can be looked at. Every result carries its sample count and settings.
@@ -52,13 +55,15 @@ def _settings(settings: jobs.JobSettings) -> dict:
 
 
 def coco_fid(workdir: str, data: str, reference: str, inception_weights: str,
-             settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
+             settings: jobs.JobSettings, fsdp: int = 1, log=print,
+             save_reference: str | None = None) -> dict:
   from synergen_jax.eval import fid
   kind, _ = jobs.read_records(data)
   if kind != jobs.GENERATE:
     raise DataError(f"{data}: coco_fid needs {{\"prompt\": caption}} records, not image records")
   model, out_dir, run, _ = _job(workdir, "coco_fid", data, settings, fsdp, log)
-  scores = fid.fid_between(os.path.join(out_dir, "images"), reference, inception_weights)
+  scores = fid.fid_between(os.path.join(out_dir, "images"), reference, inception_weights,
+                           save_reference=save_reference)
   return dict(scores, step=model.step, data=data, images=run["items"], settings=_settings(settings),
               images_per_second=run["per_second"])
 
