@@ -37,7 +37,7 @@ def test_a_failing_process_stops_every_process(tiny_data, tmp_path, at):
   assert f"fault drill (SYNERGEN_FAULT_DRILL=1:{at}): process 1 fails at step {at}" in peer
   # Process 0 heard of it through the coordination service, not through a 300 s heartbeat timeout,
   # and stopped by itself (status 3) before the launcher's 10 s grace ran out.
-  assert "process 0 stops because process 1: RuntimeError: fault drill" in run.stderr
+  assert "process 0 stops because process 1: RuntimeError: fault drill" in run.stderr, run.stderr[-3000:]
   statuses = run.stderr.strip().splitlines()[-1].split("ended):")[1].split()
   assert sorted(statuses) == ["0:3", "1:1"], run.stderr[-2000:]
   if at:
