@@ -183,9 +183,46 @@ def conv(features: int, size: int, name: str) -> nn.Conv:
   return nn.Conv(features, (size, size), padding=size // 2, name=name)
 
 
-def group_norm(groups: int, name: str) -> nn.GroupNorm:
-  # Two-pass variance, as torch computes it: E[x^2] - E[x]^2 loses digits when |mean| >> std.
-  return nn.GroupNorm(num_groups=groups, epsilon=EPS, use_fast_variance=False, name=name)
+# Positions per partial sum of GroupNorm's statistics (see GroupNorm).
+NORM_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+
+
+class GroupNorm(nn.Module):
+  """torch's GroupNorm over channels-last x [N, ..., C] (parameters `scale` and `bias`, as flax's
+  nn.GroupNorm names them, so imports are unchanged), with a two-pass variance as torch computes it
+  (E[x^2] - E[x]^2 loses digits when |mean| >> std).
+
+  Written out rather than nn.GroupNorm: flax reduces [N, L, G, C/G] over L and C/G in one fused
+  reduction, which XLA:CPU runs about 1.35x slower than this form, where the positions are first
+  summed in up to 64 chunks (a reduction over a major axis, vectorised along channels) and the
+  groups only then. At MoVQ's 256^2 x 128 activations the norms were a third of the encoder's time."""
+  groups: int
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    n, positions = x.shape[0], int(np.prod(x.shape[1:-1]))
+    chunks = next(k for k in NORM_CHUNKS if positions % k == 0)
+    rows = x.astype(jnp.float32).reshape(n, chunks, positions // chunks, channels)
+    count = positions * (channels // self.groups)
+
+    def per_channel(group_values):          # [n, groups] -> [n, 1, 1, channels]
+      return jnp.repeat(group_values, channels // self.groups, axis=1)[:, None, None, :]
+
+    def group_sums(values):                 # [n, chunks, rows, channels] -> [n, groups]
+      return values.sum(2).sum(1).reshape(n, self.groups, channels // self.groups).sum(-1)
+
+    centred = rows - per_channel(group_sums(rows) / count)
+    variance = group_sums(centred * centred) / count
+    y = centred * (per_channel(jax.lax.rsqrt(variance + self.epsilon)) * scale) + bias
+    return y.reshape(x.shape).astype(x.dtype)
+
+
+def group_norm(groups: int, name: str) -> GroupNorm:
+  return GroupNorm(groups, EPS, name=name)
 
 
 def resize_nearest(x, height: int, width: int):
