@@ -145,7 +145,7 @@ def _ends_with_newline(path: str) -> bool:
     return f.read(1) == b"\n"
 
 
-def _save_png(pixels: np.ndarray, path: str) -> None:
+def save_png(pixels: np.ndarray, path: str) -> None:
   """Written under a temporary name and renamed, so a stop never leaves half a PNG."""
   tmp = path + ".tmp"
   PILImage.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp, format="PNG")
@@ -195,7 +195,7 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
     for batch in _batches(todo, rows):
       for item, entry in zip(batch, step(batch)):
         if "pixels" in entry:
-          _save_png(entry.pop("pixels"), os.path.join(out_dir, image_file(item)))
+          save_png(entry.pop("pixels"), os.path.join(out_dir, image_file(item)))
           entry["file"] = image_file(item)
         extra = {k: v for k, v in item.record.items() if k not in ("id", "num")}
         index.write(json.dumps(dict(id=item.id, sample=item.sample, seed=item.seed, **entry,
@@ -204,7 +204,8 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
       finished += len(batch)
       log(f"sample: {finished}/{len(todo)} ({finished / (time.time() - t0):.2f} items/s)")
   seconds = time.time() - t0
-  return dict(kind=kind, items=len(mine), done_before=len(mine) - len(todo), generated=finished, seconds=seconds, per_second=finished / seconds if finished else None)
+  return dict(kind=kind, items=len(mine), done_before=len(mine) - len(todo), generated=finished,
+              seconds=seconds, per_second=finished / seconds if finished else None)
 
 
 def _generate(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int, pad_to: int):
@@ -218,13 +219,13 @@ def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int,
             base: str):
   tile_codes = []
   for it in batch:
-    path = it.record["image"] if os.path.isabs(it.record["image"]) else os.path.join(base, it.record["image"])
+    path = os.path.join(base, it.record["image"])      # an absolute image path stays as it is
     try:
       pixels = image_ops.decode(path)
     except Exception as e:
       raise DataError(f"record {it.id!r}: cannot read image {path}: {e}") from None
     tile_codes.append(tasks.image_codes(loaded, pixels))
-  answers = tasks.caption(loaded, tile_codes, question=[it.record.get("question") for it in batch], sampling=settings.answer_sampling,
-                          max_new_tokens=settings.max_new_tokens, seeds=[it.seed for it in batch],
+  answers = tasks.caption(loaded, tile_codes, question=[it.record.get("question") for it in batch],
+                          sampling=settings.answer_sampling, max_new_tokens=settings.max_new_tokens, seeds=[it.seed for it in batch],
                           pad_to=pad_to, rows=rows)
   return [dict(answer=a) for a in answers]

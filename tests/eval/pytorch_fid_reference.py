@@ -4,8 +4,9 @@ python of .venv-fid (.ci/fid_reference_env builds it: torch, torchvision, pytorc
   python pytorch_fid_reference.py OUT_DIR IMAGE_FOLDER
 
 pytorch-fid's own FID InceptionV3, with random weights (seeded) instead of the download: random
-BatchNorm scales and shifts, running statistics set from a batch of random images, noise and smooth (so activations
-keep a sane scale through the 94 layers) and then moved a little, so eval-mode BatchNorm matters. Writes to OUT_DIR:
+BatchNorm scales and shifts, running statistics set from a batch of random images, noise and smooth
+(so activations keep a sane scale through the 94 layers) and then moved a little, so eval-mode
+BatchNorm matters. Writes to OUT_DIR:
   inception.pth      the network's state dict, under the names of pytorch-fid's weight file
   image_<i>.npy      uint8 HxWx3 inputs of several sizes; features.npy: their pool3 features [n, 2048]
   folder_stats.npz   pytorch-fid's statistics of IMAGE_FOLDER (mu, sigma), as --save-stats writes

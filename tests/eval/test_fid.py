@@ -47,7 +47,8 @@ def test_features_equal_pytorch_fid_for_every_input_size(reference):
   for i, want in enumerate(expected):
     image = np.load(os.path.join(reference["out"], f"image_{i}.npy"))
     got = np.asarray(network(reference["variables"], image[None]))[0]
-    np.testing.assert_allclose(got, want, atol=5e-4, rtol=1e-4, err_msg=f"image {i} {image.shape}")
+    # within 1e-4 of the features' scale (pool3 features of random weights reach ~10)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"image {i} {image.shape}"
 
 
 @pytest.mark.parametrize("batch_size", [3, 8])
