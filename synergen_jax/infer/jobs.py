@@ -226,6 +226,6 @@ def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int,
       raise DataError(f"record {it.id!r}: cannot read image {path}: {e}") from None
     tile_codes.append(tasks.image_codes(loaded, pixels))
   answers = tasks.caption(loaded, tile_codes, question=[it.record.get("question") for it in batch],
-                          sampling=settings.answer_sampling, max_new_tokens=settings.max_new_tokens, seeds=[it.seed for it in batch],
-                          pad_to=pad_to, rows=rows)
+                          sampling=settings.answer_sampling, max_new_tokens=settings.max_new_tokens,
+                          seeds=[it.seed for it in batch], pad_to=pad_to, rows=rows)
   return [dict(answer=a) for a in answers]
