@@ -2,7 +2,7 @@
 
 One record per line, every line of a file of one kind:
 
-  {"prompt": "a red bus", "id": "bus-1", "num": 4}        text -> `num` images (default: --num)
+  {"prompt": "a red bus", "id": "bus-1", "num": 4}        text -> `num` images (default: --per_prompt)
   {"image": "photos/1.jpg", "question": "What colour?"}  image -> answer ("question" optional:
                                                           without it, the caption prompt)
 
