@@ -13,8 +13,10 @@ Under several processes a failing process writes "<its id>: <error>" into the co
 service's key-value store under FAILURE_KEY (first writer wins) and exits at once, without
 jax.distributed's shutdown, whose barrier would wait for peers that sit in a collective. Every
 process runs a watchdog thread blocked on that key, so the others stop as soon as it is written
-(the blocked read returns at once), wherever their main thread is. A process that dies without a word (kill -9, lost host) is noticed
-by the coordination service's heartbeats instead (SYNERGEN_HEARTBEAT_TIMEOUT, parallel/distributed.py).
+(the blocked read returns at once), wherever their main thread is. Process 0 hosts the service, so
+it leaves last: it waits (at most 2 s) until every other process has written that it is stopping.
+A process that dies without a word (kill -9, lost host) is noticed by the coordination service's
+heartbeats instead (SYNERGEN_HEARTBEAT_TIMEOUT, parallel/distributed.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import jax
 EXIT_FAILED, EXIT_PEER_FAILED, EXIT_PREEMPTED = 1, 3, 75
 FAILURE_KEY = "synergen_jax/first_failure"
 POLL_SECONDS = 1.0
+EXIT_GRACE_SECONDS = 0.5
 
 
 class Preempted(Exception):
@@ -48,7 +51,8 @@ def _client():
 
 
 def _exit_now(message: str, status: int) -> None:
-  print(message, file=sys.stderr, flush=True)
+  if message:
+    print(message, file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(status)        # no atexit hooks: jax.distributed.shutdown would wait for the others
 
@@ -79,19 +83,55 @@ class Watchdog:
       if self._stopped.is_set():
         return
       if not first.startswith(f"{me}:"):
-        if me == 0:
-          # This process hosts the coordination service. Leaving at once takes the service away while
-          # the failing process is still between its report and its exit (and the other peers still
-          # reading the key), and their JAX clients then abort (status 134) instead of exiting 1 / 3.
-          time.sleep(2 * POLL_SECONDS)
-        _exit_now(f"synergen_jax: process {me} stops because process {first} "
-                  f"(exit {EXIT_PEER_FAILED})", EXIT_PEER_FAILED)
+        _stop_for_peer(self._client, me, first)
       return                          # our own report: fail() exits this process
 
   def stop(self) -> None:
     self._stopped.set()
     if self._thread is not None:
       self._thread.join(timeout=2 * POLL_SECONDS + 1)
+
+
+def _stopped_key(process: int) -> str:
+  return f"{FAILURE_KEY}/stopped/{process}"
+
+
+def _wait_for_peers_to_stop(client) -> None:
+  """Process 0 hosts the coordination service: leaving takes it away, and a JAX client that loses
+  it aborts (status 134) instead of exiting 1 / 3. So it waits until every other process has said
+  it is stopping (`_say_stopping`, right before its exit), at most 2 * POLL_SECONDS, then gives them
+  EXIT_GRACE_SECONDS to finish exiting (a peer that has said so but not yet exited still aborts if
+  the service goes: seen in the fault drill). Not longer: a collective that the departed peers
+  have broken can abort this process too."""
+  deadline = time.monotonic() + 2 * POLL_SECONDS
+  for peer in range(1, jax.process_count()):
+    left_ms = int((deadline - time.monotonic()) * 1000)
+    if left_ms <= 0:
+      return
+    try:
+      client.blocking_key_value_get(_stopped_key(peer), left_ms)
+    except Exception:               # DEADLINE_EXCEEDED: that peer is gone or stuck; stop anyway
+      return
+  time.sleep(EXIT_GRACE_SECONDS)
+
+
+def _say_stopping(client, me: int) -> None:
+  """Process 0 waits for this before it leaves (the last thing a process does before os._exit)."""
+  if me == 0:
+    _wait_for_peers_to_stop(client)
+    return
+  try:
+    client.key_value_set(_stopped_key(me), "stopping")
+  except Exception:                 # already said (watchdog and main thread both stopping), or the
+    pass                            # service is gone and nobody waits for it
+
+
+def _stop_for_peer(client, me: int, first: str) -> None:
+  """Exits 3 because of the failure `first` ("<id>: <error>") another process reported."""
+  print(f"synergen_jax: process {me} stops because process {first} (exit {EXIT_PEER_FAILED})",
+        file=sys.stderr, flush=True)
+  _say_stopping(client, me)
+  _exit_now("", EXIT_PEER_FAILED)
 
 
 def _reported_failure(client) -> str | None:
@@ -104,7 +144,7 @@ def _reported_failure(client) -> str | None:
 def fail(error: BaseException) -> None:
   """Handles an exception that ends the run. A single process re-raises it (the usual traceback and
   status 1). Under several processes: print it, tell the others (first report wins; process 0, which
-  hosts the service, gives them a moment to read it) and exit 1 without jax.distributed's shutdown."""
+  hosts the service, waits until they have read it) and exit 1 without jax.distributed's shutdown."""
   client = _client()
   if client is None:
     raise error
@@ -116,14 +156,13 @@ def fail(error: BaseException) -> None:
   except Exception:                 # ALREADY_EXISTS (another process failed first) or no service
     first = _reported_failure(client)
     if first is not None and not first.startswith(f"{me}:"):
-      # This error is a consequence (e.g. a collective broken by the failed peer's exit while the
-      # watchdog gave it time to leave): report it as the peer's failure, as the watchdog would.
-      _exit_now(f"synergen_jax: process {me} stops because process {first} "
-                f"(exit {EXIT_PEER_FAILED})", EXIT_PEER_FAILED)
-  else:
-    if me == 0:                     # the key lives in this process's coordination service: let
-      time.sleep(2 * POLL_SECONDS)  # the others' watchdogs read it before the service goes away
-  _exit_now(f"synergen_jax: process {me} failed (exit {EXIT_FAILED}): {summary}", EXIT_FAILED)
+      # This error is a consequence (e.g. a collective broken by the failed peer's exit): report
+      # it as the peer's failure, as the watchdog would.
+      _stop_for_peer(client, me, first)
+  print(f"synergen_jax: process {me} failed (exit {EXIT_FAILED}): {summary}", file=sys.stderr,
+        flush=True)
+  _say_stopping(client, me)
+  _exit_now("", EXIT_FAILED)
 
 
 class PreemptionNotice:
