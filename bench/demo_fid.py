@@ -22,7 +22,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "a trained workdir on a class dataset (the demo's sft stage)")
-flags.DEFINE_string("inception_weights", None, "pytorch-fid's weight file, or one of random weights")
+flags.DEFINE_string("inception_weights", None,
+                    "pytorch-fid's weight file, or a random-weight state dict of that network")
 flags.DEFINE_integer("per_class", 50, "images generated per class")
 flags.DEFINE_float("cfg", 3.0, "guidance scale (the demo's evaluation uses 3)")
 flags.DEFINE_integer("top_k", 20, "image sampling top-k (the demo's evaluation uses 20; 0 = off)")
@@ -38,16 +39,19 @@ def _save_folder(pixels: np.ndarray, folder: str) -> str:
   return folder
 
 
-def real_images(loaded, seed_count: int):
-  """(held-out pixels, as many training-split pixels as seed_count) as the model saw them."""
+def real_images(loaded, per_class: int):
+  """(held-out pixels, per_class x classes training-split pixels, class names, source name), the
+  pixels as the model saw them."""
   from synergen_jax.data.decoding import FitSettings, decode_pairs
   from synergen_jax.data.sources import open_source, split_indices
   d = loaded.config.data
   source = open_source(d.copy_and_resolve_references())
   train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
-  settings = FitSettings.from_config(loaded.config, loaded.image_tokenizer.image_size, source.background)
+  settings = FitSettings.from_config(loaded.config, loaded.image_tokenizer.image_size,
+                                     source.background)
   held_out, _ = decode_pairs(source, eval_idx, settings)
-  pick = np.sort(np.random.default_rng(d.seed).choice(train_idx, seed_count, replace=False))
+  count = min(len(train_idx), per_class * max(1, len(source.class_names)))
+  pick = np.sort(np.random.default_rng(d.seed).choice(train_idx, count, replace=False))
   train, _ = decode_pairs(source, pick, settings)
   return (np.stack([p.gen for p in held_out]), np.stack([p.gen for p in train]),
           list(source.class_names), source.name)
@@ -61,7 +65,7 @@ def main(argv):
   out = FLAGS.out_dir or tempfile.mkdtemp(prefix="demo_fid_")
   os.makedirs(out, exist_ok=True)
   model = loader.load(FLAGS.workdir, mesh=loader.local_mesh())
-  held_out, train, names, source = real_images(model, FLAGS.per_class * 10)
+  held_out, train, names, source = real_images(model, FLAGS.per_class)
   if not names:
     raise app.UsageError(f"{FLAGS.workdir}: its data ({source}) has no class names to prompt with")
   prompts = os.path.join(out, "prompts.jsonl")
@@ -72,7 +76,7 @@ def main(argv):
                               batch_size=FLAGS.batch_size)
   run = jobs.run_job(model, prompts, os.path.join(out, "generated"), settings, log=lambda _: None)
   reference = _save_folder(held_out, os.path.join(out, "held_out"))
-  floor = _save_folder(train[:len(names) * FLAGS.per_class], os.path.join(out, "train"))
+  floor = _save_folder(train, os.path.join(out, "train"))
   stats = os.path.join(out, "held_out.npz")
   generated = fid.fid_between(os.path.join(out, "generated", "images"), reference,
                               FLAGS.inception_weights, save_reference=stats)
