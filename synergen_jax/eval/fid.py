@@ -67,13 +67,12 @@ class RunningMoments:
 
 
 class FeatureExtractor:
-  """The network compiled for one batch size: a batch is split over all given devices (a 1-D mesh)
-  when their count divides it, else it runs on the first one."""
+  """The network compiled for one batch size, split over all given devices (a 1-D mesh); the batch
+  size is rounded up to a multiple of their count, as ImageTokenizer does."""
 
   def __init__(self, variables: dict, batch_size: int, devices=None):
     devices = list(devices if devices is not None else jax.local_devices())
-    if batch_size % len(devices):
-      devices = devices[:1]
+    batch_size = -(-batch_size // len(devices)) * len(devices)
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     self.batch_size = batch_size
     self.devices = devices

@@ -51,11 +51,13 @@ def test_features_equal_pytorch_fid_for_every_input_size(reference):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"image {i} {image.shape}"
 
 
-@pytest.mark.parametrize("batch_size", [3, 8])
-def test_folder_statistics_equal_pytorch_fid(reference, batch_size):
-  """7 images: batches of 3 end in a padded one; 8 holds them all in one padded batch."""
+@pytest.mark.parametrize("batch_size, devices", [(3, 1), (8, 8)])
+def test_folder_statistics_equal_pytorch_fid(reference, batch_size, devices):
+  """7 images: batches of 3 on one device end in a padded one; 8 over 8 devices hold them all in
+  one padded batch."""
   want = np.load(os.path.join(reference["out"], "folder_stats.npz"))
-  extractor = fid.FeatureExtractor(reference["variables"], batch_size)
+  extractor = fid.FeatureExtractor(reference["variables"], batch_size, jax.local_devices()[:devices])
+  assert extractor.batch_size == batch_size and len(extractor.devices) == devices
   stats = fid.files_statistics(fid.image_files(reference["images"]), extractor)
   assert stats.count == len(IMAGE_SIZES)
   np.testing.assert_allclose(stats.mu, want["mu"], atol=2e-4, rtol=1e-4)
