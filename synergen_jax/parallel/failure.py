@@ -50,9 +50,11 @@ def _client():
   return distributed.global_state.client
 
 
-def _exit_now(message: str, status: int) -> None:
-  if message:
-    print(message, file=sys.stderr, flush=True)
+def _exit_now(message: str, status: int, client=None) -> None:
+  """Prints message and exits; with the coordination client, first says so (`_say_stopping`)."""
+  print(message, file=sys.stderr, flush=True)
+  if client is not None:
+    _say_stopping(client, jax.process_index())
   sys.stdout.flush()
   os._exit(status)        # no atexit hooks: jax.distributed.shutdown would wait for the others
 
@@ -128,10 +130,8 @@ def _say_stopping(client, me: int) -> None:
 
 def _stop_for_peer(client, me: int, first: str) -> None:
   """Exits 3 because of the failure `first` ("<id>: <error>") another process reported."""
-  print(f"synergen_jax: process {me} stops because process {first} (exit {EXIT_PEER_FAILED})",
-        file=sys.stderr, flush=True)
-  _say_stopping(client, me)
-  _exit_now("", EXIT_PEER_FAILED)
+  _exit_now(f"synergen_jax: process {me} stops because process {first} (exit {EXIT_PEER_FAILED})",
+            EXIT_PEER_FAILED, client)
 
 
 def _reported_failure(client) -> str | None:
@@ -159,10 +159,8 @@ def fail(error: BaseException) -> None:
       # This error is a consequence (e.g. a collective broken by the failed peer's exit): report
       # it as the peer's failure, as the watchdog would.
       _stop_for_peer(client, me, first)
-  print(f"synergen_jax: process {me} failed (exit {EXIT_FAILED}): {summary}", file=sys.stderr,
-        flush=True)
-  _say_stopping(client, me)
-  _exit_now("", EXIT_FAILED)
+  _exit_now(f"synergen_jax: process {me} failed (exit {EXIT_FAILED}): {summary}", EXIT_FAILED,
+            client)
 
 
 class PreemptionNotice:
