@@ -42,16 +42,13 @@ def _save_folder(pixels: np.ndarray, folder: str) -> str:
 def real_images(loaded, per_class: int):
   """(held-out pixels, per_class x classes training-split pixels, class names, source name), the
   pixels as the model saw them."""
-  from synergen_jax.data.decoding import FitSettings, decode_pairs
-  from synergen_jax.data.sources import open_source, split_indices
-  d = loaded.config.data
-  source = open_source(d.copy_and_resolve_references())
-  train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
-  settings = FitSettings.from_config(loaded.config, loaded.image_tokenizer.image_size,
-                                     source.background)
+  from synergen_jax.data.decoding import decode_pairs
+  from synergen_jax.infer.report import open_split
+  source, settings, train_idx, eval_idx = open_split(loaded)
   held_out, _ = decode_pairs(source, eval_idx, settings)
   count = min(len(train_idx), per_class * max(1, len(source.class_names)))
-  pick = np.sort(np.random.default_rng(d.seed).choice(train_idx, count, replace=False))
+  pick = np.sort(np.random.default_rng(loaded.config.data.seed).choice(train_idx, count,
+                                                                       replace=False))
   train, _ = decode_pairs(source, pick, settings)
   return (np.stack([p.gen for p in held_out]), np.stack([p.gen for p in train]),
           list(source.class_names), source.name)

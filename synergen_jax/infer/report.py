@@ -94,6 +94,25 @@ def _generation(loaded: Loaded, judge, names, real_eval, real_train, per_class, 
               top_k=sampling.top_k, top_p=sampling.top_p), pixels
 
 
+def open_split(loaded: Loaded, source_path: str | None = None):
+  """(source, FitSettings, train indices, held-out indices) of the data a workdir was trained on:
+  the seeded split every stage holds out, with the records fitted as training fitted them.
+
+  `source_path`: the raw jsonl file / image folder of `jsonl` and `folder` sources (a workdir's
+  config.data.path names the prepared data, not the raw files)."""
+  d = loaded.config.data
+  source_config = d.copy_and_resolve_references()
+  source_config.path = source_path
+  if d.name in ("jsonl", "folder") and not source_path:
+    raise ValueError(f"evaluate: config.data.name={d.name!r} reads raw files; pass their location "
+                     "with --source_path")
+  source = open_source(source_config)
+  train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
+  settings = FitSettings.from_config(loaded.config, loaded.image_tokenizer.image_size,
+                                     source.background)
+  return source, settings, train_idx, eval_idx
+
+
 def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = None,
              per_class: int = 10, cfg_scale: float = 7.5, sampling: Sampling = Sampling(),
              seed: int = 0, batch_size: int = 128, source_path: str | None = None) -> dict:
@@ -104,16 +123,9 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   t0 = time.time()
   config, tok = loaded.config, loaded.image_tokenizer
   d = config.data
-  source_config = d.copy_and_resolve_references()
-  source_config.path = source_path
-  if d.name in ("jsonl", "folder") and not source_path:
-    raise ValueError(f"evaluate: config.data.name={d.name!r} reads raw files; pass their location "
-                     "with --source_path")
-  source = open_source(source_config)
-  train_idx, eval_idx = split_indices(len(source), d.eval_count, d.seed)
+  source, settings, train_idx, eval_idx = open_split(loaded, source_path)
   if count and count < len(eval_idx):   # a seeded subset: sources are often stored sorted by class
     eval_idx = np.sort(np.random.default_rng(d.seed).choice(eval_idx, count, replace=False))
-  settings = FitSettings.from_config(config, tok.image_size, source.background)
   real, skipped = decode_pairs(source, eval_idx, settings)
   if not real:
     raise ValueError(f"evaluate: no usable held-out records in {source.name}: {dict(skipped)}")
