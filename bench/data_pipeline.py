@@ -18,10 +18,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from synergen_jax import cli
-from synergen_jax.config import validate_config
+from synergen_jax.core import cli
+from synergen_jax.core.config import validate_config
 from synergen_jax.data.pipeline import make_iterator
-from synergen_jax.data.writer import prepare
+from synergen_jax.prepare.writer import prepare
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.vq import training as vq_training

@@ -43,7 +43,7 @@ def real_images(loaded, per_class: int):
   """(held-out pixels, per_class x classes training-split pixels, class names, source name), the
   pixels as the model saw them."""
   from synergen_jax.data.decoding import decode_pairs
-  from synergen_jax.infer.report import open_split
+  from synergen_jax.eval.report import open_split
   source, settings, train_idx, eval_idx = open_split(loaded)
   held_out, _ = decode_pairs(source, eval_idx, settings)
   count = min(len(train_idx), per_class * max(1, len(source.class_names)))

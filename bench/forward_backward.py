@@ -18,8 +18,8 @@ import time
 import jax
 from absl import app, flags
 
-from synergen_jax import cli
-from synergen_jax.config import validate_config
+from synergen_jax.core import cli
+from synergen_jax.core.config import validate_config
 from synergen_jax.data.synthetic import synthetic_batch, with_synthetic_budgets
 from synergen_jax.model import accounting
 from synergen_jax.model.losses import full_logits_loss, synergen_loss

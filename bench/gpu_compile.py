@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from synergen_jax.aot.targets import gpu_topology  # noqa: E402
-from synergen_jax.hardware import GPU_TARGETS  # noqa: E402
+from synergen_jax.core.hardware import GPU_TARGETS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("target", "h100", sorted(GPU_TARGETS), "GPU to compile for")

@@ -19,7 +19,7 @@ import tempfile
 
 from absl import app, flags
 
-from synergen_jax import cli
+from synergen_jax.core import cli
 
 FLAGS = flags.FLAGS
 cli.define_config_flag("configs/tiny.py")
@@ -30,7 +30,7 @@ flags.DEFINE_integer("vocab", 32000, "its vocabulary")
 CHILD = r"""
 import json, resource, sys
 import jax, numpy as np
-from synergen_jax import cli
+from synergen_jax.core import cli
 from synergen_jax.convert.importer import import_checkpoint
 import synergen_jax.convert.importer, orbax.checkpoint   # everything imported before the baseline
 def rss_mb():

@@ -90,8 +90,8 @@ def random_tokenizer(workdir: str, size: int) -> str:
 
   import jax.numpy as jnp
 
-  from synergen_jax import cli
-  from synergen_jax.config import load_config
+  from synergen_jax.core import cli
+  from synergen_jax.core.config import load_config
   from synergen_jax.convert import vq_weights
   from synergen_jax.vq.autoencoder import VQConfig, VQModel
   s = SHAPES[size]

@@ -23,7 +23,7 @@ and the 8x8 code grid folds 1x1, 2x2, 2x4 and 4x4 (`configs/demo.py:fold=2x4`). 
 a small SentencePiece model over the captions plus special tokens; the codebook has 512 codes.
 """
 
-from synergen_jax.config import base_config, parse_arg
+from synergen_jax.core.config import base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ Our choices: code embedding width 896, fold MLP hidden 896, a 4-layer unfold hea
 block shape, sequence length 2,048.
 """
 
-from synergen_jax.config import base_config, parse_arg
+from synergen_jax.core.config import base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -32,7 +32,7 @@ text_vocab stays InternLM2's 92,544: <pad> <boi> <eoi> <UNCOND> and the data.res
 no room gets rows appended; then set --config.model.text_vocab to the import's (hf_import.json).
 """
 
-from synergen_jax.config import base_config, parse_arg
+from synergen_jax.core.config import base_config, parse_arg
 
 STAGE_SEQ_LEN = {"1": 4096, "2": 8192, "sft": 16384}   # paper Tab. 8
 

@@ -7,7 +7,7 @@ over layers), remat (none/full/dots/...), experts (vision experts on/off), stage
 `python -m synergen_jax.demo --config configs/tiny.py` chain the stages in seconds).
 """
 
-from synergen_jax.config import base_config, parse_arg
+from synergen_jax.core.config import base_config, parse_arg
 
 
 def get_config(arg=None):

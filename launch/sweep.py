@@ -21,8 +21,8 @@ import os
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
-from synergen_jax.config import load_config, load_module
+from synergen_jax.core import cli
+from synergen_jax.core.config import load_config, load_module
 
 COLUMNS = ("point", "fold", "steps", "final_loss", "loss_text", "loss_image", "examples_per_sec",
            "tokens_per_sec", "caption_accuracy", "zero_shot_accuracy", "prompt_accuracy",
@@ -60,7 +60,7 @@ def commands(sweep, point, workdir: str) -> list[str]:
 
 def run_point(sweep, point, workdir: str) -> None:
   from synergen_jax.infer.decode import Sampling
-  from synergen_jax.infer.report import evaluate_workdir
+  from synergen_jax.eval.report import evaluate_workdir
   from synergen_jax.train.loop import train
 
   train(point_config(sweep, point), workdir)

@@ -8,7 +8,7 @@ Runs the config with stage=1 into WORKDIR/stage1, then stage=2 from its paramete
 WORKDIR/stage2, then stage=sft from those into WORKDIR/sft (each stage loads the config file again
 with its stage argument and the same --config.a.b=v overrides; the data and tokenizer are prepared
 once, into the cache, before the first stage), then evaluates the final model
-(synergen_jax/infer/report.py: greedy captions, zero-shot classification, generated digits judged
+(synergen_jax/eval/report.py: greedy captions, zero-shot classification, generated digits judged
 by a classifier) into WORKDIR/sft/eval.json, eval_samples.png (a row of generated images per digit)
 and eval_captions.png. WORKDIR/demo.json holds the wall time per phase, the held-out teacher-forced
 metrics after each stage and the evaluation. Rerunning resumes wherever it stopped.
@@ -22,10 +22,10 @@ import time
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
-from synergen_jax.data.cache import ensure_prepared
+from synergen_jax.core import cli
+from synergen_jax.prepare.cache import ensure_prepared
 from synergen_jax.infer.decode import Sampling
-from synergen_jax.infer.report import evaluate_workdir, format_table
+from synergen_jax.eval.report import evaluate_workdir, format_table
 from synergen_jax.train.loop import train
 
 cli.define_config_flag("configs/demo.py")

@@ -8,7 +8,7 @@
       --inception_weights FILE --out eval.json [--save_reference_stats REF.npz]
 
 Without --suite: DIR/eval.json, DIR/eval_samples.png, DIR/eval_captions.png, what each number
-means in synergen_jax/infer/report.py (every number comes with the held-out size and the seed; the
+means in synergen_jax/eval/report.py (every number comes with the held-out size and the seed; the
 generation judge is trained once per dataset and cached). With --suite: the suite's numbers under its
 name in --out (default DIR/eval.json; other keys are kept); see synergen_jax/eval/suites.py.
 """
@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from synergen_jax.eval import suites
 from synergen_jax.infer.decode import Sampling
 from synergen_jax.infer.jobs import JobSettings
-from synergen_jax.infer.report import evaluate_workdir, format_table
+from synergen_jax.eval.report import evaluate_workdir, format_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "a training workdir")

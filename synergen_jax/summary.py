@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from synergen_jax import cli
-from synergen_jax.config import validate_config
+from synergen_jax.core import cli
+from synergen_jax.core.config import validate_config
 from synergen_jax.data.synthetic import synthetic_batch
 from synergen_jax.model import accounting
 from synergen_jax.model.losses import synergen_loss

@@ -14,7 +14,7 @@ import json
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
+from synergen_jax.core import cli
 from synergen_jax.vq import training
 
 cli.define_config_flag()

@@ -27,7 +27,7 @@ def rng():
 def tiny_data(tmp_path_factory):
   """configs/tiny.py's image tokenizer trained on MNIST-5k and its prepared shards (built once)."""
   from helpers import tiny
-  from synergen_jax.data.writer import prepare
+  from synergen_jax.prepare.writer import prepare
   from synergen_jax.vq import training as vq_training
   from synergen_jax.vq.tokenizer import ImageTokenizer
 

@@ -7,7 +7,7 @@ import socket
 
 import numpy as np
 
-from synergen_jax.config import load_config, validate_config
+from synergen_jax.core.config import load_config, validate_config
 from synergen_jax.data.layout import Image, Text, fill_row, layout_example, stack_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ pytest.importorskip("libtpu", reason="needs the tpu extra: pip install -e '.[tpu
 
 from helpers import ROOT, tiny  # noqa: E402
 from synergen_jax.aot.compile_report import compile_report  # noqa: E402
-from synergen_jax.config import ConfigError  # noqa: E402
+from synergen_jax.core.errors import ConfigError  # noqa: E402
 from synergen_jax.model import accounting  # noqa: E402
 
 

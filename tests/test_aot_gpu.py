@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from helpers import tiny
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.aot.compile_report import compile_report
 from synergen_jax.aot.targets import gpu_topology, is_gpu_target
 

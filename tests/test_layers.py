@@ -1,8 +1,10 @@
-"""The package's layers: a module imports only from its own group or from groups below it.
+"""The layers, checked: a folder is one layer, and a module imports only from its own folder or from
+folders of a lower layer.
 
-This is README's layer drawing, checked: every `synergen_jax` import (including the ones inside
-functions) of every module is read with `ast`, so a step back up a layer fails here with the file
-and the import named.
+Every `synergen_jax` import (including the ones inside functions) of every module of the package and
+of configs/, launch/ and bench/ is read with `ast`, so a step back up a layer fails here with the file
+and the import named. A folder has exactly one entry below: a module cannot sit in a folder and in a
+different layer, so a folder can no longer span layers. The package root holds only command lines.
 """
 
 import ast
@@ -10,57 +12,54 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1] / "synergen_jax"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "synergen_jax"
 
-# (rank, group): lower ranks are below; a group may import itself and any group of a lower rank.
+# folder -> (rank, what it holds). A module may import its own folder and any folder of a lower
+# rank; folders of the same rank do not know each other. "" is the package root.
 LAYERS = {
-    "kernels": (0, "kernels"),
-    "config": (1, "facts"), "batch": (1, "facts"), "hardware": (1, "facts"),
-    "cli": (2, "cli"),
-    "parallel": (2, "parallel"),
-    "model": (3, "model"),
-    "data.errors": (3, "raw data"), "data.images": (3, "raw data"), "data.sources": (3, "raw data"),
-    "data.layout": (3, "raw data"), "data.records": (3, "raw data"),
-    "data.tokenizers": (3, "raw data"), "data.synthetic": (3, "raw data"),
-    "data.documents": (3, "raw data"), "data.formats": (3, "raw data"), "data.paths": (3, "raw data"),
-    "data.decoding": (3, "raw data"), "data.inputs": (3, "raw data"), "data.parts": (3, "raw data"),
-    "data.budgets": (3, "raw data"),
-    "vq": (4, "image tokenizer"),
-    "data.writer": (5, "prepare"),            # the writer and the reader do not know each other:
-    "data.pipeline": (5, "pipeline"),         # they share data/records.py
-    "data.mixture": (5, "pipeline"),
-    "data.cache": (6, "cache"),
-    "train": (7, "train"),
-    "eval": (4, "metrics"),                   # benchmark scores; eval.suites runs the model
-    "infer": (8, "infer"),
-    "convert": (9, "tools"), "aot": (9, "tools"), "eval.suites": (9, "tools"),
-    # command lines
-    "train_vq": (10, "commands"), "prepare": (10, "commands"), "sample": (10, "commands"),
-    "score": (10, "commands"), "evaluate": (10, "commands"), "demo": (10, "commands"),
-    "summary": (10, "commands"),
+    "kernels": (0, "the attention entry point and the Pallas flash kernels"),
+    "core": (1, "config declarations, the batch contract, hardware facts, errors, --config"),
+    "parallel": (2, "mesh, sharding rules, distributed start, failure handling"),
+    "configs": (2, "experiment configs: get_config(arg)"),
+    "model": (3, "the SynerGen-VL network and its losses"),
+    "data": (3, "raw data -> token examples, and the Grain pipeline over prepared data"),
+    "vq": (4, "the image tokenizer: network, training, pixels <-> codes"),
+    "prepare": (5, "raw inputs -> prepared ArrayRecord parts; the data cache"),
+    "train": (6, "the trainer"),
+    "infer": (7, "KV-cached decoding, loading a workdir, scoring, batch jobs"),
+    "eval": (8, "benchmark metrics, the class judge, the evaluation report, suites"),
+    "convert": (9, "weights in and out: HF LLMs, released image tokenizers"),
+    "aot": (9, "the train step compiled ahead of time for TPU slices and GPU hosts"),
+    "": (10, "command lines: python -m synergen_jax.<name>"),
+    "launch": (11, "launch scripts and the sweep driver"),
+    "bench": (11, "benchmarks that print tables"),
 }
 
 
-def layer(module: str):
-  """The LAYERS entry of a dotted module name below synergen_jax (longest prefix wins)."""
-  parts = module.split(".")
-  for n in range(len(parts), 0, -1):
-    if ".".join(parts[:n]) in LAYERS:
-      return LAYERS[".".join(parts[:n])]
-  return None
+def folder(name: str) -> str:
+  """The LAYERS key of a module named by its dotted path below synergen_jax."""
+  parts = name.split(".")
+  return parts[0] if len(parts) > 1 else ""
 
 
-def modules():
-  for path in sorted(ROOT.rglob("*.py")):
-    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    yield name.removesuffix(".__init__").removesuffix(".__main__"), path
+def package_modules():
+  for path in sorted(PACKAGE.rglob("*.py")):
+    name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    yield folder(name.removesuffix(".__init__").removesuffix(".__main__")), path
+
+
+def outside_modules():
+  for top in ("configs", "launch", "bench"):
+    for path in sorted((REPO / top).rglob("*.py")):
+      yield top, path
 
 
 def imports(path: pathlib.Path):
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("synergen_jax"):
       base = node.module.removeprefix("synergen_jax").lstrip(".")
-      for alias in node.names:   # `from synergen_jax.data import layout` imports data.layout
+      for alias in node.names:   # `from synergen_jax.core import cli` imports core.cli
         yield ".".join(filter(None, [base, alias.name])), node.lineno
     elif isinstance(node, ast.Import):
       for alias in node.names:
@@ -68,18 +67,33 @@ def imports(path: pathlib.Path):
           yield alias.name.removeprefix("synergen_jax."), node.lineno
 
 
-@pytest.mark.parametrize("name,path", list(modules()), ids=lambda x: str(x))
-def test_imports_go_down_the_layers(name, path):
-  if path.name == "__init__.py":   # package docstrings: they import nothing
-    assert not list(imports(path)), f"{path} imports; keep package __init__ files empty"
+def target_folder(target: str) -> str:
+  """The folder an imported name lives in: `core.config` -> core, `demo` -> the root, `core` -> core."""
+  first = target.split(".")[0]
+  if (PACKAGE / first).is_dir():
+    return first
+  assert (PACKAGE / f"{first}.py").is_file(), f"synergen_jax.{target} does not exist"
+  return ""
+
+
+@pytest.mark.parametrize("own,path", [*package_modules(), *outside_modules()],
+                         ids=lambda x: str(x.relative_to(REPO)) if isinstance(x, pathlib.Path) else x)
+def test_imports_go_down_the_layers(own, path):
+  if path.name == "__init__.py" and path.is_relative_to(PACKAGE):   # package docstrings only
+    assert not list(imports(path)), f"{path} imports; keep package __init__ files to a docstring"
     return
-  own = layer(name)
-  assert own is not None, f"{path}: module {name} has no layer in tests/test_layers.py LAYERS"
+  assert own in LAYERS, f"{path}: folder {own!r} has no layer in tests/test_layers.py LAYERS"
+  rank = LAYERS[own][0]
   for target, line in imports(path):
-    theirs = layer(target)
-    if theirs is None:   # `from synergen_jax import batch as batch_lib` style names a module
-      theirs = layer(target.split(".")[0])
-    assert theirs is not None, f"{path}:{line} imports unknown synergen_jax.{target}"
-    ok = theirs[1] == own[1] or theirs[0] < own[0]
-    assert ok, (f"{path}:{line}: {name} ({own[1]}, layer {own[0]}) imports {target} "
-                f"({theirs[1]}, layer {theirs[0]}): a step back up")
+    theirs = target_folder(target)
+    assert theirs in LAYERS, f"{path}:{line} imports synergen_jax.{target}, in a folder with no layer"
+    ok = theirs == own or LAYERS[theirs][0] < rank
+    assert ok, (f"{path}:{line}: {own or 'the package root'} (layer {rank}) imports {target} "
+                f"({theirs or 'the package root'}, layer {LAYERS[theirs][0]}): a step back up or "
+                f"sideways")
+
+
+def test_every_folder_has_a_layer():
+  """A new package folder must be placed in the drawing before anything is checked against it."""
+  folders = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+  assert folders <= set(LAYERS), f"folders without a layer: {sorted(folders - set(LAYERS))}"

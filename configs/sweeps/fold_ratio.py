@@ -13,7 +13,7 @@ fold ratio (550 steps each, about 6 min per point on 2 cores).
 
 import ml_collections
 
-from synergen_jax.config import parse_arg
+from synergen_jax.core.config import parse_arg
 
 FOLDS = ("1x1", "2x2", "2x4", "4x4")
 

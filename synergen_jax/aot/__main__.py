@@ -29,7 +29,7 @@ import sys
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
+from synergen_jax.core import cli
 from synergen_jax.aot.compile_report import compile_report, format_report, parse_mesh
 from synergen_jax.aot.targets import tpu_topology_of
 

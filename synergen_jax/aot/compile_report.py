@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from synergen_jax.aot.targets import topology_devices
-from synergen_jax.config import CAPACITIES, ConfigError, validate_config
+from synergen_jax.core.config import CAPACITIES, validate_config
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.data.synthetic import synthetic_batch, with_synthetic_budgets
 from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.model import accounting

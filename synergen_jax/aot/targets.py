@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 
-from synergen_jax.config import ConfigError
-from synergen_jax.hardware import GPU_TARGETS, tpu_hbm_bytes
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.hardware import GPU_TARGETS, tpu_hbm_bytes
 
 _NAME = re.compile(r"^(?P<gpu>[a-z0-9]+)(?::(?P<hosts>\d+)x(?P<devices>\d+))?$")
 

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.config import ConfigError, validate_config
+from synergen_jax.core.config import validate_config
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.convert.hf_families import FAMILIES, LLMShape, global_names, hf_config, write_layer
 from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD, read_config, restore_on_device
 

@@ -15,8 +15,7 @@ import os
 import jax
 import numpy as np
 
-from synergen_jax.config import ConfigError
-from synergen_jax.data.errors import CheckpointError  # noqa: F401  (raised here, imported from here)
+from synergen_jax.core.errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
@@ -156,7 +155,3 @@ class HFCheckpoint:
     """Remote-code modelling files (InternLM2 ships its own): copied along so export can return them."""
     return sorted(glob.glob(os.path.join(self.dir, "*.py")))
 
-
-def require(ok: bool, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)

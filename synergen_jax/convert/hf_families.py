@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from synergen_jax.convert.hf_checkpoint import CheckpointError
+from synergen_jax.core.errors import CheckpointError
 
 FAMILIES = ("llama", "qwen2", "internlm2")
 ARCHITECTURES = dict(llama="LlamaForCausalLM", qwen2="Qwen2ForCausalLM",

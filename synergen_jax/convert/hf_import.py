@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
+from synergen_jax.core import cli
 from synergen_jax.convert.importer import import_checkpoint
 
 FLAGS = flags.FLAGS

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
-from synergen_jax.config import ConfigError, validate_config
+from synergen_jax.core import cli
+from synergen_jax.core.config import validate_config
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.convert import vq_release, vq_weights
 from synergen_jax.vq import autoencoder as vq
 

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from synergen_jax.convert.hf_checkpoint import CheckpointError
+from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq import autoencoder as vq
 
 

@@ -29,9 +29,9 @@ import math
 
 import numpy as np
 
-from synergen_jax.batch import IMAGE
-from synergen_jax.config import CAPACITIES, ModelConfig
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.batch import IMAGE
+from synergen_jax.core.config import CAPACITIES, ModelConfig
+from synergen_jax.core.errors import DataError
 
 HEADROOM = 1.25
 STEPS_PER_ROW = 64

@@ -27,7 +27,7 @@ import numpy as np
 
 from synergen_jax.data import images as image_ops
 from synergen_jax.data.documents import Document, Skipped, TextSpan
-from synergen_jax.data.errors import BadRecord
+from synergen_jax.core.errors import BadRecord
 from synergen_jax.data.sources import RawExample
 
 

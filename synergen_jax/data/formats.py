@@ -64,7 +64,7 @@ from typing import Any, Iterator
 from etils import epath
 
 from synergen_jax.data.documents import Document, ImageSpan, InputShard, Skipped, TextSpan
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.paths import expand_paths, fixed_prefix, normalise
 from synergen_jax.data.sources import RawExample
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage
 
-from synergen_jax.data.errors import BadRecord
+from synergen_jax.core.errors import BadRecord
 
 
 class BadImage(BadRecord):

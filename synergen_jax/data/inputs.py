@@ -17,7 +17,7 @@ from typing import Sequence
 
 from synergen_jax.data import formats
 from synergen_jax.data.documents import InputShard, Skipped
-from synergen_jax.data.errors import BadRecord, DataError
+from synergen_jax.core.errors import BadRecord, DataError
 from synergen_jax.data.sources import Source, open_source, split_indices
 
 

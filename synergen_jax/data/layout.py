@@ -19,7 +19,7 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from synergen_jax.batch import IMAGE, SLOT_FIELDS, TEXT, grid_to_windows, zeros
+from synergen_jax.core.batch import IMAGE, SLOT_FIELDS, TEXT, grid_to_windows, zeros
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,8 @@ import os
 
 import numpy as np
 
-from synergen_jax.config import ConfigError
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import DataError
 
 # meta.json fields that must be equal across a mixture's components, each with how to make them so.
 _TEXT_FIX = ("prepare every component with one text tokenizer: --config.data.tokenizer="

@@ -12,7 +12,7 @@ import re
 
 from etils import epath
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 
 MAX_EXPANSIONS = 1_000_000   # a brace range beyond this is a typo ({0..99999999}), not a dataset
 

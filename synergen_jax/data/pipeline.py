@@ -1,6 +1,6 @@
 """Prepared shards -> packed, batched model inputs, with Grain.
 
-  ArrayRecord shards (data/writer.py; records decoded by data/records.py)
+  ArrayRecord shards (prepare/writer.py; records decoded by data/records.py)
     -> drop or reject examples longer than a row or      (counted from the index, before any reading)
        alone over a per-row budget (data/budgets.py)
     -> seeded global shuffle, reshuffled every epoch
@@ -49,10 +49,10 @@ import numpy as np
 from absl import flags
 from grain.experimental import FirstFitPackIterDataset
 
-from synergen_jax.batch import SLOT_FIELDS
-from synergen_jax.config import CAPACITIES, ModelConfig, validate_config
+from synergen_jax.core.batch import SLOT_FIELDS
+from synergen_jax.core.config import CAPACITIES, ModelConfig, validate_config
 from synergen_jax.data import budgets, layout, mixture
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import FORMAT_VERSION, decode_record, record_parts
 from synergen_jax.parallel.sharding import batch_sharding
 

@@ -1,6 +1,6 @@
 """The prepared-record codec: one example <-> the bytes of one ArrayRecord entry.
 
-`prepare` (data/writer.py) encodes, the Grain pipeline (data/pipeline.py) decodes; neither imports
+`prepare` (prepare/writer.py) encodes, the Grain pipeline (data/pipeline.py) decodes; neither imports
 the other. A record is a msgpack dict:
 
   kinds        int8  [P]        TEXT (0) or IMAGE (1) per part, in sequence order
@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from flax import serialization
 
-from synergen_jax.batch import IMAGE, TEXT
+from synergen_jax.core.batch import IMAGE, TEXT
 from synergen_jax.data.layout import Image, Part, Text
 
 # 2: the index also counts loss-bearing text tokens and images (the packer's per-row budgets).

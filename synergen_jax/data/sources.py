@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from synergen_jax.data.errors import BadRecord, DataError
+from synergen_jax.core.errors import BadRecord, DataError
 
 # `{a}` is the indefinite article for the name ("a seven", "an eight", "an ankle boot").
 CLASS_TEMPLATES = ("{name}", "{a} {name}", "an image of {name}", "a picture of {a} {name}",

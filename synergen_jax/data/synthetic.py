@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 
-from synergen_jax.config import CAPACITIES
+from synergen_jax.core.config import CAPACITIES
 from synergen_jax.data import budgets
 from synergen_jax.data.layout import Image, Text, layout_example, pack, stack_rows
 

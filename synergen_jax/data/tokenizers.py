@@ -51,7 +51,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_model
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
 
 SPECIAL_PIECES = dict(pad="<pad>", bos="<s>", eos="</s>", boi="<boi>", eoi="<eoi>", uncond="<UNCOND>")

@@ -31,7 +31,7 @@ import re
 import shutil
 from typing import Callable, Mapping, Sequence
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py's PUNCTUATIONS, compared after lowercasing (so "-LRB-"
 # never matches there either).

@@ -24,7 +24,7 @@ from absl import logging
 from PIL import Image
 from scipy import linalg
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.eval.inception import FEATURES, FIDInceptionV3, INPUT_SIZE, load_pt_inception
 from synergen_jax.eval.inception import resize_like_torch
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from synergen_jax.data.errors import CheckpointError
+from synergen_jax.core.errors import CheckpointError
 
 INPUT_SIZE = 299
 FEATURES = 2048

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.infer import jobs, loader
 
 SUITES = ("coco_fid", "vqa", "caption", "fid")

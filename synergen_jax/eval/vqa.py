@@ -27,7 +27,7 @@ import json
 import re
 from typing import Sequence
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 
 # vqaEval.py's maps, entry for entry (its "somebody'd" -> "somebodyd" included).
 CONTRACTIONS = {

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.config import ModelConfig
-from synergen_jax.batch import IMAGE, TEXT, windows_to_grid
+from synergen_jax.core.config import ModelConfig
+from synergen_jax.core.batch import IMAGE, TEXT, windows_to_grid
 from synergen_jax.data.layout import Image, SpecialTokens, Text, layout_example
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.sharding import LOGICAL_RULES

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from synergen_jax.data import images as image_ops
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.infer import tasks
 from synergen_jax.infer.decode import GREEDY, Sampling
 from synergen_jax.infer.loader import Loaded

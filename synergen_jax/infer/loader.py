@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from synergen_jax import batch as batch_lib
+from synergen_jax.core import batch as batch_lib
 
-from synergen_jax.config import validate_config
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.config import validate_config
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
 from synergen_jax.data.mixture import parse_mixture
 from synergen_jax.data.tokenizers import TextTokenizer

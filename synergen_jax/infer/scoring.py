@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.config import ModelConfig
+from synergen_jax.core.config import ModelConfig
 from synergen_jax.data.layout import Text, layout_example, pack, stack_rows
 from synergen_jax.model.synergen_vl import SynerGenVL
 

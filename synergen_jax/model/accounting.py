@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from synergen_jax.config import ModelConfig, StackConfig
+from synergen_jax.core.config import ModelConfig, StackConfig
 
 
 # ---------------------------------------------------------------------------------------------------

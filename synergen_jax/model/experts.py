@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from synergen_jax.config import StackConfig
+from synergen_jax.core.config import StackConfig
 from synergen_jax.model.layers import INIT_STDDEV, dtype_of, partitioned
 from synergen_jax.parallel.sharding import per_batch_shard
 

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.batch import grid_to_windows
-from synergen_jax.config import ModelConfig
+from synergen_jax.core.batch import grid_to_windows
+from synergen_jax.core.config import ModelConfig
 from synergen_jax.model.chunked_xent import linear_cross_entropy
 from synergen_jax.model.layers import Classifier, dtype_of, lookup, normal_init, zeros_init
 from synergen_jax.model.transformer import DecoderStack

@@ -1,6 +1,6 @@
 """The whole SynerGen-VL model: embeddings -> decoder with vision experts -> text head + unfold head.
 
-It reads the batch defined in `synergen_jax/batch.py` (T sequence slots, r = fh*fw codes per window).
+It reads the batch defined in `synergen_jax/core/batch.py` (T sequence slots, r = fh*fw codes per window).
 The hidden state at <boi> predicts the first window; the last window's slot predicts nothing
 (<eoi> is a text target there).
 """
@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from synergen_jax.batch import IMAGE
-from synergen_jax.config import ModelConfig
+from synergen_jax.core.batch import IMAGE
+from synergen_jax.core.config import ModelConfig
 from synergen_jax.model.folding import FoldEmbed, UnfoldHead
 from synergen_jax.model.chunked_xent import linear_cross_entropy
 from synergen_jax.model.layers import Classifier, constrain, dtype_of, lookup, normal_init

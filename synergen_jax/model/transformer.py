@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from synergen_jax import config as config_lib
-from synergen_jax.config import StackConfig
+from synergen_jax.core import config as config_lib
+from synergen_jax.core.config import StackConfig
 from synergen_jax.kernels.attention import attention, decode_attention
 from synergen_jax.model.experts import ExpertFFN
 from synergen_jax.model.layers import RMSNorm, apply_rope, constrain, dtype_of, normal_init, zeros_init

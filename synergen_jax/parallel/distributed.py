@@ -24,7 +24,7 @@ import sys
 
 import jax
 
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 
 
 def _int_env(name: str) -> int:

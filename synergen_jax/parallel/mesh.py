@@ -7,7 +7,7 @@ import math
 import jax
 import numpy as np
 
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 

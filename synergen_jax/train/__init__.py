@@ -1,1 +1,10 @@
-"""Training: optimizer and stages, train state and step, checkpoints, metrics, the loop."""
+"""Training: python -m synergen_jax.train --config configs/X.py --workdir DIR.
+
+  optimizer.py   AdamW, schedules, stages as optax masks over parameter paths
+  state.py       train state, its shardings, the jitted train step (build_train_step)
+  checkpoint.py  Orbax checkpoints (+ data-iterator state), the workdir's files and config
+  data_state.py  Orbax handler: one iterator-state file per logical data shard
+  metrics.py     metrics.jsonl, TensorBoard, the progress line
+  heldout.py     the teacher-forced held-out pass
+  loop.py        the loop, read top to bottom; __main__.py is its command line
+"""

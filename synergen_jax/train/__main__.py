@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from synergen_jax import cli
+from synergen_jax.core import cli
 from synergen_jax.parallel import failure
 from synergen_jax.parallel.distributed import initialize_from_env
 from synergen_jax.train.loop import log, train

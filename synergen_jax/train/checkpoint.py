@@ -21,8 +21,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from synergen_jax import batch as batch_lib
-from synergen_jax.config import ConfigError
+from synergen_jax.core import batch as batch_lib
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.train.data_state import DataStateRestore, DataStateSave
 

@@ -19,7 +19,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 
 
 class DataStateHandler:

@@ -1,7 +1,7 @@
 """Teacher-forced metrics on the held-out split: one pass, weighted by target counts.
 
 This is the trainer's own check (does the model fit unseen examples?); generation quality and
-caption accuracy from free decoding are `python -m synergen_jax.evaluate` (infer/report.py).
+caption accuracy from free decoding are `python -m synergen_jax.evaluate` (eval/report.py).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from synergen_jax.config import ConfigError, validate_config
-from synergen_jax.data.cache import with_prepared_data
+from synergen_jax.core.config import validate_config
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.prepare.cache import with_prepared_data
 from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model import accounting
 from synergen_jax.parallel.failure import Preempted, PreemptionNotice, fault_drill
@@ -70,7 +71,7 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
                       f"mesh's data x fsdp = {rows_axes} devices; use a multiple of {rows_axes}")
   checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   fault_drill(0)
-  config = with_prepared_data(config)          # data.path and new-token ids (data/cache.py)
+  config = with_prepared_data(config)          # data.path and new-token ids (prepare/cache.py)
   mc = validate_config(config)
   checkpoint.check_workdir_config(workdir, config)
   t_cfg = config.train

@@ -1,4 +1,4 @@
-"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU against synergen_jax/hardware.py;
+"""metrics.jsonl + TensorBoard events + a host-0 progress line; MFU against synergen_jax/core/hardware.py;
 per-component example counts of a data mixture."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from synergen_jax.hardware import peak_flops
+from synergen_jax.core.hardware import peak_flops
 
 
 def peak_flops_per_device() -> float | None:

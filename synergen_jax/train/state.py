@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from synergen_jax import batch as batch_lib
-from synergen_jax.config import ConfigError
+from synergen_jax.core import batch as batch_lib
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.model.losses import synergen_loss
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.sharding import batch_sharding, mesh_shardings

@@ -7,6 +7,6 @@
   tokenizer.py    `ImageTokenizer`: any of them loaded from its workdir, batched, jitted and
                   sharded encode/decode of uint8 pixels, with a parameter fingerprint
 
-It reads raw images through `data/sources.py` and `data/images.py`; `data/writer.py` (prepare) and
-`data/cache.py` use it to turn images into codes; `convert/vq_release.py` imports released weights.
+It reads raw images through `data/sources.py` and `data/images.py`; `prepare/writer.py` (prepare) and
+`prepare/cache.py` use it to turn images into codes; `convert/vq_release.py` imports released weights.
 """

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.config import ConfigError
-from synergen_jax.data.errors import CheckpointError
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq.vqgan import (SpatialNorm, checked_int, checked_int_list, conv, group_norm,
                                   resize_nearest)
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.vq import autoencoder, emu3, vqgan
 
 

@@ -1,7 +1,7 @@
 """Trains the image tokenizer (vq/autoencoder.py) on the configured source's training split.
 
 The library behind `python -m synergen_jax.train_vq --config configs/demo.py --workdir DIR`; the
-trainer's data cache (data/cache.py) calls `train` when a config has no tokenizer yet.
+trainer's data cache (prepare/cache.py) calls `train` when a config has no tokenizer yet.
 
 Writes to the workdir: `vq_config.json` (what `ImageTokenizer.load` rebuilds the model from), Orbax
 checkpoints in `checkpoints/`, `vq_metrics.jsonl`, `recon.png` (held-out originals above their
@@ -23,9 +23,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from synergen_jax.config import validate_config
+from synergen_jax.core.config import validate_config
 from synergen_jax.data import images as image_ops
-from synergen_jax.data.errors import BadRecord
+from synergen_jax.core.errors import BadRecord
 from synergen_jax.data.sources import open_source, split_indices
 from synergen_jax.vq import autoencoder as vq
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.config import ConfigError
-from synergen_jax.data.errors import CheckpointError
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import CheckpointError
 
 DOWN_BLOCKS = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCKS = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")

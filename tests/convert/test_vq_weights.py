@@ -16,7 +16,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from helpers import ROOT, tiny  # noqa: E402
 from synergen_jax.convert import vq_weights  # noqa: E402
-from synergen_jax.convert.hf_checkpoint import CheckpointError  # noqa: E402
+from synergen_jax.core.errors import CheckpointError  # noqa: E402
 from synergen_jax.vq.tokenizer import ImageTokenizer  # noqa: E402
 from synergen_jax.vq import autoencoder as vq  # noqa: E402
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import tiny
-from synergen_jax.config import CAPACITIES
+from synergen_jax.core.config import CAPACITIES
 from synergen_jax.data import budgets, layout, pipeline
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import decode_record, record_parts
 
 

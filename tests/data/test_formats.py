@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from synergen_jax.data import formats
 from synergen_jax.data.documents import Document, ImageSpan, Skipped, TextSpan
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.sources import RawExample
 
 CONFIG = dict(image_column="image", text_column="text", image_root=None)

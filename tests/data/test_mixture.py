@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from synergen_jax.config import ConfigError
-from synergen_jax.data import cache, layout, mixture, pipeline
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.data import layout, mixture, pipeline
+from synergen_jax.prepare import cache
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import TASK_IDS, decode_record
 
 CAPTION, GENERATION, INTERLEAVED = TASK_IDS["caption"], TASK_IDS["generation"], TASK_IDS["interleaved"]

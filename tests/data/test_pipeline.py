@@ -13,9 +13,9 @@ import pytest
 from array_record.python import array_record_module
 
 from helpers import tiny
-from synergen_jax.config import CAPACITIES
+from synergen_jax.core.config import CAPACITIES
 from synergen_jax.data import budgets, layout, pipeline
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import TASK_NAMES, decode_record, encode_record, record_parts
 
 

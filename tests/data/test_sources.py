@@ -9,7 +9,7 @@ import pytest
 from PIL import Image as PILImage
 
 from synergen_jax.data import images, sources
-from synergen_jax.data.errors import BadRecord, DataError
+from synergen_jax.core.errors import BadRecord, DataError
 
 
 def test_mnist5k_from_the_wheel():

@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 
 from synergen_jax.data import sources
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.tokenizers import SPECIAL_PIECES, TextTokenizer, rewrite_pieces, train_sentencepiece
 
 CAPTIONS = [sources.class_caption(sources.DIGIT_NAMES, i % 10, i) for i in range(300)]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.eval import captions
 
 needs_java = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT
-from synergen_jax.data.errors import CheckpointError, DataError
+from synergen_jax.core.errors import CheckpointError, DataError
 from synergen_jax.eval import fid, inception
 
 REFERENCE_PYTHON = os.path.join(ROOT, ".venv-fid", "bin", "python")

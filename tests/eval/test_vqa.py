@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.eval import vqa
 
 

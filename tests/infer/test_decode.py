@@ -163,7 +163,7 @@ def test_guided_greedy_images_equal_recomputing_the_forward():
                     image_codes=np.concatenate([s["image_codes"], codes[None]]),
                     window_ids=np.append(s["window_ids"], w), modality=np.append(s["modality"], 1),
                     positions=np.arange(len(s["text_tokens"]) + 1, dtype=np.int32)) for s in streams]
-  from synergen_jax.batch import windows_to_grid
+  from synergen_jax.core.batch import windows_to_grid
   want = windows_to_grid(np.stack(windows)[None], mc.code_grid, mc.fold)
   np.testing.assert_array_equal(got, want)
 

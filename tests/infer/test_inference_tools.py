@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.data.layout import Image, Text, layout_example, pack, stack_rows
-from synergen_jax.infer import judge as judge_lib
+from synergen_jax.eval import judge as judge_lib
 from synergen_jax.infer import loader, tasks
-from synergen_jax.infer.report import evaluate, named_classes
+from synergen_jax.eval.report import evaluate, named_classes
 from synergen_jax.infer.scoring import continuation_scores, next_token_logprobs
 from synergen_jax.model.synergen_vl import SynerGenVL
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.infer import jobs, loader, tasks
 from synergen_jax.infer.decode import Sampling
 

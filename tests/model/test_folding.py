@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from helpers import init_params, random_batch, tiny
-from synergen_jax.batch import grid_to_windows, windows_to_grid
+from synergen_jax.core.batch import grid_to_windows, windows_to_grid
 from synergen_jax.model.folding import FoldEmbed, UnfoldHead, window_cell_ids
 from synergen_jax.model.synergen_vl import SynerGenVL
 

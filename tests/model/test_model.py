@@ -121,7 +121,7 @@ def test_chunked_heads_equal_full_logits(tie, arg, unfold_chunk):
   the unfold head run a few windows at a time (padded last chunk; rematerialised per chunk)."""
   config, _ = tiny(arg)
   config.model.update(new_tokens=(3, 4), tie_embeddings=tie)
-  from synergen_jax.config import validate_config
+  from synergen_jax.core.config import validate_config
   mc = validate_config(config)
   batch = random_batch(mc, rows=3, seq_len=32, seed=10)
   params = init_params(mc, batch)
@@ -156,7 +156,7 @@ def test_new_tokens_use_their_own_rows():
   """With new_tokens, those ids read new_token_embed / new_token_head; the text table rows are unused."""
   config, _ = tiny()
   config.model.new_tokens = (3, 4)
-  from synergen_jax.config import validate_config
+  from synergen_jax.core.config import validate_config
   mc = validate_config(config)
   batch = random_batch(mc, rows=2, seq_len=32, seed=4)
   params = init_params(mc, batch)

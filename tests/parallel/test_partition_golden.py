@@ -27,7 +27,8 @@ import pytest  # noqa: E402
 from helpers import config_path  # noqa: E402
 from synergen_jax.aot.compile_report import for_target  # noqa: E402
 from synergen_jax.aot.targets import topology_devices  # noqa: E402
-from synergen_jax.config import ConfigError, load_config  # noqa: E402
+from synergen_jax.core.config import load_config  # noqa: E402
+from synergen_jax.core.errors import ConfigError  # noqa: E402
 from synergen_jax.parallel.mesh import make_mesh  # noqa: E402
 from synergen_jax.parallel.sharding import LOGICAL_RULES, spec_table  # noqa: E402
 from synergen_jax.train.state import build_train_step  # noqa: E402

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import config_path, random_batch, tiny
-from synergen_jax import batch as batch_lib
-from synergen_jax.config import load_config, validate_config
+from synergen_jax.core import batch as batch_lib
+from synergen_jax.core.config import load_config, validate_config
 from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.train.state import abstract_params, replicated_fraction, strip_boxes
 from synergen_jax.model.losses import synergen_loss

@@ -11,7 +11,7 @@ from etils import epath
 from etils.epath import testing as epath_testing
 
 from helpers import tiny
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.train import checkpoint
 from synergen_jax.train.metrics import MetricWriter
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.train.loop import train
 from synergen_jax.train.optimizer import trainable_mask
 
@@ -109,11 +109,11 @@ def test_heldout_metrics_weight_batches_by_their_targets(tiny_data, tmp_path):
   from synergen_jax.model.losses import synergen_loss
   from synergen_jax.model.synergen_vl import SynerGenVL
   from synergen_jax.train.heldout import heldout_metrics
-  from synergen_jax.data.cache import with_prepared_data
+  from synergen_jax.prepare.cache import with_prepared_data
 
   config = with_prepared_data(_config(tiny_data, steps=2))
   params = train(config, str(tmp_path))["state"]["params"]
-  from synergen_jax.config import validate_config
+  from synergen_jax.core.config import validate_config
   model = SynerGenVL(validate_config(config))
   got = heldout_metrics(config, model, params, mesh=None, max_batches=2)
   it = make_iterator(config, split="eval", num_epochs=1)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synergen_jax.config import ConfigError
-from synergen_jax.convert.hf_checkpoint import CheckpointError
+from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq import emu3
 
 transformers = pytest.importorskip("transformers")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.vq.tokenizer import ImageTokenizer
 from synergen_jax.data.sources import mnist5k, split_indices
 from synergen_jax.vq import autoencoder as vq

@@ -15,7 +15,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from synergen_jax.config import ConfigError, load_config
+from synergen_jax.core.config import load_config
+from synergen_jax.core.errors import ConfigError
 
 HELP = "experiment config file[:arg] (configs/*.py); override any value with --config.a.b=v"
 

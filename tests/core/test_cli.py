@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from helpers import ROOT, config_path
-from synergen_jax import cli
-from synergen_jax.config import ConfigError, load_config
+from synergen_jax.core import cli
+from synergen_jax.core.config import load_config
+from synergen_jax.core.errors import ConfigError
 
 
 def test_with_args_merges_and_a_repeated_key_takes_the_new_value():

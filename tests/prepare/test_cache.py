@@ -2,7 +2,7 @@
 
 import os
 
-from synergen_jax.data.cache import ensure_prepared
+from synergen_jax.prepare.cache import ensure_prepared
 
 
 def test_data_cache_is_built_once(tiny_data, tmp_path):

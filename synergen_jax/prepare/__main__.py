@@ -1,4 +1,4 @@
-"""Pre-tokenizes the configured dataset into ArrayRecord parts + meta.json (data/writer.py).
+"""Pre-tokenizes the configured dataset into ArrayRecord parts + meta.json (prepare/writer.py).
 
   python -m synergen_jax.prepare --config configs/demo.py --out data/mnist5k --vq_workdir workdirs/vq
   python -m synergen_jax.prepare --config my.py --config.data.name=webdataset \\
@@ -21,10 +21,10 @@ import json
 import jax
 from absl import app, flags, logging
 
-from synergen_jax import cli
-from synergen_jax.data.errors import DataError
+from synergen_jax.core import cli
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.inputs import launcher_shard
-from synergen_jax.data.writer import merge_only, prepare
+from synergen_jax.prepare.writer import merge_only, prepare
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
 cli.define_config_flag()

@@ -8,7 +8,7 @@
      TOKENIZER_SAMPLE training texts (deterministic, so every process trains the same one);
   3. per shard, streaming: items are decoded in worker processes (data/decoding.py), `in_flight` at
      a time are encoded with the image tokenizer (batched over every local device) and become
-     examples, written into the shard's part (data/parts.py) under a temporary name. Pairs get the
+     examples, written into the shard's part (prepare/parts.py) under a temporary name. Pairs get the
      task mix of config.data.tasks:
        caption      [tiles...] prompt caption*          (loss on the caption)
        generation   prompt [image*]                     (loss on the image; the prompt is the
@@ -39,12 +39,12 @@ from typing import Iterable, Iterator
 import numpy as np
 from array_record.python import array_record_module
 
-from synergen_jax.config import validate_config
-from synergen_jax.data import parts as parts_lib
+from synergen_jax.core.config import validate_config
+from synergen_jax.prepare import parts as parts_lib
 from synergen_jax.data.decoding import (DecodedDocument, DecodedImage, DecodedPair, FitSettings,
                                         decode_pool, decode_stream)
 from synergen_jax.data.documents import Document, InputShard, Skipped, TextSpan
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.inputs import Inputs, assigned, open_inputs
 from synergen_jax.data.layout import Image, Text
 from synergen_jax.data.records import FORMAT_VERSION, TASK_IDS, encode_record

@@ -13,8 +13,8 @@ import pytest
 from grain.sources import ArrayRecordDataSource
 
 from helpers import ROOT, calls
-from synergen_jax.data.errors import DataError
-from synergen_jax.data.writer import prepare
+from synergen_jax.core.errors import DataError
+from synergen_jax.prepare.writer import prepare
 
 PER_SHARD = 150          # digits: 1,697 training records -> 12 train parts, 1 eval part
 
@@ -67,7 +67,7 @@ def test_two_processes_and_the_merge_equal_one_process(tiny_data, reference, tmp
   first = prepare(config, str(tmp_path), tiny_data["image_tokenizer"], num_shards=2, shard_index=0)
   assert first is None                               # process 1's parts are still missing
   with pytest.raises(DataError, match="parts are not written yet"):
-    from synergen_jax.data.writer import merge_only
+    from synergen_jax.prepare.writer import merge_only
     merge_only(config, str(tmp_path), tiny_data["image_tokenizer"])
   meta = prepare(config, str(tmp_path), tiny_data["image_tokenizer"], num_shards=2, shard_index=1)
   assert _strip(meta) == _strip(reference[0])

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from synergen_jax.data.documents import InputShard
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import TASK_IDS
 
 PARTS = "parts"

@@ -1,5 +1,13 @@
-"""How input can be wrong: one record (skip it and count it), the whole input (stop), or a weights
-file that does not match what it should hold (stop, naming the file and the tensors)."""
+"""Every error the framework raises on purpose, in one place below all layers.
+
+How input can be wrong: a config value (stop before any device work, naming the key and the fix), one
+record (skip it and count it), the whole input (stop), or a weights file that does not match what it
+should hold (stop, naming the file and the tensors).
+"""
+
+
+class ConfigError(ValueError):
+  """An inconsistent or unknown config value; the message names the key and how to fix it."""
 
 
 class BadRecord(ValueError):

@@ -11,11 +11,11 @@ import pytest
 from grain.sources import ArrayRecordDataSource
 from PIL import Image as PILImage
 
-from synergen_jax.batch import IMAGE, TEXT
+from synergen_jax.core.batch import IMAGE, TEXT
 from synergen_jax.data import images
 from synergen_jax.data.records import TASK_IDS, decode_record, record_parts
 from synergen_jax.data.tokenizers import TextTokenizer
-from synergen_jax.data.writer import prepare
+from synergen_jax.prepare.writer import prepare
 
 
 def _png(seed, size=(20, 24)):

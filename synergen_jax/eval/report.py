@@ -9,7 +9,7 @@ understanding  caption_accuracy: greedy captions that name the image's class and
                seven"), so exact match is reported too but caps near chance over templates;
                zero_shot_accuracy: the class whose name, as the caption, has the highest likelihood.
 generation     prompt_accuracy: share of images generated for "<generation prompt> <class name>" that
-               the judge (infer/judge.py, trained on the real training images) puts in that class;
+               the judge (eval/judge.py, trained on the real training images) puts in that class;
                frechet_distance in the judge's feature space to the real held-out images, next to the
                same distance for as many real training images (the floor at this sample size);
                diversity: mean within-class pairwise feature distance, generated and real.
@@ -26,11 +26,11 @@ import time
 import numpy as np
 
 from synergen_jax.data import images as image_ops
-from synergen_jax.data.cache import cache_root
+from synergen_jax.prepare.cache import cache_root
 from synergen_jax.data.layout import Image, Text, layout_example
 from synergen_jax.data.decoding import FitSettings, decode_pairs
 from synergen_jax.data.sources import open_source, split_indices
-from synergen_jax.infer import judge as judge_lib
+from synergen_jax.eval import judge as judge_lib
 from synergen_jax.infer import tasks
 from synergen_jax.infer.decode import Sampling
 from synergen_jax.infer import loader

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image as PILImage
 
 from synergen_jax.data import images
-from synergen_jax.data.errors import DataError
+from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import TASK_IDS, decode_record
-from synergen_jax.data.writer import prepare
+from synergen_jax.prepare.writer import prepare
 from synergen_jax.data.sources import mnist5k
 from synergen_jax.data.tokenizers import TextTokenizer
 from grain.sources import ArrayRecordDataSource

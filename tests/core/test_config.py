@@ -6,7 +6,8 @@ import glob
 import pytest
 
 from helpers import ROOT, config_path, random_batch, tiny
-from synergen_jax.config import ConfigError, load_config, parse_arg, validate_config
+from synergen_jax.core.config import load_config, parse_arg, validate_config
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.model import accounting
 
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))

@@ -7,7 +7,7 @@ seq_len or workers, which only change how examples are packed):
 
   <cache root>/<data.name>-<key>/vq     the image tokenizer, trained here unless config.vq.workdir
                                         names one (vq/training.py)
-  <cache root>/<data.name>-<key>/data   prepare's output (data/writer.py)
+  <cache root>/<data.name>-<key>/data   prepare's output (prepare/writer.py)
 
 The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax. Under
 several processes the entry must exist and be visible to every process (a shared file system);
@@ -22,11 +22,11 @@ import os
 
 import jax
 
-from synergen_jax.config import ConfigError
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.data import mixture
 from synergen_jax.data.pipeline import resolve_budgets
 from synergen_jax.data.records import FORMAT_VERSION
-from synergen_jax.data.writer import prepare
+from synergen_jax.prepare.writer import prepare
 from synergen_jax.vq import training as vq_training
 from synergen_jax.vq.tokenizer import ImageTokenizer
 

@@ -14,14 +14,11 @@ from typing import Any
 
 import ml_collections
 
+from synergen_jax.core.errors import ConfigError
 from synergen_jax.kernels.attention import GPU_KERNELS, IMPLS as ATTENTION_IMPLS
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-  """An inconsistent or unknown config value; the message names the key and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------------
