@@ -24,14 +24,6 @@ LAYER_LEAVES = ("attention/query_kernel", "attention/key_kernel", "attention/val
                 "ffn/text_up", "ffn/text_down")
 
 
-def shape_of(mc) -> LLMShape:
-  s = mc.llm
-  return LLMShape(text_vocab=mc.text_vocab, num_layers=s.num_layers, d_model=s.d_model,
-                  num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
-                  mlp_dim=s.mlp_dim, norm_eps=s.norm_eps, rope_theta=s.rope_theta,
-                  qkv_bias=s.qkv_bias, tie_embeddings=mc.tie_embeddings)
-
-
 def _get(tree: dict, path: str):
   for key in path.split("/"):
     tree = tree[key]
@@ -41,7 +33,7 @@ def _get(tree: dict, path: str):
 def hf_tensors(mc, params: dict, family: str):
   """Yields (HF name, float32 numpy array) for the text model, one layer at a time."""
   p = params["params"]
-  shape = shape_of(mc)
+  shape = LLMShape.of(mc)
   names = global_names(family)
   embed = np.array(p["text_embed"]["embedding"], np.float32)
   head = None if mc.tie_embeddings else np.array(p["lm_head"]["kernel"], np.float32).T
@@ -124,7 +116,7 @@ def export_checkpoint(workdir: str, out: str, *, family: str | None = None, dtyp
   params, step = restore_on_device(workdir, mc, device=jax.devices("cpu")[0])
   files = _write_shards(hf_tensors(mc, params, family), out, jnp.dtype(dtype), max_shard_bytes)
   base = record.get("hf_config") if record.get("family") == family else None
-  c = hf_config(shape_of(mc), family, base)
+  c = hf_config(LLMShape.of(mc), family, base)
   c["torch_dtype"] = dtype
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(c, f, indent=1)

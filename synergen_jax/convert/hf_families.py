@@ -27,6 +27,7 @@ import dataclasses
 
 import numpy as np
 
+from synergen_jax.core import keys
 from synergen_jax.core.errors import CheckpointError
 
 FAMILIES = ("llama", "qwen2", "internlm2")
@@ -34,24 +35,22 @@ ARCHITECTURES = dict(llama="LlamaForCausalLM", qwen2="Qwen2ForCausalLM",
                      internlm2="InternLM2ForCausalLM")
 
 
-@dataclasses.dataclass(frozen=True)
-class LLMShape:
-  """The config.model fields an HF config.json fixes."""
-  text_vocab: int
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  norm_eps: float
-  rope_theta: float
-  qkv_bias: bool
-  tie_embeddings: bool
+# The config.model keys an HF config.json fixes, typed and described as core/keys.py declares them.
+LLM_KEYS = ("text_vocab", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+            "norm_eps", "rope_theta", "qkv_bias", "tie_embeddings")
+
+
+class LLMShape(keys.derived("LLMShape", None, keys.ModelKeys, LLM_KEYS)):
+  """The config.model fields an HF config.json fixes (LLM_KEYS)."""
 
   @property
   def fields(self) -> dict:
     return dataclasses.asdict(self)
+
+  @classmethod
+  def of(cls, model) -> "LLMShape":
+    """The shape of a ModelConfig (or anything with those attributes)."""
+    return cls(**{name: getattr(model, name) for name in LLM_KEYS})
 
 
 def detect_family(hf_config: dict, where: str) -> str:

@@ -1,8 +1,11 @@
-"""Config helpers: `get_config(arg)` argument parsing, the typed model config, and validation.
+"""Configs: `get_config(arg)` argument parsing, the skeleton every config fills, the typed model
+config, and validation.
 
-Configs live in `configs/*.py` as ml_collections `get_config(arg)` functions (big_vision style). The
-model never reads a ConfigDict directly: `ModelConfig.from_config(config.model)` turns it into frozen,
-hashable dataclasses, so Flax modules can hold them and a typo in a key fails loudly.
+Configs live in `configs/*.py` as ml_collections `get_config(arg)` functions (big_vision style) that
+call `base_config` and adjust it. Every key is declared once in core/keys.py (type, default,
+description); `validate_config` checks a config against those declarations and the rules between keys
+before any device work. The model never reads a ConfigDict directly: `ModelConfig.from_config(
+config.model)` turns it into frozen, hashable dataclasses, so Flax modules can hold them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from synergen_jax.core import keys
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.kernels.attention import GPU_KERNELS, IMPLS as ATTENTION_IMPLS
 
@@ -26,7 +30,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 # ---------------------------------------------------------------------------------------------------
 
 def parse_fold(value: Any) -> tuple[int, int]:
-  """Accepts "2x4", "2,4", (2, 4) or [2, 4] and returns (fh, fw)."""
+  """Accepts "2x4", "2,4", (2, 4) or [2, 4] and returns (fh, fw). A command line's
+  `--config.model.fold=2x4` reaches here as ("2x4",): ml_collections reads a tuple flag by commas."""
+  if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], str):
+    value = value[0]
   if isinstance(value, str):
     parts = value.lower().replace(",", "x").split("x")
   else:
@@ -92,121 +99,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 # Typed model config.
 # ---------------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class StackConfig:
-  """Shape and execution options of one stack of decoder blocks (the LLM, or the unfold head); built
-  by ModelConfig.from_config from the keys declared in ModelKeys (see there for what each means)."""
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  num_experts: int              # 2 = text FFN + vision FFN, hard-routed by modality
-  norm_eps: float
-  rope_theta: float
-  qkv_bias: bool
-  dtype: str
-  param_dtype: str
-  attention_impl: str
-  attention_block_q: int
-  attention_block_k: int
-  scan_layers: bool
-  remat_policy: str
-  copy_expert_init: bool = False  # every expert starts as a copy of expert 0 (vision FFN = text FFN)
+# The execution options a stack takes from config.model (the unfold head overrides a few of them).
+STACK_OPTIONS = ("norm_eps", "rope_theta", "qkv_bias", "dtype", "param_dtype", "attention_impl",
+                 "attention_block_q", "attention_block_k", "scan_layers", "remat_policy")
+
+StackConfig = keys.derived(
+    "StackConfig", keys.StackShape, keys.ModelKeys, STACK_OPTIONS,
+    extra=(("num_experts", int, "2 = text FFN + vision FFN, hard-routed by modality; 1 = one FFN"),
+           ("copy_expert_init", bool, "every expert starts as a copy of expert 0 (vision = text)")),
+    doc="""Shape and execution options of one stack of decoder blocks (the LLM, or the unfold head):
+    StackShape's keys plus the config.model options above, declared in core/keys.py.""")
 
 
-# `config.model`, declared once: its keys, their types and defaults (a key without a default must be
-# set by every config). base_config() fills the defaults, ModelConfig.from_config() rejects unknown
-# and missing keys against these declarations and builds the typed config from them.
-
-@dataclasses.dataclass(frozen=True)
-class UnfoldKeys:
-  """`config.model.unfold`: the unfold head's transformer (the LLM's block design, its own sizes)."""
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelKeys:
-  """`config.model`, key by key."""
-  text_vocab: int
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  codebook_size: int
-  code_embed_dim: int             # width of the image-code embedding before folding
-  code_grid: tuple[int, int]      # codes per image (rows, columns)
-  fold: tuple[int, int]           # (fh, fw) codes per sequence slot; (1, 1) = no folding
-  fold_mlp_hidden: int
-  unfold: UnfoldKeys
-  norm_eps: float = 1e-5
-  rope_theta: float = 10_000.0
-  qkv_bias: bool = False          # Qwen2 has q/k/v biases; Llama and InternLM2 do not
-  tie_embeddings: bool = False
-  vision_experts: bool = True     # a vision FFN beside the text FFN in every layer
-  init_vision_from_text: bool = True
-  scan_layers: bool = False
-  remat_policy: str = "none"
-  dtype: str = "float32"          # compute dtype
-  param_dtype: str = "float32"    # master weights
-  attention_impl: str = "auto"
-  attention_block_q: int = 0      # flash-attention query / key block sizes (0 = the kernel's default)
-  attention_block_k: int = 0
-  # Per-row budgets (README "Per-row budgets"): the packer never puts more into a row, and the model
-  # runs each head only on that many gathered slots. None: derived from the prepared data's index
-  # when the trainer opens it, the whole row where no data is read (AOT, benchmarks).
-  text_target_capacity: int | None = None   # text-target slots through the LM head
-  image_slot_capacity: int | None = None    # image slots through the fold MLP
-  unfold_capacity: int | None = None        # image-target windows through the unfold head
-  # The chunked cross-entropy (model/chunked_xent.py): positions per chunk, vocabulary per tile.
-  loss_chunk_rows: int = 2048
-  loss_vocab_tile: int = 8192
-  unfold_chunk: int = 256         # target windows per row through the unfold head at a time
-  new_tokens: tuple[int, ...] = ()     # ids whose embedding / LM-head rows are separate parameters
-
-
-def _defaults(keys) -> dict:
-  return {f.name: f.default for f in dataclasses.fields(keys) if f.default is not dataclasses.MISSING}
-
-
-def _check_keys(keys, section: ml_collections.ConfigDict, where: str) -> None:
-  names = {f.name for f in dataclasses.fields(keys)}
-  unknown = sorted(set(section.keys()) - names)
-  if unknown:
-    raise ConfigError(f"unknown {where} keys {unknown}; valid keys: {sorted(names)}")
-  missing = sorted(names - set(section.keys()))
-  if missing:
-    raise ConfigError(f"{where} is missing keys {missing}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Everything the SynerGen-VL modules need; built from `config.model` by `from_config`."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(keys.ModelKeys):
+  """Everything the SynerGen-VL modules need: config.model's keys (ModelKeys, typed and normalised:
+  fold and code_grid as int pairs, new_tokens as a tuple) plus each stack's StackConfig. Built by
+  `from_config`; frozen and hashable, so Flax modules can hold it."""
   llm: StackConfig
-  unfold: StackConfig
-  text_vocab: int
-  tie_embeddings: bool
-  codebook_size: int
-  code_embed_dim: int
-  code_grid: tuple[int, int]
-  fold: tuple[int, int]
-  fold_mlp_hidden: int
-  init_vision_from_text: bool
-  unfold_capacity: int | None        # per-row budgets (ModelKeys); None = the whole row
-  text_target_capacity: int | None = None
-  image_slot_capacity: int | None = None
-  loss_chunk_rows: int = 2048
-  loss_vocab_tile: int = 8192
-  unfold_chunk: int = 256
-  new_tokens: tuple[int, ...] = ()   # ids whose embedding / LM-head rows are separate parameters
+  unfold: StackConfig   # config.model.unfold's shape with the execution options it runs under
 
   @property
   def fold_ratio(self) -> int:
@@ -218,33 +129,22 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> "ModelConfig":
-    _check_keys(ModelKeys, section, "config.model")
-    _check_keys(UnfoldKeys, section.unfold, "config.model.unfold")
-    m = ModelKeys(**{k: v for k, v in section.items() if k != "unfold"},
-                  unfold=UnfoldKeys(**section.unfold))
-    common = dict(norm_eps=m.norm_eps, rope_theta=m.rope_theta, dtype=m.dtype,
-                  param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                  attention_block_q=m.attention_block_q, attention_block_k=m.attention_block_k,
-                  remat_policy=m.remat_policy)
-    llm = StackConfig(num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads,
-                      num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, mlp_dim=m.mlp_dim,
-                      num_experts=2 if m.vision_experts else 1, qkv_bias=m.qkv_bias,
-                      scan_layers=m.scan_layers, copy_expert_init=m.init_vision_from_text,
-                      **common)
+    check_section(keys.ModelKeys, section, "config.model")
+    m = {f.name: section[f.name] for f in keys.fields(keys.ModelKeys) if f.name != "unfold"}
+    options = {k: m[k] for k in STACK_OPTIONS}
+    shape = lambda source: {f.name: source[f.name] for f in keys.fields(keys.StackShape)}
+    llm = StackConfig(**shape(m), **options, num_experts=2 if m["vision_experts"] else 1,
+                      copy_expert_init=m["init_vision_from_text"])
     # The unfold head's rows are one window (fold_ratio codes), shorter than a GPU kernel's tiles (16
     # rows for Triton's dots, 64 for wgmma): with the GPU kernels it uses the XLA reference, whose
     # [N, heads, r, r] scores are tiny.
-    unfold_common = dict(common, attention_impl="xla" if m.attention_impl in GPU_KERNELS
-                         else m.attention_impl)
-    unfold = StackConfig(**dataclasses.asdict(m.unfold), num_experts=1, qkv_bias=False,
-                         scan_layers=False, **unfold_common)
-    return cls(llm=llm, unfold=unfold, text_vocab=m.text_vocab, tie_embeddings=m.tie_embeddings,
-               codebook_size=m.codebook_size, code_embed_dim=m.code_embed_dim,
-               code_grid=tuple(m.code_grid), fold=parse_fold(m.fold),
-               fold_mlp_hidden=m.fold_mlp_hidden, init_vision_from_text=m.init_vision_from_text,
-               unfold_capacity=m.unfold_capacity, text_target_capacity=m.text_target_capacity,
-               image_slot_capacity=m.image_slot_capacity, loss_chunk_rows=m.loss_chunk_rows,
-               loss_vocab_tile=m.loss_vocab_tile, unfold_chunk=m.unfold_chunk, new_tokens=tuple(int(t) for t in m.new_tokens))
+    unfold = StackConfig(**shape(section.unfold), **dict(
+        options, qkv_bias=False, scan_layers=False,
+        attention_impl="xla" if m["attention_impl"] in GPU_KERNELS else m["attention_impl"]),
+        num_experts=1, copy_expert_init=False)
+    m.update(code_grid=tuple(m["code_grid"]), fold=parse_fold(m["fold"]),
+             new_tokens=tuple(int(t) for t in m["new_tokens"]))
+    return cls(**m, llm=llm, unfold=unfold)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -254,6 +154,28 @@ class ModelConfig:
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
+
+
+def check_section(declared, section: ml_collections.ConfigDict, where: str) -> None:
+  """Every key of `section` is declared in `declared` (core/keys.py) with a value of its type, and
+  every declared key is there; nested sections are checked the same way. The error names the key and
+  its declaration."""
+  names = {f.name for f in keys.fields(declared)}
+  unknown = sorted(set(section.keys()) - names)
+  _check(not unknown, f"unknown {where} keys {unknown}; valid keys: {sorted(names)} (declared in "
+                      f"synergen_jax/core/keys.py {declared.__name__})")
+  missing = sorted(names - set(section.keys()))
+  _check(not missing, f"{where} is missing keys {missing} (declared in synergen_jax/core/keys.py "
+                      f"{declared.__name__}; base_config fills every key that has a default)")
+  for f in keys.fields(declared):
+    value = section[f.name]
+    if keys.is_section(f.type):
+      _check(isinstance(value, (ml_collections.ConfigDict, dict)),
+             f"{where}.{f.name}={value!r} must be a section; declared {keys.declaration(declared, f)}")
+      check_section(f.type, value, f"{where}.{f.name}")
+    else:
+      _check(keys.matches(value, f.type),
+             f"{where}.{f.name}={value!r} has the wrong type; declared {keys.declaration(declared, f)}")
 
 
 def _check_stack(name: str, s: StackConfig) -> None:
@@ -309,7 +231,7 @@ def validate_model(mc: ModelConfig) -> None:
     raise ConfigError(
         f"config.model.fold={fh}x{fw} does not divide config.model.code_grid={gh}x{gw}: fold rows must "
         f"divide {gh} and fold columns must divide {gw} (valid rows {_divisors(gh)}, "
-        f"columns {_divisors(gw)}), e.g. --config.model.fold='(2, 2)'")
+        f"columns {_divisors(gw)}), e.g. --config.model.fold=2x2")
   for field in ("text_vocab", "codebook_size", "code_embed_dim", "fold_mlp_hidden"):
     value = getattr(mc, field)
     _check(isinstance(value, int) and value > 0, f"config.model.{field}={value!r} must be a positive int")
@@ -339,6 +261,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
   hold at least one image plus its <boi>/<eoi>, the unfold capacity fits the row, the loss weights and
   the training section are sane, and the stage is known.
   """
+  # A command line's --config.model.fold=2x4 arrives as ("2x4",): normalise it in place, so everything
+  # that reads the config afterwards (config.json included) sees the pair.
+  if config.model.get("fold") is not None:
+    config.model.fold = parse_fold(config.model.fold)
+  check_section(keys.ExperimentKeys, config, "config")
   mc = ModelConfig.from_config(config.model)
   validate_model(mc)
   seq_len = config.data.seq_len
@@ -378,7 +305,6 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
   return mc
 
 
-TASKS = ("caption", "generation", "interleaved")
 IMAGE_FITS = ("resize", "pad", "exact")
 
 
@@ -389,8 +315,6 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   _check(d.too_long in ("skip", "error"), f"config.data.too_long={d.too_long!r}; choose skip or error")
   _check(isinstance(d.max_tiles, int) and d.max_tiles >= 1,
          f"config.data.max_tiles={d.max_tiles!r} must be an int >= 1 (1 = no dynamic resolution)")
-  unknown = set(d.tasks.keys()) - set(TASKS)
-  _check(not unknown, f"config.data.tasks has unknown task(s) {sorted(unknown)}; known: {TASKS}")
   _check(all(v >= 0 for v in d.tasks.values()) and sum(d.tasks.values()) > 0,
          f"config.data.tasks={dict(d.tasks)} needs non-negative weights, at least one positive")
   _check(d.interleaved_images >= 2, f"config.data.interleaved_images={d.interleaved_images} must be >= 2")
@@ -426,73 +350,33 @@ def validate_vq(config: ml_collections.ConfigDict) -> None:
 # The skeleton every experiment config fills in.
 # ---------------------------------------------------------------------------------------------------
 
+def _section(declared, values: dict) -> ml_collections.ConfigDict:
+  """A ConfigDict of `values` in declaration order. A key declared `X | None` holds a FieldReference
+  typed X, so that `--config.a.b=v` can set it on the locked config although its default is None."""
+  out = {}
+  for f in keys.fields(declared):
+    if f.name not in values:
+      continue
+    value = values[f.name]
+    if keys.is_section(f.type):
+      value = _section(f.type, value)
+    elif keys.optional_type(f.type) is not None:
+      value = ml_collections.FieldReference(value, field_type=keys.optional_type(f.type))
+    out[f.name] = value
+  return ml_collections.ConfigDict(out)
+
+
 def base_config(*, model: dict, unfold: dict, seq_len: int, fold) -> ml_collections.ConfigDict:
-  """A full experiment config with framework defaults; `configs/*.py` call this and adjust.
+  """A full experiment config with every declared default (core/keys.py); `configs/*.py` call this
+  with the keys that have no default (the model's shape, the sequence length) and adjust the rest.
 
   The names under `train`, `model.fold`, `stage`, `mesh` and `data.name` are used by other tools
   (launch scripts, sweeps) and must keep their spelling.
   """
-  m = dict(_defaults(ModelKeys), fold=parse_fold(fold))
-  m.update(model)
-  m["unfold"] = ml_collections.ConfigDict(unfold)
-  config = ml_collections.ConfigDict(dict(
-      model=ml_collections.ConfigDict(m),
-      loss=ml_collections.ConfigDict(dict(image_weight=2.0)),
-      data=ml_collections.ConfigDict(dict(
-          name="mnist5k", seq_len=seq_len, seed=0,
-          # Pixels: how a raw image becomes the tokenizer's square input (data/images.fit).
-          image_fit="resize",
-          # Understanding images: InternVL-1.5 dynamic resolution (1 = one tile, no thumbnail).
-          max_tiles=1, thumbnail=True,
-          # Task mix: expected examples of each task per raw image (fractions are drawn per image).
-          tasks=ml_collections.ConfigDict(dict(caption=1.0, generation=1.0, interleaved=0.0)),
-          interleaved_images=2, p_uncond=0.1,
-          caption_prompt="Provide a one-sentence caption for the image",
-          generation_prompt="Generate an image of:",
-          uncond_prompt="Here is a random image <UNCOND>:",
-          # Text tokenizer: train SentencePiece on the captions (tokenizer=None) or load a .model.
-          reserved_tokens=8, eval_count=500, records_per_shard=4096,
-          # Pipeline: an example longer than seq_len is "skip"ped and counted, or an "error".
-          too_long="skip", num_workers=0, prefetch=2, packing_bins=0,
-          # Logical data shards, each packed and batched on its own (0 = one per process). Fix it
-          # (e.g. to the largest process count you will use) to get the same batches on any number
-          # of processes; it must divide train.batch_size and be a multiple of the process count.
-          shards=0,
-          # Web-scale formats (data/formats.py): parquet columns; prepare's bound on examples
-          # decoded and encoded at once (memory is flat in the dataset's size).
-          image_column="image", text_column="text", in_flight=1024,
-          # Several prepared sets read as one stream: ((path, weight), ...), weights need not sum
-          # to 1 (data/mixture.py). Empty: read config.data.path alone.
-          mixture=())),
-      vq=ml_collections.ConfigDict(dict(
-          downsample=4, channels=3, code_dim=32, width=64, num_res_blocks=1, beta=0.25,
-          steps=2000, batch_size=64, learning_rate=1e-3, usage_decay=0.99, restart_every=100,
-          restart_threshold=0.03, eval_count=256, encode_batch=256, log_every=100)),
-      train=ml_collections.ConfigDict(dict(
-          steps=1000, batch_size=32, seed=0, log_every=10, checkpoint_every=500,
-          keep_checkpoints=2, keep_period=0, grad_accum=1, nonfinite="skip",
-          eval_every=0, eval_batches=0,    # held-out pass: every N steps (0 = at the end), N batches (0 = all)
-          max_replicated_fraction=1.0)),
-      optim=ml_collections.ConfigDict(dict(
-          learning_rate=1e-3, warmup_steps=100, schedule="cosine", decay_steps=1000,
-          min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=1.0)),
-      stage="1",
-      mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
-  ))
-  # The capacities may be None or an int: declare their type so `--config.model.unfold_capacity=64`
-  # overrides work on the locked config.
-  for field in CAPACITIES:
-    config.model[field] = ml_collections.FieldReference(m[field], field_type=int)
-  config.data.path = ml_collections.FieldReference(None, field_type=str)
-  config.data.tokenizer = ml_collections.FieldReference(None, field_type=str)
-  config.data.tfds_text_key = ml_collections.FieldReference(None, field_type=str)
-  config.vq.workdir = ml_collections.FieldReference(None, field_type=str)
-  config.data.cache_dir = ml_collections.FieldReference(None, field_type=str)
-  # Eval shards of a web-scale format (same format as data.path); None: no eval split. Relative image
-  # paths in jsonl / chat / interleaved records resolve against image_root, else the record file's folder.
-  config.data.eval_path = ml_collections.FieldReference(None, field_type=str)
-  config.data.image_root = ml_collections.FieldReference(None, field_type=str)
-  config.train.init_from = ml_collections.FieldReference(None, field_type=str)
+  values = keys.defaults(keys.ExperimentKeys)
+  values["model"].update(model, fold=parse_fold(fold), unfold=unfold)
+  values["data"].update(seq_len=seq_len)
+  config = _section(keys.ExperimentKeys, values)
   # The cosine decays over the run unless a config says otherwise.
   config.optim.decay_steps = config.train.get_ref("steps")
   return config

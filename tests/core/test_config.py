@@ -103,7 +103,7 @@ def test_data_and_tokenizer_errors(key, value, message):
     validate_config(config)
   config, _ = tiny()
   config.data.tasks.captioning = 1.0
-  with pytest.raises(ConfigError, match=r"unknown task\(s\) \['captioning'\]"):
+  with pytest.raises(ConfigError, match=r"unknown config.data.tasks keys \['captioning'\]"):
     validate_config(config)
 
 
