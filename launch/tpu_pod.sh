@@ -116,7 +116,7 @@ ship() {    # this checkout as it is on disk, to every worker
   local install="command -v uv >/dev/null || python3 -m pip install -q --user uv; export PATH=\$HOME/.local/bin:\$PATH"
   install+=" && rm -rf ~/synergen_jax && mkdir -p ~/synergen_jax && tar -xzf ~/synergen_jax.tar.gz -C ~/synergen_jax"
   install+=" && { [[ -x ~/synergen_env/bin/python ]] || uv venv -q --python $PYTHON_VERSION ~/synergen_env; }"
-  install+=" && source ~/synergen_env/bin/activate && cd ~/synergen_jax && uv pip install -q -e '.[tpu]'"
+  install+=" && source ~/synergen_env/bin/activate && cd ~/synergen_jax && uv pip install -q -c constraints.txt -e '.[tpu]'"
   if [[ "${DATA:-}" == gs://* || "${PREPARE_OUT:-}" == gs://* ]]; then
     install+=" && { command -v gcsfuse >/dev/null || { echo 'deb https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -cs)' main' | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; }"
   fi

@@ -1,7 +1,7 @@
 """The model's two user-facing tasks as plain functions: text -> images, images -> text.
 
 Both run in fixed-size chunks with one padded prompt length, so a long list compiles once.
-Prompts follow the training format (data/prepare.py): generation reads
+Prompts follow the training format (prepare/writer.py): generation reads
 `config.data.generation_prompt` followed by the user's text (the "<UNCOND>" prompt is the
 unconditional stream of classifier-free guidance); captioning reads the image span(s) followed by
 `config.data.caption_prompt`, or by a question.
