@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from synergen_jax.core import batch as batch_lib
+from synergen_jax.core import state_dict
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint
@@ -87,17 +88,12 @@ def import_config(config, ckpt: HFCheckpoint, extra_tokens: int = 0,
   return config, family, shape
 
 
-def _leaf_path(path) -> str:
-  return jax.tree_util.keystr(path, simple=True, separator="/")
-
-
 def _fresh_parts(model, mc, seed: int, keep) -> dict[str, np.ndarray]:
   """The usual random init of the parameters `keep(path)` selects, on the CPU. Under jit, XLA drops
   the initialisers of every other parameter, so the LLM is never initialised only to be overwritten."""
   def init():
     params = nn.unbox(model.init(jax.random.key(seed), batch_lib.zeros(1, 8, mc.fold_ratio, jnp)))["params"]
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_leaf_path(p): x for p, x in flat if keep(_leaf_path(p))}
+    return {p: x for p, x in state_dict.flatten(params).items() if keep(p)}
   with jax.default_device(jax.devices("cpu")[0]):
     return {k: np.asarray(v) for k, v in jax.jit(init)().items()}
 
@@ -112,7 +108,7 @@ def build_params(ckpt: HFCheckpoint, family: str, shape, mc, seed: int = 0) -> d
   model = SynerGenVL(mc)
   dtype = np.dtype(jnp.dtype(mc.llm.param_dtype))
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(seed), batch_lib.zeros(1, 8, mc.fold_ratio, jnp))))
-  wanted = {_leaf_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(abstract["params"])[0]}
+  wanted = state_dict.flatten(abstract["params"])
   copy_vision = mc.init_vision_from_text
   fresh = _fresh_parts(model, mc, seed, lambda p: not _is_llm_text(p)
                        and not (copy_vision and "/ffn/vision_" in p))
@@ -160,14 +156,7 @@ def build_params(ckpt: HFCheckpoint, family: str, shape, mc, seed: int = 0) -> d
   missing = sorted(set(wanted) - set(leaves))
   if missing:
     raise CheckpointError(f"no source for parameters {missing[:5]}")
-  tree: dict = {}
-  for path, value in leaves.items():
-    node = tree
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  return {"params": tree}
+  return {"params": state_dict.nest(leaves)}
 
 
 def _layer_sources(ckpt, i: int) -> set[str]:

@@ -1,4 +1,4 @@
-"""VQGAN-style PyTorch / safetensors state dicts <-> the parameters of `model/vq.py`.
+"""VQGAN-style PyTorch / safetensors state dicts <-> the parameters of `vq/autoencoder.py`.
 
 Naming map (VQGAN / taming-transformers spelling; torch conv weights are [out, in, kh, kw], ours
 [kh, kw, in, out]; GroupNorm weight = our scale; n stages = log2(downsample), blocks j < num_res_blocks):
@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from synergen_jax.core import state_dict
 from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq import autoencoder as vq
 
@@ -57,11 +58,6 @@ def module_map(config: vq.VQConfig) -> dict[str, str]:
   return m
 
 
-def _flat(params) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
-          for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
 def _torch_name(path: str, modules: dict[str, str]) -> str:
   if path == "codebook":
     return "quantize.embedding.weight"
@@ -77,6 +73,10 @@ def _from_torch(path: str, x: np.ndarray) -> np.ndarray:
   return np.transpose(x, (2, 3, 1, 0)) if path.endswith("kernel") else x   # OIHW -> HWIO
 
 
+def _torch_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(shape[i] for i in (3, 2, 0, 1)) if path.endswith("kernel") else tuple(shape)
+
+
 def abstract_params(config: vq.VQConfig):
   import jax.numpy as jnp
   shapes = jax.eval_shape(vq.VQModel(config).init, jax.random.key(0),
@@ -88,39 +88,21 @@ def to_state_dict(params, config: vq.VQConfig) -> dict[str, np.ndarray]:
   """Our VQ parameters ({"params": ...} or the inner dict) -> a torch-layout state dict."""
   params = params.get("params", params)
   modules = module_map(config)
-  return {_torch_name(p, modules): np.ascontiguousarray(_to_torch(p, x)) for p, x in _flat(params).items()}
+  return {_torch_name(p, modules): np.ascontiguousarray(_to_torch(p, np.asarray(x)))
+          for p, x in state_dict.flatten(params).items()}
 
 
 def from_state_dict(state: dict[str, np.ndarray], config: vq.VQConfig, where: str) -> dict:
   """A torch-layout state dict -> {"params": ...}; every key must be used and every shape match."""
   modules = module_map(config)
-  wanted = {jax.tree_util.keystr(path, simple=True, separator="/"): s.shape
-            for path, s in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]}
+  wanted = state_dict.flatten(abstract_params(config))
   names = {p: _torch_name(p, modules) for p in wanted}
-  missing = sorted(n for n in names.values() if n not in state)
-  unexpected = sorted(set(state) - set(names.values()))
-  if missing or unexpected:
-    raise CheckpointError(f"{where}: the state dict does not match config.vq's architecture "
-                          f"(width, num_res_blocks, downsample, code_dim, channels, codebook_size). "
-                          f"Missing {len(missing)}: {missing[:6]}; unexpected {len(unexpected)}: "
-                          f"{unexpected[:6]}")
-  tree: dict = {}
-  wrong = []
-  for path, shape in sorted(wanted.items(), key=lambda item: names[item[0]]):
-    value = _from_torch(path, np.asarray(state[names[path]], np.float32))
-    if value.shape != tuple(shape):
-      wrong.append(f"{names[path]} {np.shape(state[names[path]])} vs config.vq's "
-                   f"{_to_torch(path, np.zeros(shape)).shape}")
-      continue
-    node = tree
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  if wrong:
-    raise CheckpointError(f"{where}: {len(wrong)} tensors do not have the shapes config.vq implies: "
-                          + "; ".join(wrong[:4]))
-  return {"params": tree}
+  state_dict.check(state, {names[p]: _torch_shape(p, s.shape) for p, s in wanted.items()},
+                   f"{where}: the state dict does not match config.vq's architecture (width, "
+                   "num_res_blocks, downsample, code_dim, channels, codebook_size)",
+                   implied_by="config.vq", shown=6)
+  return {"params": state_dict.nest({p: _from_torch(p, np.asarray(state[names[p]], np.float32))
+                                     for p in wanted})}
 
 
 def read_state_dict(path: str, allow_pickle: bool = False, prefix: str = "") -> dict[str, np.ndarray]:

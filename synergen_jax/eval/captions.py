@@ -26,12 +26,12 @@ CIDEr across runs only over the same reference set.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shutil
 from typing import Callable, Mapping, Sequence
 
 from synergen_jax.core.errors import DataError
+from synergen_jax.data import jsonl
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py's PUNCTUATIONS, compared after lowercasing (so "-LRB-"
 # never matches there either).
@@ -404,28 +404,13 @@ def scores(generated: Mapping[str, str], references: Mapping[str, Sequence[str]]
 def read_caption_records(path: str) -> list[dict]:
   """{"image", "captions"} records of a jsonl file; errors name the file, line and field."""
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not JSON ({e})") from None
-      if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object, got {type(record).__name__}")
-      for field in ("image", "captions"):
-        if field not in record:
-          raise DataError(f"{where}: missing \"{field}\"")
-      if not isinstance(record["image"], str) or not record["image"].strip():
-        raise DataError(f"{where}: \"image\" must be a non-empty string, got {record['image']!r}")
-      captions = record["captions"]
-      if (not isinstance(captions, list) or not captions
-          or not all(isinstance(c, str) and c.strip() for c in captions)):
-        raise DataError(f"{where}: \"captions\" must be a non-empty list of non-empty strings, "
-                        f"got {captions!r}")
-      records.append(record)
-  if not records:
-    raise DataError(f"{path}: no records")
+  for where, _, record in jsonl.records(path, required=("image", "captions")):
+    if not isinstance(record["image"], str) or not record["image"].strip():
+      raise DataError(f"{where}: \"image\" must be a non-empty string, got {record['image']!r}")
+    captions = record["captions"]
+    if (not isinstance(captions, list) or not captions
+        or not all(isinstance(c, str) and c.strip() for c in captions)):
+      raise DataError(f"{where}: \"captions\" must be a non-empty list of non-empty strings, "
+                      f"got {captions!r}")
+    records.append(record)
   return records

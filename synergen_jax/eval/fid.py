@@ -159,6 +159,15 @@ def write_statistics(path: str, stats: Statistics) -> None:
   np.savez_compressed(path, mu=stats.mu, sigma=stats.sigma, **count)
 
 
+def feature_statistics(features: np.ndarray) -> Statistics:
+  """Statistics of features [N, d] held in memory: float64 mean and np.cov, as pytorch-fid takes
+  them (RunningMoments is for features that arrive in batches)."""
+  features = np.asarray(features, np.float64)
+  if len(features) < 2:
+    raise DataError(f"a covariance needs at least 2 images, got {len(features)}")
+  return Statistics(features.mean(0), np.cov(features, rowvar=False), len(features))
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   """||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), step for step as pytorch-fid's
   calculate_frechet_distance: scipy's sqrtm, eps added to both diagonals when the product's root is

@@ -23,11 +23,11 @@ whitespace-collapsed strings, and 0 below the 0.5 threshold (a score of exactly 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Sequence
 
 from synergen_jax.core.errors import DataError
+from synergen_jax.data import jsonl
 
 # vqaEval.py's maps, entry for entry (its "somebody'd" -> "somebodyd" included).
 CONTRACTIONS = {
@@ -159,28 +159,13 @@ def scores(pairs: Sequence[tuple[str, Sequence[str]]]) -> dict:
 def read_vqa_records(path: str) -> list[dict]:
   """{"image", "question", "answers"} records of a jsonl file; errors name the file, line and field."""
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not JSON ({e})") from None
-      if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object, got {type(record).__name__}")
-      for field in ("image", "question", "answers"):
-        if field not in record:
-          raise DataError(f"{where}: missing \"{field}\"")
-      for field in ("image", "question"):
-        if not isinstance(record[field], str) or not record[field].strip():
-          raise DataError(f"{where}: \"{field}\" must be a non-empty string, got {record[field]!r}")
-      answers = record["answers"]
-      if (not isinstance(answers, list) or not answers
-          or not all(isinstance(a, str) for a in answers)):
-        raise DataError(f"{where}: \"answers\" must be a non-empty list of strings, got {answers!r}")
-      records.append(record)
-  if not records:
-    raise DataError(f"{path}: no records")
+  for where, _, record in jsonl.records(path, required=("image", "question", "answers")):
+    for field in ("image", "question"):
+      if not isinstance(record[field], str) or not record[field].strip():
+        raise DataError(f"{where}: \"{field}\" must be a non-empty string, got {record[field]!r}")
+    answers = record["answers"]
+    if (not isinstance(answers, list) or not answers
+        or not all(isinstance(a, str) for a in answers)):
+      raise DataError(f"{where}: \"answers\" must be a non-empty list of strings, got {answers!r}")
+    records.append(record)
   return records

@@ -37,6 +37,7 @@ from PIL import Image as PILImage
 
 from synergen_jax.data import images as image_ops
 from synergen_jax.core.errors import DataError
+from synergen_jax.data import jsonl
 from synergen_jax.infer import tasks
 from synergen_jax.infer.decode import GREEDY, Sampling
 from synergen_jax.infer.loader import Loaded
@@ -56,38 +57,26 @@ class Item:
 def read_records(path: str) -> tuple[str, list[dict]]:
   """(kind, records with their "id") from a jsonl file; errors name the file, line and field."""
   kind, records, ids = None, [], set()
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not JSON ({e})") from None
-      if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object, got {type(record).__name__}")
-      this = GENERATE if "prompt" in record else ANSWER if "image" in record else None
-      if this is None:
-        raise DataError(f"{where}: a record needs \"prompt\" (generation) or \"image\" (answers)")
-      if kind is not None and this != kind:
-        raise DataError(f"{where}: {this} record in a file of {kind} records; use one kind per file")
-      kind = this
-      field = "prompt" if this == GENERATE else "image"
-      if not isinstance(record[field], str) or not record[field]:
-        raise DataError(f"{where}: \"{field}\" must be a non-empty string, got {record[field]!r}")
-      if "question" in record and not isinstance(record["question"], str):
-        raise DataError(f"{where}: \"question\" must be a string, got {record['question']!r}")
-      if "num" in record and (not isinstance(record["num"], int) or record["num"] < 1):
-        raise DataError(f"{where}: \"num\" must be a positive integer, got {record['num']!r}")
-      record = dict(record, id=str(record.get("id", f"{line_no:08d}")))
-      if record["id"] in ids or "/" in record["id"]:
-        raise DataError(f"{where}: id {record['id']!r} is " +
-                        ("used twice" if record["id"] in ids else "not a file name (no '/')"))
-      ids.add(record["id"])
-      records.append(record)
-  if not records:
-    raise DataError(f"{path}: no records")
+  for where, line_no, record in jsonl.records(path):
+    this = GENERATE if "prompt" in record else ANSWER if "image" in record else None
+    if this is None:
+      raise DataError(f"{where}: a record needs \"prompt\" (generation) or \"image\" (answers)")
+    if kind is not None and this != kind:
+      raise DataError(f"{where}: {this} record in a file of {kind} records; use one kind per file")
+    kind = this
+    field = "prompt" if this == GENERATE else "image"
+    if not isinstance(record[field], str) or not record[field]:
+      raise DataError(f"{where}: \"{field}\" must be a non-empty string, got {record[field]!r}")
+    if "question" in record and not isinstance(record["question"], str):
+      raise DataError(f"{where}: \"question\" must be a string, got {record['question']!r}")
+    if "num" in record and (not isinstance(record["num"], int) or record["num"] < 1):
+      raise DataError(f"{where}: \"num\" must be a positive integer, got {record['num']!r}")
+    record = dict(record, id=str(record.get("id", f"{line_no:08d}")))
+    if record["id"] in ids or "/" in record["id"]:
+      raise DataError(f"{where}: id {record['id']!r} is " +
+                      ("used twice" if record["id"] in ids else "not a file name (no '/')"))
+    ids.add(record["id"])
+    records.append(record)
   return kind, records
 
 

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synergen_jax.core.errors import ConfigError
-from synergen_jax.core.errors import CheckpointError
+from synergen_jax.core import state_dict
+from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.vq.vqgan import (SpatialNorm, checked_int, checked_int_list, conv, group_norm,
                                   resize_nearest)
 
@@ -477,8 +477,7 @@ def abstract_variables(cfg: Emu3Config) -> dict[str, jax.ShapeDtypeStruct]:
   s = cfg.downsample                  # shapes do not depend on the image size; the smallest will do
   tree = jax.eval_shape(Emu3VQ(cfg).init, jax.random.key(0),
                         jax.ShapeDtypeStruct((1, s, s, cfg.channels), jnp.float32))
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return state_dict.flatten(tree)
 
 
 def params_from_state_dict(state: dict[str, np.ndarray], cfg: Emu3Config,
@@ -498,47 +497,33 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: Emu3Config,
   given = {}                                          # transformers' name -> name in `state`
   for k in state:
     given.setdefault(original_to_hf_name(k) if original else k, k)
+  hf_names = {k: n for n, k in given.items()}
+  spelled = lambda name: given.get(name, name)        # as `state` spells it, where it has it
 
   wanted = abstract_variables(cfg)
   names = {path: torch_name(path.split("/", 1)[1]) for path in wanted}
-  expected = {names[p]: _torch_shape(p, tuple(leaf.shape)) for p, leaf in wanted.items()}
-  counters = {n.rsplit(".", 1)[0] + ".num_batches_tracked" for n in expected
+  expected = {spelled(names[p]): _torch_shape(p, tuple(leaf.shape)) for p, leaf in wanted.items()}
+  counters = {spelled(n.rsplit(".", 1)[0] + ".num_batches_tracked") for n in names.values()
               if n.endswith(".running_mean")}
 
-  def shape(name):
-    x = state[given[name]]
-    s = tuple(np.shape(x))
-    if original and name.endswith(("_proj.weight",)) and len(s) == 4 and s[2:] == (1, 1):
-      s = s[:2]                                       # the release's 1x1 conv q/k/v/proj_out
-    return s
+  def compared(name, shape):
+    if (original and hf_names.get(name, name).endswith("_proj.weight") and len(shape) == 4
+        and shape[2:] == (1, 1)):
+      return shape[:2]                                # the release's 1x1 conv q/k/v/proj_out
+    return shape
 
-  missing = sorted(given.get(n, n) for n in set(expected) - set(given))
-  unknown = sorted(given[n] for n in set(given) - set(expected) - counters)
-  misshaped = sorted(n for n in set(expected) & set(given) if shape(n) != expected[n])
-  problems = []
-  if unknown:
-    problems.append(f"{len(unknown)} unknown tensors {unknown[:5]}")
-  if missing:
-    problems.append(f"{len(missing)} missing tensors {missing[:5]}")
-  if misshaped:
-    problems.append(f"{len(misshaped)} misshaped tensors " + ", ".join(
-        f"{given[n]} {tuple(np.shape(state[given[n]]))} (config implies {expected[n]})"
-        for n in misshaped[:5]))
-  if problems:
-    layout = "the original release's" if original else "transformers'"
-    raise CheckpointError(
-        f"{where} ({layout} names) does not match its config (an Emu3VQVAE with base_channels="
-        f"{cfg.base_channels}, channel_multiplier {list(cfg.channel_multiplier)}, num_res_blocks="
-        f"{cfg.num_res_blocks}, codebook_size={cfg.codebook_size}): " + "; ".join(problems))
-  tree: dict = {}
+  layout = "the original release's" if original else "transformers'"
+  state_dict.check(
+      state, expected, ignored=counters, compared=compared,
+      what=f"{where} ({layout} names) does not match its config (an Emu3VQVAE with base_channels="
+      f"{cfg.base_channels}, channel_multiplier {list(cfg.channel_multiplier)}, num_res_blocks="
+      f"{cfg.num_res_blocks}, codebook_size={cfg.codebook_size})")
+  variables = {}
   for path in wanted:
-    x = np.asarray(state[given[names[path]]], np.float32)
+    name = spelled(names[path])
+    x = np.asarray(state[name], np.float32)
     if path.endswith("kernel"):
-      x = x.reshape(shape(names[path]))
+      x = x.reshape(compared(name, x.shape))
       x = np.transpose(x, tuple(range(2, x.ndim)) + (1, 0)) if x.ndim >= 4 else x.T
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(x)
-  return tree
+    variables[path] = np.ascontiguousarray(x)
+  return state_dict.nest(variables)

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synergen_jax.core import state_dict
 from synergen_jax.core.errors import ConfigError
-from synergen_jax.core.errors import CheckpointError
 
 DOWN_BLOCKS = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCKS = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -464,8 +464,7 @@ def abstract_params(cfg: VQGANConfig) -> dict[str, jax.ShapeDtypeStruct]:
   s = cfg.downsample                  # shapes do not depend on the image size; the smallest will do
   tree = jax.eval_shape(VQGAN(cfg).init, jax.random.key(0),
                         jax.ShapeDtypeStruct((1, s, s, cfg.channels), jnp.float32))
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
+  return state_dict.flatten(tree["params"])
 
 
 def params_from_state_dict(state: dict[str, np.ndarray], cfg: VQGANConfig,
@@ -478,30 +477,12 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: VQGANConfig,
   wanted = abstract_params(cfg)
   names = {path: torch_name(path) for path in wanted}
   expected = {names[p]: _torch_shape(p, tuple(leaf.shape)) for p, leaf in wanted.items()}
-  missing = sorted(set(expected) - set(state))
-  unknown = sorted(set(state) - set(expected))
-  misshaped = sorted(n for n in set(expected) & set(state)
-                     if tuple(np.shape(state[n])) != expected[n])
-  problems = []
-  if unknown:
-    problems.append(f"{len(unknown)} unknown tensors {unknown[:5]}")
-  if missing:
-    problems.append(f"{len(missing)} missing tensors {missing[:5]}")
-  if misshaped:
-    problems.append(f"{len(misshaped)} misshaped tensors " + ", ".join(
-        f"{n} {tuple(np.shape(state[n]))} (config implies {expected[n]})" for n in misshaped[:5]))
-  if problems:
-    raise CheckpointError(f"{where} does not match its config (a VQModel with norm_type="
-                          f"{cfg.norm_type!r}, blocks {list(cfg.block_out_channels)}): "
-                          + "; ".join(problems))
-  tree: dict = {}
+  state_dict.check(state, expected, f"{where} does not match its config (a VQModel with norm_type="
+                   f"{cfg.norm_type!r}, blocks {list(cfg.block_out_channels)})")
+  params = {}
   for path in wanted:
     x = np.asarray(state[names[path]], np.float32)
     if path.endswith("kernel"):
       x = np.transpose(x, (2, 3, 1, 0)) if x.ndim == 4 else x.T
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = np.ascontiguousarray(x)
-  return {"params": tree}
+    params[path] = np.ascontiguousarray(x)
+  return {"params": state_dict.nest(params)}

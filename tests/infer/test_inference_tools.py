@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
-from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import ConfigError, DataError
 from synergen_jax.data.layout import Image, Text, layout_example, pack, stack_rows
+from synergen_jax.eval import fid
 from synergen_jax.eval import judge as judge_lib
 from synergen_jax.infer import loader, tasks
 from synergen_jax.eval.report import evaluate, named_classes
@@ -132,3 +134,26 @@ def test_frechet_distance_is_zero_for_equal_sets_and_the_mean_shift_squared():
                              np.trace(np.cov(a, rowvar=False)), rtol=1e-6)
   pts = np.array([[0.0, 0.0], [3.0, 4.0]])
   assert judge_lib.mean_pairwise_distance(pts) == 5.0
+
+
+def test_frechet_distance_is_fid_s_and_quiet_where_units_never_fire():
+  """The judge's sets: ReLU features with units zero in every row (a singular covariance, which
+  scipy's sqrtm warns about). The distance is eval/fid.py's, no warning reaches the caller, and the
+  dead units add nothing: the distance over the live units alone is the same to 1e-10 (an eigh-based
+  form was off by ~2e-8 here, and by 3e-7 on the demo's judge features)."""
+  rng = np.random.default_rng(0)
+  mix = rng.normal(size=(16, 128))
+  a = np.maximum(rng.normal(size=(200, 16)) @ mix, 0)
+  b = np.maximum(rng.normal(0.2, 1.1, (300, 16)) @ mix, 0)
+  dead = rng.choice(128, 35, replace=False)      # scattered, as the judge's are
+  live = np.setdiff1d(np.arange(128), dead)
+  a[:, dead] = b[:, dead] = 0
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = judge_lib.frechet_distance(a, b)
+    without_dead = judge_lib.frechet_distance(a[:, live], b[:, live])
+  stats = [fid.feature_statistics(x) for x in (a, b)]
+  assert got == fid.frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
+  assert got == pytest.approx(without_dead, rel=1e-10)
+  with pytest.raises(DataError, match="at least 2 images, got 1"):
+    judge_lib.frechet_distance(a[:1], b)
