@@ -1,7 +1,7 @@
 """What every layer reads: the config declarations, the batch contract, hardware facts, errors.
 
-  config.py      every config key declared once (type, default, description) -> typed configs,
-                 `get_config(arg)` parsing, base_config, validate_config (every config error)
+  keys.py        every config key declared once: type, default, description (config --describe)
+  config.py      `get_config(arg)` parsing, base_config, the typed model config, validate_config
   batch.py       the batch: fields, dtypes, shapes, modality ids, zero batch, window order
   hardware.py    peak bf16 FLOP/s, HBM per device, GPU target descriptions (one table)
   errors.py      ConfigError, DataError, BadRecord, CheckpointError

@@ -1,4 +1,5 @@
-"""README's "starting from pretrained weights" recipe, walked with a tiny InternLM2-like release.
+"""The "starting from pretrained weights" recipe of docs/weights.md, walked with a tiny
+InternLM2-like release.
 
 The release is what InternLM2 ships, shrunk: weights under InternLM2's names (packed wqkv, the way
 test_hf_convert builds them), a SentencePiece tokenizer.model whose top ids are `[UNUSED_TOKEN_n]`
@@ -112,7 +113,7 @@ def inputs(tmp_path_factory):
 
 
 def recipe_config(inputs, imported: str):
-  """configs/tiny.py as README's recipe sets it: the import's tokenizer folder, its init_from."""
+  """configs/tiny.py as the docs/weights.md recipe sets it: the import's tokenizer folder, its init_from."""
   config, _ = tiny()
   config.data.update(name="jsonl", path=inputs["jsonl"], eval_count=4, tokenizer=f"{imported}/hf_files",
                      **PROMPTS)
