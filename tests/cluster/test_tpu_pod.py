@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from helpers import ROOT, RUN_FLAGS, calls, free_port, losses_of
 
@@ -54,6 +55,7 @@ def test_up_then_train_on_two_workers_equals_one_process(cluster, tiny_data, ref
 
 
 def test_preflight_refuses_a_slice_the_step_does_not_fit_before_creating_it(cluster):
+  pytest.importorskip("libtpu", reason="the preflight compiles for TPU: pip install -e '.[tpu]'")
   big = ["--config.model.d_model=8192", "--config.model.mlp_dim=32768"]     # 12 GiB of parameters per chip
   r = _pod(cluster, "up", "--", *big, CONFIG="configs/tiny.py", ACCELERATOR_TYPE="v5litepod-4", SHIP_DIRTY="1")
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
