@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 
 # Ranges, so that the package installs beside other libraries and on an image that already carries
 # most of them (a GPU host's jax 0.11 and CUDA plugin, its flax, optax, sentencepiece 0.2.2, ...).
-# Lower bounds: the oldest versions the suite's core was run against (pip's lowest-direct resolution,
+# Lower bounds: the oldest versions the suite was run against as a set (uv's lowest-direct resolution,
 # docs/results/tests.md); JAX, Grain and TFDS at the tested version. Upper bounds: the next release line,
 # whose APIs may move. constraints.txt pins the set CI tests.
 JAX = ">=0.10.2,<0.12"   # 0.10.2 on CPU in CI; 0.11.2 with the CUDA 13 plugin on GPU hosts
