@@ -231,10 +231,6 @@ def fields(cls) -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(cls)
 
 
-def doc(cls, name: str) -> str:
-  return next(f for f in fields(cls) if f.name == name).metadata["doc"]
-
-
 def defaults(cls) -> dict:
   """{key: default} of the keys that have one (sections included, recursively)."""
   out = {}
