@@ -26,9 +26,8 @@ import orbax.checkpoint as ocp
 from synergen_jax.core import batch as batch_lib
 from synergen_jax.core import state_dict
 from synergen_jax.core.config import validate_config
-from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint
-from synergen_jax.core.errors import CheckpointError
 from synergen_jax.convert.hf_families import detect_family, global_names, llm_shape, read_layer
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.model.synergen_vl import SynerGenVL

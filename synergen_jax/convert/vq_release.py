@@ -23,9 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint, read_json
-from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq import emu3, vqgan
 
 EMU3_NAMES = ("Emu3VQVAE", "Emu3VisionVQ", "Emu3VisionVQModel")

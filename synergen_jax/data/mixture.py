@@ -29,8 +29,7 @@ import os
 
 import numpy as np
 
-from synergen_jax.core.errors import ConfigError
-from synergen_jax.core.errors import DataError
+from synergen_jax.core.errors import ConfigError, DataError
 
 # meta.json fields that must be equal across a mixture's components, each with how to make them so.
 _TEXT_FIX = ("prepare every component with one text tokenizer: --config.data.tokenizer="

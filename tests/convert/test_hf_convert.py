@@ -19,9 +19,8 @@ transformers = pytest.importorskip("transformers", reason="needs the hf extra")
 from safetensors.torch import save_file  # noqa: E402
 
 from helpers import ROOT, tiny  # noqa: E402
-from synergen_jax.core.errors import ConfigError  # noqa: E402
+from synergen_jax.core.errors import CheckpointError, ConfigError  # noqa: E402
 from synergen_jax.convert.exporter import export_checkpoint  # noqa: E402
-from synergen_jax.core.errors import CheckpointError  # noqa: E402
 from synergen_jax.convert.importer import import_checkpoint  # noqa: E402
 from synergen_jax.infer import loader  # noqa: E402
 from synergen_jax.infer.scoring import next_token_logprobs  # noqa: E402

@@ -30,12 +30,11 @@ from helpers import tiny  # noqa: E402
 from synergen_jax.core import batch as batch_lib  # noqa: E402
 from test_hf_convert import random_hf_model, save_internlm2  # noqa: E402
 from synergen_jax.core.config import validate_config  # noqa: E402
-from synergen_jax.core.errors import ConfigError  # noqa: E402
+from synergen_jax.core.errors import ConfigError, DataError  # noqa: E402
 from synergen_jax.convert.importer import import_checkpoint  # noqa: E402
 from synergen_jax.convert.vq_weights import write_tokenizer  # noqa: E402
 from synergen_jax.data import sources  # noqa: E402
 from synergen_jax.prepare.cache import with_prepared_data  # noqa: E402
-from synergen_jax.core.errors import DataError  # noqa: E402
 from synergen_jax.data.pipeline import make_iterator  # noqa: E402
 from synergen_jax.data.tokenizers import TextTokenizer, rewrite_pieces  # noqa: E402
 from synergen_jax.prepare.writer import prepare  # noqa: E402

@@ -19,9 +19,8 @@ diffusers = pytest.importorskip("diffusers", reason="needs the hf extra: pip ins
 transformers = pytest.importorskip("transformers")
 
 from helpers import ROOT  # noqa: E402
-from synergen_jax.core.errors import ConfigError  # noqa: E402
+from synergen_jax.core.errors import CheckpointError, ConfigError  # noqa: E402
 from synergen_jax.convert.vq_release import import_release  # noqa: E402
-from synergen_jax.core.errors import CheckpointError  # noqa: E402
 from synergen_jax.vq.tokenizer import ImageTokenizer  # noqa: E402
 
 SIZE = 16

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from synergen_jax.core.errors import ConfigError
+from synergen_jax.core.errors import ConfigError, DataError
 from synergen_jax.data import layout, mixture, pipeline
 from synergen_jax.prepare import cache
-from synergen_jax.core.errors import DataError
 from synergen_jax.data.records import TASK_IDS, decode_record
 
 CAPTION, GENERATION, INTERLEAVED = TASK_IDS["caption"], TASK_IDS["generation"], TASK_IDS["interleaved"]

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synergen_jax.core.errors import ConfigError
-from synergen_jax.core.errors import CheckpointError
+from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.vq import emu3
 
 transformers = pytest.importorskip("transformers")

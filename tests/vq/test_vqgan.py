@@ -17,8 +17,7 @@ torch = pytest.importorskip("torch", reason="needs the hf extra: pip install -e 
 diffusers = pytest.importorskip("diffusers", reason="needs diffusers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from synergen_jax.core.errors import ConfigError  # noqa: E402
-from synergen_jax.core.errors import CheckpointError  # noqa: E402
+from synergen_jax.core.errors import CheckpointError, ConfigError  # noqa: E402
 from synergen_jax.vq import vqgan  # noqa: E402
 
 MODELS = {
