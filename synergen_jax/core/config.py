@@ -129,7 +129,8 @@ class ModelConfig(keys.ModelKeys):
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> "ModelConfig":
-    check_section(keys.ModelKeys, section, "config.model")
+    """`config.model`, already checked against its declarations (validate_config, the only caller,
+    checks the whole config first)."""
     m = {f.name: section[f.name] for f in keys.fields(keys.ModelKeys) if f.name != "unfold"}
     options = {k: m[k] for k in STACK_OPTIONS}
     shape = lambda source: {f.name: source[f.name] for f in keys.fields(keys.StackShape)}

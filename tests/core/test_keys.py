@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT, config_path, tiny
 from synergen_jax.convert.hf_families import LLM_KEYS, LLMShape
 from synergen_jax.core import keys
-from synergen_jax.core.config import ModelConfig, load_config, validate_config
+from synergen_jax.core.config import ModelConfig, base_config, load_config, validate_config
 from synergen_jax.core.errors import ConfigError
 
 
@@ -87,12 +87,20 @@ def test_unknown_and_missing_keys_name_the_declaring_section():
 
 
 def test_base_config_holds_exactly_the_declared_defaults():
-  config, _ = tiny()
-  declared = keys.defaults(keys.ExperimentKeys)
-  for section in ("loss", "vq", "optim", "mesh"):
-    for name, default in declared[section].items():
-      assert name in config[section]
-  assert set(config.keys()) == {f.name for f in keys.fields(keys.ExperimentKeys)}
+  """Every declared key, with its declared default; the required ones from the arguments."""
+  model = {f.name: 4 for f in keys.fields(keys.StackShape)}
+  model.update(text_vocab=64, codebook_size=32, code_embed_dim=16, code_grid=(4, 4), fold_mlp_hidden=8)
+  unfold = {f.name: 2 for f in keys.fields(keys.StackShape)}
+  config = base_config(model=model, unfold=unfold, seq_len=32, fold="2x2")
+  expected = keys.defaults(keys.ExperimentKeys)
+  expected["model"].update(model, fold=(2, 2), unfold=unfold)
+  expected["data"].update(seq_len=32)
+  expected["optim"]["decay_steps"] = expected["train"]["steps"]   # tied to train.steps
+  as_lists = lambda tree: {k: as_lists(v) if isinstance(v, dict) else list(v) if isinstance(
+      v, tuple) else v for k, v in tree.items()}
+  assert as_lists(config.to_dict()) == as_lists(expected)
+  config.train.steps = 7
+  assert config.optim.decay_steps == 7
 
 
 def test_typed_configs_take_their_fields_from_the_declarations():
@@ -102,7 +110,6 @@ def test_typed_configs_take_their_fields_from_the_declarations():
   _, mc = tiny()
   assert LLMShape.of(mc).fields == {name: getattr(mc, name) for name in LLM_KEYS}
   # A stack's shape is the unfold section's keys; its options are config.model's.
-  _, mc = tiny()
   assert mc.unfold.d_model == 16 and mc.llm.d_model == mc.d_model == 32
   assert mc.unfold.remat_policy == mc.remat_policy and mc.unfold.num_experts == 1
 
