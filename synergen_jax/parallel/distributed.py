@@ -63,3 +63,37 @@ def initialize_from_env() -> bool:
         f"{jax.local_device_count()} local {jax.local_devices()[0].platform} devices "
         f"(jax_cuda_visible_devices={visible})", file=sys.stderr, flush=True)
   return True
+
+
+# Why our own barrier: JAX's multihost_utils.sync_global_devices is a device collective, and on CPU
+# gloo gives every process 30 s (fixed in XLA) to join a collective's first use. One process still
+# compiling or loading on a loaded host while the other waits past that fails the run. The
+# coordination service's barrier waits as long as we ask; a dead process still ends it, through the
+# heartbeat.
+BARRIER_TIMEOUT_S = 3600
+_barrier_uses: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """All processes meet here, through the coordination service (nothing to do in one process).
+
+  Every process must pass the same barriers in the same order: the n-th use of a name is its own
+  barrier, so a name may be reused (each step, each eval)."""
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  n = _barrier_uses.get(name, 0)
+  _barrier_uses[name] = n + 1
+  multihost.get_barrier_sync_fn()(key=f"{name}#{n}", timeout_ms=timeout_s * 1000)
+
+
+def compiled_together(jitted, *args, name: str):
+  """Compiles `jitted` for `args` and lets every process finish compiling before any runs it.
+
+  The compiled program lands in jit's cache, so calling `jitted(*args)` afterwards runs it without
+  compiling again; the barrier keeps a fast process from waiting in the program's first collective
+  while a slow one still compiles (see `barrier`). One process: nothing to do, jit compiles on call."""
+  if jax.process_count() == 1:
+    return
+  jitted.lower(*args).compile()
+  barrier(f"synergen_jax: {name} compiled")

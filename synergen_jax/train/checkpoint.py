@@ -24,6 +24,7 @@ from etils import epath
 from synergen_jax.core import batch as batch_lib
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.model.synergen_vl import SynerGenVL
+from synergen_jax.parallel.distributed import barrier
 from synergen_jax.train.data_state import DataStateRestore, DataStateSave
 
 HF_FILES = "hf_files"             # tokenizer and remote-code files copied from the HF folder
@@ -122,13 +123,6 @@ def check_init_from_config(init_from: str, config) -> None:
       raise ConfigError(f"config.model.{key}={config.model[key]!r}, but config.train.init_from="
                         f"{init_from} was made with {source[key]!r}; set --config.model.{key}="
                         f"{source[key]!r}")
-
-
-def barrier(name: str) -> None:
-  """All processes meet here (nothing to do in one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def check_workdir_config(workdir: str, config) -> None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model.losses import synergen_loss
+from synergen_jax.parallel.distributed import compiled_together
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,6 +38,8 @@ def heldout_metrics(config, model, params, mesh, max_batches: int | None = None)
   for n, batch in enumerate(data):
     if max_batches is not None and n >= max_batches:
       break
+    if n == 0:
+      compiled_together(sums, params, batch, name="held-out pass")
     s = sums(params, batch)
     total = s if total is None else jax.tree.map(jnp.add, total, s)
   if total is None:

@@ -14,6 +14,7 @@ from synergen_jax.core.errors import ConfigError
 from synergen_jax.prepare.cache import with_prepared_data
 from synergen_jax.data.pipeline import make_iterator
 from synergen_jax.model import accounting
+from synergen_jax.parallel.distributed import barrier, compiled_together
 from synergen_jax.parallel.failure import Preempted, PreemptionNotice, fault_drill
 from synergen_jax.parallel.mesh import make_mesh
 from synergen_jax.parallel.sharding import LOGICAL_RULES
@@ -83,6 +84,7 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
 
     data = make_iterator(config, mesh=mesh)
     mngr = checkpoint.manager(workdir, t_cfg)
+    barrier("synergen_jax: before restoring or initializing the state")
     start = mngr.latest_step()
     if start is not None:
       abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -113,6 +115,8 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
       t_wait = time.perf_counter()
       batch = next(data)
       window["wait"] += time.perf_counter() - t_wait
+      if step == start:
+        compiled_together(step_fn, state, batch, name="train step")
       state, metrics = step_fn(state, batch)
       fault_drill(step + 1)
       # Exact counts over the logging window, summed on device (no host sync per step).
@@ -163,7 +167,7 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
         if not saved:
           checkpoint.save(mngr, step + 1, state, data.get_state(), force=True)
         mngr.wait_until_finished()
-        checkpoint.barrier("synergen_jax: preemption checkpoint committed")   # nobody exits early
+        barrier("synergen_jax: preemption checkpoint committed")   # nobody exits early
         mngr.close()
         writer.close()
         log(f"train: preempted at step {step + 1}: checkpoint saved; rerun the same command to resume")
