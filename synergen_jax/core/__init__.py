@@ -7,4 +7,5 @@
   errors.py      ConfigError, DataError, BadRecord, CheckpointError
   state_dict.py  imported weights: tensor shape checks and flat-name -> nested-tree placement
   cli.py         --config file.py[:arg] with --config.a.b=v overrides, for every command line
+  storage.py     any path, local or gs://: whole-or-nothing writes, reachability errors, emulators
 """

@@ -200,10 +200,15 @@ class OptimKeys:
 
 @section
 class MeshKeys:
-  """`config.mesh`: devices per axis; -1 = the rest of the devices."""
-  data: int = key(-1, "data-parallel axis")
-  fsdp: int = key(1, "fully-sharded data-parallel axis (parameters and optimizer state sharded)")
-  tensor: int = key(1, "tensor-parallel axis")
+  """`config.mesh`: devices per axis; -1 = the rest of the devices. Across several nodes (GPU hosts,
+  one process each, or TPU slices) data, fsdp and tensor size one node and the dcn_* keys count nodes
+  (parallel/mesh.py)."""
+  data: int = key(-1, "data-parallel axis (devices of one node when there are several)")
+  fsdp: int = key(
+      1, "fully-sharded data-parallel axis, parameters and optimizer state sharded (within one node)")
+  tensor: int = key(1, "tensor-parallel axis (within one node)")
+  dcn_data: int = key(-1, "nodes (GPU hosts or TPU slices) the data axis spans; -1 = the rest")
+  dcn_fsdp: int = key(1, "nodes the fsdp axis spans (its gathers then cross nodes); -1 = the rest")
 
 
 @section
