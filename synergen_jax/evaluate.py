@@ -11,6 +11,7 @@ Without --suite: DIR/eval.json, DIR/eval_samples.png, DIR/eval_captions.png, wha
 means in synergen_jax/eval/report.py (every number comes with the held-out size and the seed; the
 generation judge is trained once per dataset and cached). With --suite: the suite's numbers under its
 name in --out (default DIR/eval.json; other keys are kept); see synergen_jax/eval/suites.py.
+DIR, --out, --generated and --reference may be bucket paths (gs://...).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 
 from absl import app, flags, logging
 
+from synergen_jax.core import storage
 from synergen_jax.eval import suites
 from synergen_jax.infer.decode import Sampling
 from synergen_jax.infer.jobs import JobSettings
@@ -76,7 +78,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   if FLAGS.suite:
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "eval.json")
+    out = FLAGS.out or (os.fspath(storage.path(FLAGS.workdir, "--workdir") / "eval.json")
+                        if FLAGS.workdir else None)
+    if out:         # an unreachable bucket fails now, not after the whole evaluation
+      storage.check_reachable(out, "--out")
     result = suite()
     suites.merge_into(out, FLAGS.suite, result)
     print(json.dumps({FLAGS.suite: result}, indent=1))

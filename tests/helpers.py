@@ -169,3 +169,13 @@ def calls(cluster, tool=None) -> list:
   path = cluster["state"] / "calls.jsonl"
   rows = [json.loads(line) for line in open(path)] if path.exists() else []
   return [r["argv"] for r in rows if tool is None or r["tool"] == tool]
+
+
+def upload_tree(local_dir, remote_dir) -> str:
+  """Copies a local folder's files into a bucket path (each file one upload); returns remote_dir."""
+  from synergen_jax.core import storage
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      rel = os.path.relpath(os.path.join(root, name), local_dir)
+      storage.upload(os.path.join(root, name), f"{remote_dir}/{rel}")
+  return remote_dir

@@ -1,18 +1,21 @@
 """A workdir's text model -> HF tensors, config.json and safetensors shards.
 
-The CLI and what it writes: synergen_jax/convert/hf_export.py.
+The CLI and what it writes: synergen_jax/convert/hf_export.py. The workdir and the output folder
+may be bucket paths (gs://...): a shard is written to a local temporary file (safetensors writes only
+local files) and uploaded whole, so the local disk holds at most one shard.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.convert.hf_families import FAMILIES, LLMShape, global_names, hf_config, write_layer
@@ -58,19 +61,35 @@ def hf_tensors(mc, params: dict, family: str):
     yield from write_layer(leaves, family, i, shape).items()
 
 
-def _write_shards(tensors, out: str, dtype, max_shard_bytes: int) -> list[str]:
-  """Groups tensors into shards of at most max_shard_bytes and writes each as it fills."""
+def _save_shard(tensors: dict, target, dtype) -> int:
+  """One safetensors file at target (a local path or a bucket object, whole either way); returns
+  its size in bytes."""
   from safetensors.flax import save_file   # the `hf` extra
+
+  def save(local: str) -> int:
+    with jax.default_device(jax.devices("cpu")[0]):
+      save_file({k: jnp.asarray(v, dtype) for k, v in tensors.items()}, local,
+                metadata={"format": "pt"})
+    return os.path.getsize(local)
+
+  if not storage.is_remote(target):
+    return save(os.fspath(target))
+  with tempfile.TemporaryDirectory() as tmp:     # safetensors writes only local files
+    local = os.path.join(tmp, target.name)
+    size = save(local)
+    storage.upload(local, target)
+  return size
+
+
+def _write_shards(tensors, out, dtype, max_shard_bytes: int) -> list[str]:
+  """Groups tensors into shards of at most max_shard_bytes and writes each as it fills."""
   shards, current, size = [], {}, 0
 
   def flush():
     nonlocal current, size
     if current:
-      path = os.path.join(out, f"shard-{len(shards):05d}.safetensors")
-      with jax.default_device(jax.devices("cpu")[0]):
-        save_file({k: jnp.asarray(v, dtype) for k, v in current.items()}, path,
-                  metadata={"format": "pt"})
-      shards.append((path, list(current)))
+      path = out / f"shard-{len(shards):05d}.safetensors"
+      shards.append((path, list(current), _save_shard(current, path, dtype)))
       current, size = {}, 0
 
   itemsize = jnp.dtype(dtype).itemsize
@@ -80,28 +99,31 @@ def _write_shards(tensors, out: str, dtype, max_shard_bytes: int) -> list[str]:
     current[name] = value
     size += value.size * itemsize
   flush()
-  # HF's file names: model.safetensors, or model-0000i-of-0000n.safetensors with an index.
+  # HF's file names: model.safetensors, or model-0000i-of-0000n.safetensors with an index. The count
+  # is known only now, so shards are renamed (on a bucket: a copy inside the bucket).
   weight_map, total = {}, 0
   final = []
-  for i, (path, names) in enumerate(shards):
+  for i, (path, names, bytes_) in enumerate(shards):
     name = ("model.safetensors" if len(shards) == 1
             else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
-    os.replace(path, os.path.join(out, name))
+    path.rename(out / name)
     final.append(name)
     weight_map.update({n: name for n in names})
-    total += os.path.getsize(os.path.join(out, name))
+    total += bytes_
   if len(shards) > 1:
-    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    storage.write_text(out / "model.safetensors.index.json", json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
   return final
 
 
 def export_checkpoint(workdir: str, out: str, *, family: str | None = None, dtype: str = "float32",
                       max_shard_bytes: int = 5000 << 20) -> dict:
+  target = storage.path(out, "--out")
+  storage.check_reachable(target, "--out")     # before the parameters are read
   config = read_config(workdir)
   mc = validate_config(config)
-  record_path = os.path.join(workdir, IMPORT_RECORD)
-  record = json.load(open(record_path)) if os.path.exists(record_path) else {}
+  record_path = storage.path(workdir, "--workdir") / IMPORT_RECORD
+  record = json.loads(record_path.read_text()) if record_path.exists() else {}
   family = family or record.get("family") or ("qwen2" if mc.llm.qkv_bias else "llama")
   if family not in FAMILIES:
     raise ConfigError(f"--family={family!r}; choose one of {FAMILIES}")
@@ -109,21 +131,20 @@ def export_checkpoint(workdir: str, out: str, *, family: str | None = None, dtyp
     raise ConfigError("the model has q/k/v biases, which only the qwen2 family holds; use --family=qwen2")
   if dtype not in ("float32", "bfloat16", "float16"):
     raise ConfigError(f"--dtype={dtype!r}; choose float32, bfloat16 or float16")
-  if os.path.exists(out) and os.listdir(out):
+  if target.exists() and any(True for _ in target.iterdir()):
     raise ConfigError(f"--out={out} is not empty; export into a new directory")
-  os.makedirs(out, exist_ok=True)
+  target.mkdir(parents=True, exist_ok=True)     # on a bucket: nothing to make
   # Host (CPU) parameters: an export never needs accelerator memory.
   params, step = restore_on_device(workdir, mc, device=jax.devices("cpu")[0])
-  files = _write_shards(hf_tensors(mc, params, family), out, jnp.dtype(dtype), max_shard_bytes)
+  files = _write_shards(hf_tensors(mc, params, family), target, jnp.dtype(dtype), max_shard_bytes)
   base = record.get("hf_config") if record.get("family") == family else None
   c = hf_config(LLMShape.of(mc), family, base)
   c["torch_dtype"] = dtype
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(c, f, indent=1)
+  storage.write_text(target / "config.json", json.dumps(c, indent=1))
   copied = []
-  hf_files = os.path.join(workdir, HF_FILES)
-  for name in sorted(os.listdir(hf_files)) if os.path.isdir(hf_files) else []:
-    if name != "config.json":
-      shutil.copy2(os.path.join(hf_files, name), os.path.join(out, name))
-      copied.append(name)
+  hf_files = storage.path(workdir) / HF_FILES
+  for src in sorted(hf_files.iterdir(), key=os.fspath) if hf_files.is_dir() else []:
+    if src.name != "config.json":      # tokenizer and remote-code files: small, read whole
+      storage.write_bytes(target / src.name, src.read_bytes())
+      copied.append(src.name)
   return dict(family=family, step=step, files=files, copied=copied)

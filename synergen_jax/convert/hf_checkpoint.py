@@ -3,7 +3,8 @@
 `HFCheckpoint(dir)` indexes which file holds each tensor (model.safetensors.index.json, or every
 *.safetensors header) without reading any data; `get(name)` reads one tensor and returns it as a host
 float32 numpy array; only the tensor asked for is ever in memory. Pickle `.bin` checkpoints run arbitrary code when unpickled: they are refused unless
-`allow_pickle=True`, and then read with `torch.load(weights_only=True, mmap=True)`.
+`allow_pickle=True`, and then read with `torch.load(weights_only=True, mmap=True)`. The folder is
+local (memory-mapped); a bucket path is refused with the copy command to run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import jax
 import numpy as np
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
@@ -36,6 +38,9 @@ class HFCheckpoint:
   """Tensor name -> file index of an HF folder, and lazy float32 reads."""
 
   def __init__(self, hf_dir: str, allow_pickle: bool = False):
+    if storage.is_remote(hf_dir):   # safetensors memory-maps local files; transformers reads them too
+      raise CheckpointError(f"--hf_dir={hf_dir} is a bucket path; the checkpoint is read from a local "
+                            f"folder: copy it first (gcloud storage cp -r {hf_dir} .) and pass the copy")
     if not os.path.isdir(hf_dir):
       raise CheckpointError(f"--hf_dir={hf_dir} is not a directory")
     self.dir = hf_dir

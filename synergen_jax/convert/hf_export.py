@@ -8,6 +8,7 @@ remote-code files an import copied along. The family defaults to the imported on
 model has q/k/v biases and llama otherwise. Only the text path is exported: the text experts, the
 text embedding and LM head; the rows of the new tokens (<boi> <eoi> <UNCOND>) are written into the
 embedding / LM-head tables at their ids. Vision experts, fold embedding and unfold head stay behind.
+--workdir and --out may be bucket paths (gs://...).
 """
 
 from __future__ import annotations

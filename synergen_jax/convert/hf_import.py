@@ -21,7 +21,8 @@ Memory: parameters are built as host numpy arrays one HF tensor at a time (safet
 memory-mapped), so the peak is the model in config.model.param_dtype plus about one tensor; nothing is
 placed on an accelerator and nothing is replicated per device. OUT gets config.json, an Orbax
 checkpoint at step 0 (parameters only), hf_import.json (source family and config), and hf_files/
-(tokenizer and remote-code files, copied so export can put them back).
+(tokenizer and remote-code files, copied so export can put them back). OUT may be a bucket path
+(gs://...); --hf_dir is a local folder (its safetensors are memory-mapped).
 """
 
 from __future__ import annotations

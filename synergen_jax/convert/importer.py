@@ -8,14 +8,15 @@ the tokenizer's ids), appended rows set to the mean pretrained row. hf_import.js
 tokenizer's ids and fingerprint, which the prepared data of a run that starts from the import must
 share. Without a tokenizer.model (BPE-only releases) `extra_tokens` rows are appended as asked.
 
-The CLI and what it writes: synergen_jax/convert/hf_import.py.
+The CLI and what it writes: synergen_jax/convert/hf_import.py. The workdir may be a bucket path
+(gs://...): Orbax writes the parameters there itself (tensorstore), the small files go whole through
+core/storage.py. The HF folder is read locally (its safetensors are memory-mapped).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -25,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from synergen_jax.core import batch as batch_lib
 from synergen_jax.core import state_dict
+from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint
@@ -186,7 +188,7 @@ def save_params(workdir: str, params: dict) -> None:
   handlers = dict(state=ocp.PyTreeCheckpointHandler(type_handler_registry=registry, save_concurrent_gb=1,
                                                     use_ocdbt=False),
                   data=ocp.JsonCheckpointHandler())
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  path = storage.absolute(workdir, "--workdir") / "checkpoints"   # Orbax wants absolute paths
   with ocp.CheckpointManager(path, item_names=("state", "data"), item_handlers=handlers) as mngr:
     mngr.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
                                          data=ocp.args.JsonSave({})))
@@ -195,22 +197,23 @@ def save_params(workdir: str, params: dict) -> None:
 
 def import_checkpoint(hf_dir: str, workdir: str, config, *, extra_tokens: int = 0,
                       allow_pickle: bool = False, seed: int = 0) -> dict:
-  """Converts hf_dir into workdir; returns the record written to hf_import.json."""
-  if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
+  """Converts hf_dir into workdir (a folder or a bucket path); returns the record written to
+  hf_import.json, which is written last: its presence marks a complete import."""
+  out = storage.path(workdir, "--workdir")
+  storage.check_reachable(out, "--workdir")     # before any tensor is read
+  if has_files(out / "checkpoints"):
     raise ConfigError(f"--workdir={workdir} already holds checkpoints; import into a new directory")
   ckpt = HFCheckpoint(hf_dir, allow_pickle=allow_pickle)
   tokenizer = release_tokenizer(hf_dir, config)
   config, family, shape = import_config(config, ckpt, extra_tokens, tokenizer)
   mc = validate_config(config)          # every config error before any tensor is read
   params = build_params(ckpt, family, shape, mc, seed)
-  os.makedirs(workdir, exist_ok=True)
+  (out / HF_FILES).mkdir(parents=True, exist_ok=True)      # on a bucket: nothing to make
   save_params(workdir, params)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  storage.write_text(out / "config.json", config.to_json_best_effort(indent=1))
   copied = []
-  os.makedirs(os.path.join(workdir, HF_FILES), exist_ok=True)
   for src in ckpt.tokenizer_files() + ckpt.code_files():
-    shutil.copy2(src, os.path.join(workdir, HF_FILES, os.path.basename(src)))
+    storage.upload(src, out / HF_FILES / os.path.basename(src))
     copied.append(os.path.basename(src))
   record = dict(family=family, source=os.path.abspath(hf_dir), format=ckpt.format,
                 hf_config=ckpt.config, text_vocab=mc.text_vocab,
@@ -218,6 +221,11 @@ def import_checkpoint(hf_dir: str, workdir: str, config, *, extra_tokens: int = 
                 text_tokenizer=tokenizer.meta() if tokenizer else None, copied_files=copied,
                 tensors=len(ckpt.names()),
                 parameters=int(sum(x.size for x in jax.tree.leaves(params))))
-  with open(os.path.join(workdir, IMPORT_RECORD), "w") as f:
-    json.dump(record, f, indent=1)
+  storage.write_text(out / IMPORT_RECORD, json.dumps(record, indent=1))
   return record
+
+
+def has_files(folder) -> bool:
+  """Whether an epath folder (local or on a bucket, where folders are only name prefixes) holds
+  anything."""
+  return folder.exists() and any(True for _ in folder.iterdir())

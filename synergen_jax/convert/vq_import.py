@@ -12,6 +12,7 @@ A state dict of our own small tokenizer (vq/autoencoder.py), its shape from --co
 
 Then `python -m synergen_jax.train --config configs/X.py --config.vq.workdir=OUT ...`. What is read
 and refused: synergen_jax/convert/vq_release.py (folders), synergen_jax/convert/vq_weights.py (ours).
+OUT may be a bucket path (gs://...); --hf_dir and --weights are local.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ config.json (`_class_name` "VQModel" -> vqgan; `model_type` / `architectures` na
 emu3). Everything is checked before anything is written: unsupported config values, unknown,
 missing and misshaped tensors are refused with the file and the names.
 
+The workdir may be a bucket path (gs://...): Orbax writes the parameters there itself, the small files
+go whole through core/storage.py. The release folder is read locally (its safetensors are
+memory-mapped).
+
 Pixel normalisation is the image processor's: `image_mean` / `image_std` of preprocessor_config.json
 (after its 1/255 rescale); without that file, 0.5 / 0.5 (the [-1, 1] range VQModel and Emu3 train in).
 """
@@ -17,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint, read_json
 from synergen_jax.vq import emu3, vqgan
@@ -71,8 +75,11 @@ def pixel_normalisation(hf_dir: str, channels: int) -> dict:
 
 
 def import_release(hf_dir: str, workdir: str, image_size: int | None = None) -> dict:
-  """Converts the folder into `workdir`; returns what vq_config.json records."""
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  """Converts the folder into `workdir` (a folder or a bucket path); returns what vq_config.json
+  records."""
+  out = storage.path(workdir, "--workdir")
+  storage.check_reachable(out, "--workdir")     # before any tensor is read
+  if (out / "checkpoints").exists():   # on a bucket: any object under that name
     raise CheckpointError(f"--workdir={workdir} already holds a tokenizer checkpoint; use a new one")
   ckpt = HFCheckpoint(hf_dir)
   where = os.path.join(hf_dir, "config.json")
@@ -88,12 +95,12 @@ def import_release(hf_dir: str, workdir: str, image_size: int | None = None) -> 
   meta = dict(family=family, hf_config=ckpt.config, overrides=overrides, image_size=config.image_size,
               pixels=pixels, source=os.path.abspath(hf_dir), data_name=f"imported:{hf_dir}",
               image_fit="resize", background=0)
-  os.makedirs(workdir, exist_ok=True)
+  out.mkdir(parents=True, exist_ok=True)        # on a bucket: nothing to make
   if os.path.exists(os.path.join(hf_dir, PREPROCESSOR)):
-    shutil.copy(os.path.join(hf_dir, PREPROCESSOR), workdir)
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as manager:
+    storage.upload(os.path.join(hf_dir, PREPROCESSOR), out / PREPROCESSOR)
+  with ocp.CheckpointManager(storage.absolute(out) / "checkpoints") as manager:
     manager.save(0, args=ocp.args.StandardSave(dict(params=params)))
     manager.wait_until_finished()
-  with open(os.path.join(workdir, "vq_config.json"), "w") as f:   # last: marks a complete import
-    json.dump(meta, f, indent=1)
+  # Last: its presence marks a complete import.
+  storage.write_text(out / "vq_config.json", json.dumps(meta, indent=1))
   return dict(meta, tensors=len(state), parameters=int(sum(np.size(x) for x in jax.tree.leaves(params))))

@@ -19,6 +19,8 @@ GroupNorm uses eps 1e-6 and min(32, gcd) groups; lookups are cosine (both normal
 trained with Euclidean lookups gives the same codes only if its rows have equal norms. A state dict
 with parts this architecture lacks (quant_conv, attention blocks, MoVQ's spatially conditioned
 norms) is refused with the unmatched keys listed, never partly loaded.
+
+`write_tokenizer`'s workdir may be a bucket path (gs://...); the state dict file is read locally.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from synergen_jax.core import state_dict
+from synergen_jax.core import storage
 from synergen_jax.core.errors import CheckpointError
 from synergen_jax.vq import autoencoder as vq
 
@@ -108,6 +111,9 @@ def from_state_dict(state: dict[str, np.ndarray], config: vq.VQConfig, where: st
 def read_state_dict(path: str, allow_pickle: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
   """A .safetensors file, or (with allow_pickle) a torch .pt/.pth/.bin/.ckpt; Lightning checkpoints'
   "state_dict" is unwrapped and `prefix` (e.g. "vqmodel.") stripped."""
+  if storage.is_remote(path):     # safetensors and torch open a local file
+    raise CheckpointError(f"--weights={path} is a bucket path; the weights are read from a local "
+                          f"file: copy it first (gcloud storage cp {path} .) and pass the copy")
   if not os.path.exists(path):
     raise CheckpointError(f"--weights={path} does not exist")
   if path.endswith(".safetensors"):
@@ -135,14 +141,18 @@ def read_state_dict(path: str, allow_pickle: bool = False, prefix: str = "") -> 
 
 def write_tokenizer(workdir: str, config: vq.VQConfig, params: dict, *, image_fit: str,
                     background: int, source: str) -> None:
-  """An image-tokenizer workdir that `ImageTokenizer.load` (and so prepare / sample) reads."""
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  """An image-tokenizer workdir (a folder or a bucket path) that `ImageTokenizer.load` (and so
+  prepare / sample) reads."""
+  out = storage.path(workdir, "--workdir")
+  storage.check_reachable(out, "--workdir")
+  if (out / "checkpoints").exists():   # on a bucket: any object under that name
     raise CheckpointError(f"--workdir={workdir} already holds a tokenizer checkpoint; use a new one")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "vq_config.json"), "w") as f:
-    json.dump(dict(vq=dataclasses.asdict(config), data_name=f"imported:{source}", image_fit=image_fit,
-                   background=background), f, indent=1)
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as manager:
+  out.mkdir(parents=True, exist_ok=True)        # on a bucket: nothing to make
+  with ocp.CheckpointManager(storage.absolute(out) / "checkpoints") as manager:
     manager.save(0, args=ocp.args.StandardSave(dict(
         params=params, usage=np.ones(config.codebook_size, np.float32))))
     manager.wait_until_finished()
+  # Last, as vq_release does: its presence marks a complete tokenizer workdir.
+  storage.write_text(out / "vq_config.json", json.dumps(dict(
+      vq=dataclasses.asdict(config), data_name=f"imported:{source}", image_fit=image_fit,
+      background=background), indent=1))

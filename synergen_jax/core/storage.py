@@ -62,6 +62,13 @@ def path(p, what: str = "path") -> epath.Path:
   return epath.Path(s)
 
 
+def absolute(p, what: str = "path") -> epath.Path:
+  """`p` made absolute where it is local (Orbax wants absolute paths); a bucket path untouched
+  (os.path.abspath would turn gs://b into <cwd>/gs:/b)."""
+  target = path(p, what)
+  return target if is_remote(target) else epath.Path(os.path.abspath(os.fspath(target)))
+
+
 def write_bytes(p, data: bytes) -> None:
   """Writes `p` so that no reader ever sees it half-written (see the module docstring)."""
   target = path(p)

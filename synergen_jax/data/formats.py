@@ -19,9 +19,9 @@ works on a local disk and on a bucket (gs://...).
   text         .jsonl .jsonl.gz .parquet  {config.data.text_column: "..."}               Document
 
 Relative image paths resolve against `config.data.image_root`, else the folder of the file that
-names them. Images stay undecoded (bytes or a path): the writer decodes them and counts a broken one.
-Image paths on a bucket are read here (images.decode opens local files only); http(s) URLs are never
-fetched (nothing is downloaded at prepare time), so they reach the writer as paths it cannot open.
+names them, on a bucket as on a local disk. Images stay undecoded (bytes or a path): the writer
+decodes them (images.decode opens bucket paths too) and counts a broken or missing one. http(s) URLs
+are never fetched (nothing is downloaded at prepare time), so they count as missing files.
 
 A record that cannot be used is yielded as `Skipped(reason, where)`, `where` naming the file and the
 record; the writer counts it under `reason` in meta.json:
@@ -54,19 +54,17 @@ import codecs
 import gzip
 import hashlib
 import json
-import os
 import posixpath
 import re
 import tarfile
 import zlib
 from typing import Any, Iterator
 
-from etils import epath
-
-from synergen_jax.data.documents import Document, ImageSpan, InputShard, Skipped, TextSpan
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
+from synergen_jax.data.documents import Document, ImageSpan, InputShard, Skipped, TextSpan
 from synergen_jax.data.paths import expand_paths, fixed_prefix, normalise
-from synergen_jax.data.sources import RawExample
+from synergen_jax.data.sources import RawExample, image_ref, parent_folder
 
 FORMATS = ("webdataset", "parquet", "interleaved", "chat", "text")
 EXTENSIONS = dict(webdataset=(".tar", ".tar.gz", ".tgz"), parquet=(".parquet",),
@@ -145,8 +143,10 @@ def format_shards(name: str, pattern: str, split: str, data_config) -> list[Inpu
 # ---------------------------------------------------------------------------------------------------
 
 def _open(path: str):
-  """A binary file object (epath: local or bucket). Tests wrap it to count the bytes read."""
-  return epath.Path(path).open("rb")
+  """A binary file object (epath: local or bucket), streamed: tarfile, gzip, pyarrow and the JSON
+  readers take it as it is, nothing is copied to a local disk first. Tests wrap it to count the
+  bytes read."""
+  return storage.path(path, "config.data.path").open("rb")
 
 
 def _jsonl(path: str) -> Iterator[Skipped | tuple[str, Any]]:
@@ -264,28 +264,9 @@ def _parquet_rows(path: str, columns: dict[str, str | None],
 
 
 def _image_root(path: str, data_config) -> str:
-  root = data_config.get("image_root")
-  if root:
-    return root
-  return posixpath.dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path))
-
-
-def _load(ref: str) -> Any:
-  """A resolved path -> what images.decode takes. Local paths stay paths (decode opens them when the
-  writer gets to them); bucket paths are read now because decode opens local files only (a missing
-  one stays a path, so the writer counts it as missing_file); http(s) is never fetched."""
-  if "://" not in ref or ref.startswith(("http://", "https://")):
-    return ref
-  try:
-    return epath.Path(ref).read_bytes()
-  except FileNotFoundError:
-    return ref
-
-
-def _path(ref: str, root: str) -> Any:
-  if "://" in ref or os.path.isabs(ref):
-    return _load(ref)
-  return _load(posixpath.join(root, ref) if "://" in root else os.path.join(root, ref))
+  """Where a record's relative image paths start. They stay paths, on a bucket too: images.decode
+  reads them when the writer gets to them, in its decode workers, not one by one here."""
+  return data_config.get("image_root") or parent_folder(path)
 
 
 class _BadImage(ValueError):
@@ -309,7 +290,7 @@ def _image(cell: Any, root: str) -> Any:
     if cell is None:
       return None
   if isinstance(cell, str):
-    return _path(cell, root) if cell else None
+    return image_ref(cell, root) if cell else None
   raise _BadImage(f"image of type {type(cell).__name__}; expected bytes, a path or "
                   "{\"bytes\": ..., \"path\": ...}")
 
@@ -595,7 +576,7 @@ def chat_document(record: Any, where: str, root: str) -> Document | Skipped:
   if placeholders != len(images):
     return Skipped("image_count_mismatch",
                    f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholders, {len(images)} images")
-  refs, spans = iter([_path(p, root) for p in images]), []
+  refs, spans = iter([image_ref(p, root) for p in images]), []
   for role, value in turns:
     if role == "system":
       _add_text(spans, SYSTEM_TURN.format(value), False)

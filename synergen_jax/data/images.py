@@ -2,7 +2,9 @@
 
 Every image that enters the framework goes through `decode` (bytes, path or array -> uint8 HxWx3) and
 then `fit` (-> the tokenizer's square size and channel count). Failures raise `BadImage` with a reason
-that `prepare` counts under that name in meta.json.
+that `prepare` counts under that name in meta.json. A path may be local or on a bucket (gs://...,
+read through core/storage); http(s) URLs are never fetched (nothing is downloaded at prepare time),
+so they count as missing files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage
 
-from synergen_jax.core.errors import BadRecord
+from synergen_jax.core import storage
+from synergen_jax.core.errors import BadRecord, ConfigError
 
 
 class BadImage(BadRecord):
@@ -34,9 +37,10 @@ def decode(image, min_size: int = 4) -> np.ndarray:
     pil = PILImage.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
   else:
     try:
-      source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else os.fspath(image)
-      pil = PILImage.open(source)
+      pil = PILImage.open(_image_source(image))
       pil.load()  # PIL decodes lazily: force it here so a truncated file fails now.
+    except ConfigError:
+      raise          # a bucket this account may not read: every image would fail, so stop (a ValueError)
     except FileNotFoundError as e:
       raise BadImage("missing_file", f"image file not found: {image}") from e
     except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as e:
@@ -49,6 +53,29 @@ def decode(image, min_size: int = 4) -> np.ndarray:
     canvas = PILImage.new("RGBA", pil.size, (255, 255, 255, 255))
     pil = PILImage.alpha_composite(canvas, pil)
   return np.asarray(pil.convert("RGB"), np.uint8)
+
+
+def _is_bucket(path: str) -> bool:
+  return storage.is_remote(path) and not path.startswith(("http://", "https://"))
+
+
+def _image_source(image):
+  """What PIL opens: bytes wrapped, a local path as it is, a bucket object read whole (PIL wants a
+  seekable file, and an image is small); a missing object raises FileNotFoundError like a file."""
+  if isinstance(image, (bytes, bytearray)):
+    return io.BytesIO(image)
+  path = os.fspath(image)
+  if not _is_bucket(path):
+    return path
+  try:
+    return io.BytesIO(storage.path(path, "image").read_bytes())
+  except FileNotFoundError:
+    raise
+  except Exception as e:              # one bad object is a counted skip, a refused bucket is not
+    error = storage.explain(e, path, "image")
+    if error is not None:
+      raise error from e
+    raise OSError(f"{type(e).__name__}: {e}") from e
 
 
 def fit(image: np.ndarray, size: int, channels: int, mode: str = "resize",
@@ -144,7 +171,16 @@ def save_grid(images: np.ndarray, path: str, cols: int | None = None, pad: int =
   for i, img in enumerate(images):
     r, col = divmod(i, cols)
     canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
-  PILImage.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
+  _save_image(PILImage.fromarray(canvas[..., 0] if c == 1 else canvas), path)
+
+
+def _save_image(pil, path: str) -> None:
+  """An image at `path`, local or on a bucket, never seen half-written; the format follows the
+  extension as PIL's own save would pick it (PNG when it names none)."""
+  suffix = os.path.splitext(os.fspath(path))[1].lower()
+  buf = io.BytesIO()
+  pil.save(buf, PILImage.registered_extensions().get(suffix, "PNG"))
+  storage.write_bytes(path, buf.getvalue())
 
 
 def save_captioned(images: np.ndarray, captions: Sequence[str], path: str, cols: int = 8,
@@ -172,4 +208,4 @@ def save_captioned(images: np.ndarray, captions: Sequence[str], path: str, cols:
       else:
         lines[-1] = trial
     draw.multiline_text((x, y + h * scale + 2), "\n".join(lines[:2]), fill=(0, 0, 0), font=font)
-  sheet.save(path)
+  _save_image(sheet, path)

@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Sequence
 
+from synergen_jax.core import storage
 from synergen_jax.data import formats
 from synergen_jax.data.documents import InputShard, Skipped
 from synergen_jax.core.errors import BadRecord, DataError
@@ -44,12 +45,23 @@ def _index_shards(source: Source, split: str, indices, per_shard: int) -> list[I
                      tuple(int(i) for i in run)) for k, run in enumerate(runs)]
 
 
+def check_input_paths(data_config) -> None:
+  """Each path config.data names, local or on a bucket: a malformed bucket path, a missing bucket,
+  missing credentials or a refused permission is one ConfigError naming the key, before any file is
+  listed (a bucket client's own error would name neither)."""
+  for key in ("path", "eval_path", "image_root"):
+    value = data_config.get(key)
+    if value:
+      storage.check_reachable(value, f"config.data.{key}")
+
+
 def open_inputs(data_config) -> Inputs:
   d = data_config
   if d.name in formats.FORMATS:
     if not d.path:
       raise DataError(f"config.data.name={d.name!r} reads files: set config.data.path to them "
                       "(globs and brace ranges such as shards/{00000..00099}.tar)")
+    check_input_paths(d)
     shards = formats.format_shards(d.name, d.path, "train", d)
     if d.get("eval_path"):
       shards += formats.format_shards(d.name, d.eval_path, "eval", d)

@@ -1,6 +1,7 @@
-"""A local jsonl file of records (one JSON object per line), read strictly: the first bad line stops
+"""A jsonl file of records (one JSON object per line), read strictly: the first bad line stops
 the read with a DataError naming `path:line` and what is wrong with it. Blank lines are skipped and
-keep their numbers, so every line number is the one an editor shows.
+keep their numbers, so every line number is the one an editor shows. The file may be local or on a
+bucket (gs://...).
 
 For the benchmark and job files of eval/ and infer/, where a bad line is a mistake to fix. Training
 inputs (data/formats.py) read jsonl their own way: streamed, from buckets, gzip'd, and a bad line
@@ -9,9 +10,11 @@ there is skipped and counted, not fatal.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Iterator, NamedTuple, Sequence
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 
 
@@ -29,7 +32,9 @@ def records(path: str, required: Sequence[str] = ()) -> Iterator[Line]:
   count = 0
   # Text mode splits lines as the callers always have (\n, \r\n or \r); surrogateescape keeps a
   # byte that is not UTF-8 in its line, so the error can name that line instead of a whole chunk.
-  with open(path, encoding="utf-8", errors="surrogateescape") as f:
+  # The wrapper gives a bucket file the same text mode a local open() has.
+  with storage.path(path).open("rb") as raw:
+    f = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
     for number, line in enumerate(f, 1):
       where = f"{path}:{number}"
       try:

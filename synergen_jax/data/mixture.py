@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import ConfigError, DataError
 
 # meta.json fields that must be equal across a mixture's components, each with how to make them so.
@@ -127,14 +128,21 @@ def component_seed(seed: int, name: str) -> int:
 # The prepared folders.
 # ---------------------------------------------------------------------------------------------------
 
-def read_meta(directory: str) -> dict:
-  """A prepared folder's meta.json, or a DataError saying how to make one."""
-  meta_file = os.path.join(directory, "meta.json")
-  if not os.path.exists(meta_file):
+def read_meta(directory: str, what: str = "config.data.path") -> dict:
+  """A prepared folder's meta.json (local or on a bucket), or a DataError saying how to make one;
+  a bucket that cannot be reached is a ConfigError naming `what` (the config key that names it)."""
+  storage.check_reachable(directory, what)
+  meta_file = storage.path(directory, what) / "meta.json"
+  try:
+    text = meta_file.read_text()
+  except (FileNotFoundError, NotADirectoryError):
     raise DataError(f"{directory} holds no prepared data (no meta.json); run python -m "
-                    "synergen_jax.prepare --config ... --out " + directory)
-  with open(meta_file) as f:
-    return json.load(f)
+                    "synergen_jax.prepare --config ... --out " + directory) from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{meta_file} is not valid JSON ({e}); rerun python -m synergen_jax.prepare "
+                    f"--config ... --out {directory} to write it again") from None
 
 
 def check_shared(components, metas) -> None:
@@ -152,6 +160,6 @@ def check_shared(components, metas) -> None:
 def shared_meta(components) -> dict:
   """The components' meta.json files after check_shared: the first one's (its special ids and
   tokenizers are everyone's)."""
-  metas = [read_meta(c.path) for c in components]
+  metas = [read_meta(c.path, f"config.data.mixture[{i}]") for i, c in enumerate(components)]
   check_shared(components, metas)
   return metas[0]

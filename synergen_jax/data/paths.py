@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from typing import Iterator
 
-from etils import epath
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 
 MAX_EXPANSIONS = 1_000_000   # a brace range beyond this is a typo ({0..99999999}), not a dataset
@@ -131,17 +132,32 @@ def _glob_regex(rest: str) -> re.Pattern:
   return re.compile("".join(out))
 
 
+def _without_scheme(path: str) -> str:
+  return path.split("://", 1)[-1]
+
+
+def walk(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+  """(folder, subfolders, files) under `top` as os.walk gives them (top-down; prune by editing
+  subfolders in place), each folder spelled from `top`: epath's walk names a bucket's folders
+  without their scheme (`bkt/x` for gs://bkt/x), which would then read as local paths."""
+  top = os.fspath(top)
+  root = _without_scheme(str(storage.path(top))).rstrip("/")
+  for folder, dirs, files in storage.path(top).walk():
+    rel = posixpath.relpath(_without_scheme(str(folder)), root) if root else str(folder)
+    yield (top if rel == "." else posixpath.join(top, rel)), dirs, files
+
+
 def _glob(pattern: str) -> list[str]:
   prefix = fixed_prefix(pattern)
   rest = pattern[len(prefix):].lstrip("/") if prefix else pattern
-  base = epath.Path(prefix or ".")
+  base = storage.path(prefix or ".", "config.data.path")
   if "**" not in rest:
     return [str(p) for p in base.glob(rest)]
   # epath refuses `**` (one listing per folder on a bucket); walking the prefix once is the same
   # number of listings, and the user asked for it.
   regex, root, out = _glob_regex(rest), str(base), []
-  for folder, _, files in base.walk():
-    rel = posixpath.relpath(str(folder), root)
+  for folder, _, files in walk(root):
+    rel = posixpath.relpath(folder, root)
     for name in files:
       path = name if rel == "." else f"{rel}/{name}"
       if regex.fullmatch(path):
@@ -158,10 +174,10 @@ def _existing(paths: list[str]) -> set[str]:
   found = set()
   for folder, members in by_folder.items():
     if len(members) == 1:
-      found.update(p for p in members if epath.Path(p).exists())
+      found.update(p for p in members if storage.path(p).exists())
       continue
     try:
-      names = {p.name for p in epath.Path(folder or ".").iterdir()}
+      names = {p.name for p in storage.path(folder or ".").iterdir()}
     except (FileNotFoundError, NotADirectoryError):
       continue
     found.update(p for p in members if posixpath.basename(p) in names)

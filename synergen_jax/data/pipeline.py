@@ -49,6 +49,7 @@ import numpy as np
 from absl import flags
 from grain.experimental import FirstFitPackIterDataset
 
+from synergen_jax.core import storage
 from synergen_jax.core.batch import SLOT_FIELDS
 from synergen_jax.core.config import CAPACITIES, ModelConfig, validate_config
 from synergen_jax.data import budgets, layout, mixture
@@ -108,7 +109,8 @@ def open_split(directory: str, split: str, mc: ModelConfig) -> PreparedSplit:
   if split not in meta["splits"] or not meta["splits"][split]["examples"]:
     raise DataError(f"{directory} has no examples in split {split!r}: {list(meta['splits'])}")
   entry = meta["splits"][split]
-  index = np.load(os.path.join(directory, f"{split}-index.npz"))
+  with storage.path(os.path.join(directory, f"{split}-index.npz")).open("rb") as f:
+    index = dict(np.load(f))             # a bucket's file object: read every array while it is open
   return PreparedSplit(directory, split, meta, tuple(os.path.join(directory, f) for f in entry["shards"]),
                        tuple(entry["shard_sizes"]), index["text_len"], index["n_images"],
                        index["loss_text_len"], index["n_loss_images"])
@@ -404,7 +406,7 @@ def _union_examples(splits, mc: ModelConfig, d, shard: int, num_shards: int, num
 def _open_components(components, split: str, mc: ModelConfig, finite: bool) -> dict[int, PreparedSplit]:
   """Component id -> its opened split, after checking that the components agree with each other and
   with the model. A finite pass (the held-out split) leaves out components with no examples in it."""
-  metas = [mixture.read_meta(c.path) for c in components]
+  metas = [mixture.read_meta(c.path, f"config.data.mixture[{i}]") for i, c in enumerate(components)]
   mixture.check_shared(components, metas)
   present = {c: m for c, m in enumerate(metas)
              if m.get("splits", {}).get(split, {}).get("examples")}

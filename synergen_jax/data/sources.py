@@ -13,6 +13,7 @@ source that is not installed raises `DataError` naming what to install.
   jsonl           {"image": path, "text": caption} per line            config.data.path = the .jsonl file
   folder          images + same-stem .txt captions (else the parent    config.data.path = the folder
                   folder's name as a class)
+                  (both local or on a bucket, gs://...)
   tfds:<name>     any TFDS dataset prepared on disk (image + label     config.data.path = TFDS data_dir
                   or a text feature, `captions/text` paths into
                   nested ones), read with tfds.data_source
@@ -31,15 +32,19 @@ import dataclasses
 import glob
 import gzip
 import importlib.metadata
+import io
 import json
 import os
+import posixpath
 import re
 import unicodedata
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import BadRecord, DataError
+from synergen_jax.data import paths
 
 # `{a}` is the indefinite article for the name ("a seven", "an eight", "an ankle boot").
 CLASS_TEMPLATES = ("{name}", "{a} {name}", "an image of {name}", "a picture of {a} {name}",
@@ -214,13 +219,33 @@ def emoji(font: str = EMOJI_FONT) -> Source:
 # User data.
 # ---------------------------------------------------------------------------------------------------
 
+def image_ref(ref: str, folder: str) -> str:
+  """An image path as a record wrote it -> the path to open: a bucket path or an absolute local one
+  as it is, a relative one joined to `folder` (the record file's folder, or config.data.image_root),
+  with `/` on a bucket whatever the local separator is."""
+  if storage.is_remote(ref) or os.path.isabs(ref):
+    return ref
+  return posixpath.join(folder, ref) if storage.is_remote(folder) else os.path.join(folder, ref)
+
+
+def parent_folder(path: str) -> str:
+  """The folder of a file, for resolving the relative paths inside it: absolute when local."""
+  if storage.is_remote(path):
+    return posixpath.dirname(os.fspath(path).rstrip("/"))
+  return os.path.dirname(os.path.abspath(path))
+
+
+def _is_file(path: str) -> bool:
+  return bool(path) and storage.path(path, "config.data.path").is_file()
+
+
 def jsonl(path: str) -> Source:
-  """One `{"image": path, "text": caption}` per line; relative image paths are from the file's folder."""
-  if not path or not os.path.isfile(path):
+  """One `{"image": path, "text": caption}` per line; relative image paths are from the file's folder
+  (on a bucket too: images.decode opens bucket paths)."""
+  if not _is_file(path):
     raise DataError(f"jsonl: config.data.path={path!r} is not a file")
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
-  base = os.path.dirname(os.path.abspath(path))
+  lines = storage.path(path).read_text(encoding="utf-8").splitlines()
+  base = parent_folder(path)
 
   def get(i):
     try:
@@ -230,26 +255,51 @@ def jsonl(path: str) -> Source:
       raise BadRecord("bad_json", f"{path}:{i + 1}: need {{\"image\": ..., \"text\": ...}}: {e}") from e
     if not isinstance(image, str) or not isinstance(text, str):
       raise BadRecord("bad_json", f"{path}:{i + 1}: image and text must be strings")
-    return RawExample(os.path.join(base, image), text)
+    return RawExample(image_ref(image, base), text)
   return Source("jsonl", len(lines), get)
+
+
+def _hidden(name: str) -> bool:
+  return name.startswith(".")
+
+
+def _folder_files(path: str) -> list[str]:
+  """Every file under `path`, at any depth, hidden ones left out (macOS writes `._x.jpg` beside
+  every image). Locally glob, which also follows symlinked folders; on a bucket one walk (a listing
+  per folder) with glob's rule for hidden names, so both give the same files."""
+  if not storage.is_remote(path):
+    return glob.glob(os.path.join(path, "**", "*"), recursive=True)
+  out = []
+  for folder, dirs, names in paths.walk(path):
+    dirs[:] = [d for d in dirs if not _hidden(d)]
+    out.extend(posixpath.join(folder, n) for n in names if not _hidden(n))
+  return out
+
+
+def _first_line(path: str) -> str:
+  # Text mode as open() has it: \n, \r\n and \r all end a line.
+  with storage.path(path).open("rb") as f:
+    return io.TextIOWrapper(f, encoding="utf-8", errors="replace").readline().strip()
 
 
 def folder(path: str, seed: int = 0) -> Source:
   """Images under `path`; caption from `<stem>.txt` when present, else the parent folder as a class."""
-  if not path or not os.path.isdir(path):
+  if not path or not storage.path(path, "config.data.path").is_dir():
     raise DataError(f"folder: config.data.path={path!r} is not a directory")
-  files = sorted(p for p in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                 if p.lower().endswith(IMAGE_EXTENSIONS))
+  everything = _folder_files(path)
+  files = sorted(p for p in everything if p.lower().endswith(IMAGE_EXTENSIONS))
   if not files:
     raise DataError(f"folder: no {'/'.join(IMAGE_EXTENSIONS)} images under {path}")
-  classes = sorted({os.path.basename(os.path.dirname(p)) for p in files})
+  # The listing already says which sidecars exist: no existence call per image (a network round
+  # trip each on a bucket).
+  present = set(everything)
+  classes = sorted({posixpath.basename(posixpath.dirname(p)) for p in files})
 
   def get(i):
     sidecar = os.path.splitext(files[i])[0] + ".txt"
-    if os.path.exists(sidecar):
-      with open(sidecar, encoding="utf-8", errors="replace") as f:
-        return RawExample(files[i], f.readline().strip())
-    label = classes.index(os.path.basename(os.path.dirname(files[i])))
+    if sidecar in present:
+      return RawExample(files[i], _first_line(sidecar))
+    label = classes.index(posixpath.basename(posixpath.dirname(files[i])))
     return RawExample(files[i], class_caption(classes, label, i, seed), label)
   return Source("folder", len(files), get, class_names=tuple(classes))
 
@@ -328,6 +378,8 @@ def open_source(data_config) -> Source:
   """config.data -> Source, by `name` (see the module docstring)."""
   name, path = data_config.name, data_config.get("path")
   seed = data_config.get("seed", 0)
+  if path and (name in ("jsonl", "folder") or name.startswith("tfds:")):
+    storage.check_reachable(path, "config.data.path")
   if name.startswith("tfds:"):
     return tfds_source(name[5:], path, split=data_config.get("tfds_split", "train"),
                        image_key=data_config.get("tfds_image_key", "image"),

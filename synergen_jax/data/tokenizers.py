@@ -28,10 +28,11 @@ back to the same ids with nothing beside it, and `fingerprint` (a hash of the pr
 vocabulary: one fingerprint, one set of ids. A model that needs no change keeps its bytes.
 
 `TextTokenizer.load` reads a `.model` file or an HF tokenizer folder (`tokenizer.model` and the added
-tokens of `tokenizer_config.json`'s `added_tokens_decoder` / `added_tokens.json`); a file named
-tokenizer.model with a tokenizer_config.json beside it is read as its folder, so `.../hf_files` and
-`.../hf_files/tokenizer.model` give the same ids. `train_sentencepiece` builds a small model from
-captions with every special and reserved piece inside its vocabulary.
+tokens of `tokenizer_config.json`'s `added_tokens_decoder` / `added_tokens.json`), local or on a
+bucket (gs://...); a file named tokenizer.model with a tokenizer_config.json beside it is read as
+its folder, so `.../hf_files` and `.../hf_files/tokenizer.model` give the same ids.
+`train_sentencepiece` builds a small model from captions with every special and reserved piece
+inside its vocabulary.
 
 Named pieces written inside text (`"Here is a random image <UNCOND>:"`, `"<|im_start|>user\\n"`)
 encode to their ids; decode drops the six special ids and spells every other piece.
@@ -45,12 +46,14 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_model
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
 
@@ -200,16 +203,20 @@ class TextTokenizer:
     self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")")
 
   @classmethod
-  def load(cls, path: str, reserved: int = 0, unused: str = UNUSED_PATTERN) -> "TextTokenizer":
-    """A `.model` file or an HF tokenizer folder (see the module docstring)."""
+  def load(cls, path: str, reserved: int = 0, unused: str = UNUSED_PATTERN, *,
+           what: str = "config.data.tokenizer") -> "TextTokenizer":
+    """A `.model` file or an HF tokenizer folder (see the module docstring), local or on a bucket:
+    SentencePiece loads the model from its bytes, so nothing is copied to a local disk. A bucket
+    that cannot be reached is a ConfigError naming `what` (the config key that names the path)."""
+    path = os.fspath(path)
+    storage.check_reachable(path, what)
     folder = hf_tokenizer_folder(path)
-    model_file = os.path.join(folder, "tokenizer.model") if folder else path
-    if folder and not os.path.exists(model_file):
+    model_file = _join(folder, "tokenizer.model") if folder else path
+    if folder and not storage.path(model_file).exists():
       raise DataError(f"{path} has no SentencePiece tokenizer.model; only SentencePiece tokenizers can "
                       "be trained on here (a BPE-only tokenizer.json cannot)")
     try:
-      with open(model_file, "rb") as f:
-        proto = f.read()
+      proto = storage.path(model_file).read_bytes()
       added = read_added_tokens(folder) if folder else {}
       return cls(proto, reserved, added=added, unused=unused, where=path)
     except (OSError, RuntimeError) as e:
@@ -251,22 +258,27 @@ class TextTokenizer:
 # HF tokenizer folders.
 # ---------------------------------------------------------------------------------------------------
 
+def _join(folder: str, name: str) -> str:
+  """`folder/name`; `/` on a bucket whatever the local separator is."""
+  return posixpath.join(folder, name) if storage.is_remote(folder) else os.path.join(folder, name)
+
+
 def hf_tokenizer_folder(path: str) -> str | None:
   """The HF tokenizer folder `path` names: itself when a directory, its folder when it is a
   tokenizer.model with the folder's added-token files beside it; None for a bare `.model` file."""
-  if os.path.isdir(path):
+  if storage.path(path).is_dir():
     return path
-  folder = os.path.dirname(path) or "."
-  if os.path.basename(path) == "tokenizer.model" and any(
-      os.path.exists(os.path.join(folder, n)) for n in HF_ADDED_TOKEN_FILES):
+  folder = (posixpath.dirname(path) if storage.is_remote(path) else os.path.dirname(path)) or "."
+  if posixpath.basename(path) == "tokenizer.model" and any(
+      storage.path(_join(folder, n)).exists() for n in HF_ADDED_TOKEN_FILES):
     return folder
   return None
 
 
-def _read_json(path: str) -> dict:
+def _read_json(path: str):
+  """The JSON in `path` (FileNotFoundError when there is none), or a DataError naming the file."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.path(path).read_text())
   except json.JSONDecodeError as e:
     raise DataError(f"{path} is not valid JSON ({e})") from None
 
@@ -281,12 +293,12 @@ def read_added_tokens(folder: str) -> dict[str, int]:
       raise DataError(f"{where}: added token {content!r} has id {i}, elsewhere {added[content]}")
     added[content] = i
 
-  path = os.path.join(folder, "added_tokens.json")
-  if os.path.exists(path):
+  path = _join(folder, "added_tokens.json")
+  if storage.path(path).exists():
     for content, i in _read_json(path).items():
       put(content, int(i), path)
-  path = os.path.join(folder, "tokenizer_config.json")
-  if os.path.exists(path):
+  path = _join(folder, "tokenizer_config.json")
+  if storage.path(path).exists():
     for i, token in (_read_json(path).get("added_tokens_decoder") or {}).items():
       put(token["content"] if isinstance(token, dict) else str(token), int(i), path)
   return added

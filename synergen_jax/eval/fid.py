@@ -9,12 +9,14 @@ batches (the last one padded, so the network compiles once) sharded over this pr
 and only float64 sums of features and of their outer products are kept: 30k+ images take the same
 memory as 50. Statistics files are pytorch-fid's --save-stats format (keys mu, sigma); the ones
 written here add `count`, the number of images they were made of (pytorch-fid ignores it).
+Folders and statistics files may be bucket paths (gs://...); the Inception weights are a local file.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import os
 import zipfile
 
@@ -24,6 +26,7 @@ from absl import logging
 from PIL import Image
 from scipy import linalg
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.eval.inception import FEATURES, FIDInceptionV3, INPUT_SIZE, load_pt_inception
 from synergen_jax.eval.inception import resize_like_torch
@@ -93,11 +96,11 @@ class FeatureExtractor:
 
 def image_files(folder: str) -> list[str]:
   """The images pytorch-fid would read from folder (not recursive), sorted by path."""
-  if not os.path.isdir(folder):
+  where = storage.path(folder)
+  if not where.is_dir():
     raise DataError(f"{folder}: neither a folder of images nor a .npz statistics file")
-  files = sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                 if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
-                 and os.path.isfile(os.path.join(folder, name)))
+  files = sorted(os.fspath(p) for p in where.iterdir()
+                 if p.name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and p.is_file())
   if not files:
     raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
   return files
@@ -106,7 +109,8 @@ def image_files(folder: str) -> list[str]:
 def read_image(path: str) -> np.ndarray:
   """One file -> float32 [299, 299, 3] in [0, 1], the network's input as pytorch-fid makes it."""
   try:
-    with Image.open(path) as image:
+    source = io.BytesIO(storage.path(path).read_bytes()) if storage.is_remote(path) else path
+    with Image.open(source) as image:
       pixels = np.asarray(image.convert("RGB"), np.uint8)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f"{path}: cannot read the image: {e}") from e
@@ -135,7 +139,8 @@ def files_statistics(files: list[str], extractor: FeatureExtractor) -> Statistic
 def read_statistics(path: str) -> Statistics:
   """A .npz with `mu` [d] and `sigma` [d, d] (pytorch-fid's --save-stats, or write_statistics)."""
   try:
-    with np.load(path) as stats:
+    source = io.BytesIO(storage.path(path).read_bytes()) if storage.is_remote(path) else path
+    with np.load(source) as stats:
       arrays = {key: stats[key] for key in stats.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise DataError(f"{path}: cannot read it as a .npz of FID statistics: {e}") from e
@@ -156,7 +161,9 @@ def write_statistics(path: str, stats: Statistics) -> None:
   if not path.endswith(".npz"):
     raise ValueError(f"{path}: statistics files end in .npz (how a path is told from a folder)")
   count = {} if stats.count is None else dict(count=stats.count)
-  np.savez_compressed(path, mu=stats.mu, sigma=stats.sigma, **count)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, mu=stats.mu, sigma=stats.sigma, **count)
+  storage.write_bytes(path, buffer.getvalue())     # whole or not at all, on disk or a bucket
 
 
 def feature_statistics(features: np.ndarray) -> Statistics:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 
 import flax.linen as nn
@@ -22,6 +21,7 @@ import optax
 from flax import serialization
 from scipy.linalg import LinAlgWarning
 
+from synergen_jax.core import storage
 from synergen_jax.eval import fid
 
 JUDGE_VERSION = 1
@@ -84,18 +84,16 @@ def load_or_train(cache_dir: str, pixels: np.ndarray, labels: np.ndarray, num_cl
   digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
   digest.update(np.asarray(labels, np.int64).tobytes())
   digest.update(json.dumps([JUDGE_VERSION, num_classes]).encode())
-  path = os.path.join(cache_dir, f"judge-{digest.hexdigest()[:16]}.msgpack")
-  if os.path.exists(path):
+  path = storage.path(cache_dir) / f"judge-{digest.hexdigest()[:16]}.msgpack"
+  if path.exists():
     net = JudgeNet(num_classes)
     template = net.init(jax.random.key(0), jnp.asarray(pixels[:1]))
-    with open(path, "rb") as f:
-      return Judge(num_classes, serialization.from_bytes(template, f.read()))
+    return Judge(num_classes, serialization.from_bytes(template, path.read_bytes()))
   judge = train_judge(pixels, np.asarray(labels), num_classes)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"        # per process: several may train the same judge at once
-  with open(tmp, "wb") as f:
-    f.write(serialization.to_bytes(judge.params))
-  os.replace(tmp, path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Whole or not at all under a name of its own per writer: several processes may train the same
+  # judge at once, and a reader never sees half a file (core/storage.py).
+  storage.write_bytes(path, serialization.to_bytes(judge.params))
   return judge
 
 

@@ -1,5 +1,6 @@
 """Evaluation of a trained workdir: understanding, generation and the image tokenizer, one report
-(`evaluate_workdir` writes it to DIR/eval.json; `python -m synergen_jax.evaluate` is its CLI).
+(`evaluate_workdir` writes it to DIR/eval.json; `python -m synergen_jax.evaluate` is its CLI). DIR
+may be a bucket path (gs://...): every file is written whole or not at all (core/storage.py).
 
 The held-out images are the seeded split every stage holds out (data.sources.split_indices: the
 image tokenizer, prepare and the trainer never train on them), read again from the raw source.
@@ -25,6 +26,7 @@ import time
 
 import numpy as np
 
+from synergen_jax.core import storage
 from synergen_jax.data import images as image_ops
 from synergen_jax.prepare.cache import cache_root
 from synergen_jax.data.layout import Image, Text, layout_example
@@ -148,20 +150,22 @@ def evaluate(loaded: Loaded, out_dir: str | None = None, *, count: int | None = 
   if out_dir:   # 32 images spread over the split (class sources are often stored sorted by class)
     show = np.linspace(0, len(captions) - 1, min(32, len(captions))).astype(int)
     image_ops.save_captioned(eval_pixels[show], [captions[i] for i in show],
-                             os.path.join(out_dir, "eval_captions.png"))
+                             os.fspath(storage.path(out_dir) / "eval_captions.png"))
 
   if names:
     train, _ = decode_pairs(source, train_idx, settings)
     train_pixels = np.stack([p.gen for p in train])
-    judge = judge_lib.load_or_train(os.path.join(cache_root(config), "judges"), train_pixels,
-                                    np.asarray([p.label for p in train]), len(names))
+    judges = os.fspath(storage.path(cache_root(config)) / "judges")
+    judge = judge_lib.load_or_train(judges, train_pixels, np.asarray([p.label for p in train]),
+                                    len(names))
     judged, _ = judge(eval_pixels)
     report["generation"], pixels = _generation(
         loaded, judge, names, (eval_pixels, real_labels), train_pixels, per_class, cfg_scale,
         sampling, seed, batch_size)
     report["generation"]["judge_accuracy_real"] = float(np.mean(judged == np.asarray(real_labels)))
     if out_dir:
-      image_ops.save_grid(pixels, os.path.join(out_dir, "eval_samples.png"), cols=per_class)
+      image_ops.save_grid(pixels, os.fspath(storage.path(out_dir) / "eval_samples.png"),
+                          cols=per_class)
   else:
     report["generation"] = dict(skipped=f"{source.name} has no class labels to judge prompts by")
   report["seconds"] = round(time.time() - t0, 1)
@@ -173,13 +177,11 @@ def evaluate_workdir(workdir: str, **settings) -> dict:
   writes DIR/eval.json (keeping the benchmark suites' numbers there: eval/suites.py),
   DIR/eval_samples.png and DIR/eval_captions.png; returns the report."""
   report = evaluate(loader.load(workdir), workdir, **settings)
-  path = os.path.join(workdir, "eval.json")
+  path = storage.path(workdir, "--workdir") / "eval.json"
   kept = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      kept = {k: v for k, v in json.load(f).items() if k not in report}
-  with open(path, "w") as f:
-    json.dump({**report, **kept}, f, indent=1)
+  if path.exists():
+    kept = {k: v for k, v in json.loads(path.read_text()).items() if k not in report}
+  storage.write_text(path, json.dumps({**report, **kept}, indent=1))
   return report
 
 

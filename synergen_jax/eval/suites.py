@@ -13,6 +13,7 @@ written there, and later runs give that file as --reference instead of the folde
 
 The job's outputs stay in WORKDIR/eval_<suite>/ (images, index), so a stopped evaluation resumes
 and the generated images can be looked at. Every result carries its sample count and settings.
+WORKDIR, --out and the folders FID reads may be bucket paths (gs://...).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import os
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.infer import jobs, loader
 
@@ -28,22 +30,18 @@ SUITES = ("coco_fid", "vqa", "caption", "fid")
 
 
 def merge_into(path: str, key: str, result: dict) -> dict:
-  """Writes result under `key` into the JSON object at path (kept: the other keys), atomically."""
-  report = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      report = json.load(f)
+  """Writes result under `key` into the JSON object at path (kept: the other keys), whole or not
+  at all (a local file or a bucket object)."""
+  target = storage.path(path, "--out")
+  report = json.loads(target.read_text()) if target.exists() else {}
   report[key] = result
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, path)
+  storage.write_text(target, json.dumps(report, indent=1))
   return report
 
 
 def _job(workdir: str, suite: str, data: str, settings: jobs.JobSettings, fsdp: int, log):
   model = loader.load(workdir, mesh=loader.local_mesh(fsdp))
-  out_dir = os.path.join(workdir, f"eval_{suite}")
+  out_dir = os.fspath(storage.path(workdir, "--workdir") / f"eval_{suite}")
   run = jobs.run_job(model, data, out_dir, settings, log=log)
   return model, out_dir, run, jobs.read_index(out_dir)
 
@@ -62,7 +60,7 @@ def coco_fid(workdir: str, data: str, reference: str, inception_weights: str,
   if kind != jobs.GENERATE:
     raise DataError(f"{data}: coco_fid needs {{\"prompt\": caption}} records, not image records")
   model, out_dir, run, _ = _job(workdir, "coco_fid", data, settings, fsdp, log)
-  scores = fid.fid_between(os.path.join(out_dir, "images"), reference, inception_weights,
+  scores = fid.fid_between(os.fspath(storage.path(out_dir) / "images"), reference, inception_weights,
                            save_reference=save_reference)
   return dict(scores, step=model.step, data=data, images=run["items"], settings=_settings(settings),
               images_per_second=run["per_second"])

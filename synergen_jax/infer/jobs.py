@@ -20,23 +20,30 @@ Several processes (SYNERGEN_PROCESS_ID / SYNERGEN_NUM_PROCESSES, as the launcher
 the items between them, each writing `index-<process>-of-<count>.jsonl`; resuming reads every index
 file whatever the process count was. Within a process the batch is split over all local devices
 (loader.local_mesh). No collective is needed, so jax.distributed is not initialised.
+
+OUT_DIR may be a bucket (gs://...). Every PNG is written whole or not at all (core/storage.py); an
+object cannot be appended to, so there each batch's index lines go into an object of their own,
+`index-<process>-of-<count>-part-<n>.jsonl`, written after the batch's images: an item counts as
+done when an index lists it and its file exists, on disk and on a bucket alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
+import io
 import json
 import os
+import re
 import time
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image as PILImage
 
-from synergen_jax.data import images as image_ops
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
+from synergen_jax.data import images as image_ops
 from synergen_jax.data import jsonl
 from synergen_jax.infer import tasks
 from synergen_jax.infer.decode import GREEDY, Sampling
@@ -104,23 +111,43 @@ def process_share() -> tuple[int, int]:
 
 
 def image_file(item: Item) -> str:
-  return os.path.join("images", f"{item.id}_{item.sample}.png")
+  """The image's name relative to OUT_DIR ('/' on every file system: it is stored in the index)."""
+  return f"images/{item.id}_{item.sample}.png"
 
 
-def read_index(out_dir: str) -> dict[tuple[str, int], dict]:
-  """Every finished item of every index file in out_dir: (id, sample) -> its index line. A line cut
-  short by a stop in mid-write is ignored (that item runs again)."""
-  done = {}
-  for path in sorted(glob.glob(os.path.join(out_dir, "index-*.jsonl"))):
-    with open(path) as f:
-      for line in f:
-        try:
-          entry = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if "file" not in entry or os.path.exists(os.path.join(out_dir, entry["file"])):
-          done[(entry["id"], entry["sample"])] = entry
-  return done
+def _index_lines(path) -> Iterator[dict]:
+  """The entries of one index file; a line cut short by a stop in mid-write is skipped."""
+  for line in path.read_text().splitlines():
+    try:
+      yield json.loads(line)
+    except json.JSONDecodeError:
+      continue
+
+
+def _present(out, files: set[str]) -> set[str]:
+  """Which of `files` (relative to out) exist: one listing per folder, not one request per file
+  (on a bucket each existence check is a round trip, and a job has tens of thousands of images)."""
+  by_folder: dict[str, dict[str, str]] = {}
+  for f in files:
+    folder, _, name = f.rpartition("/")
+    by_folder.setdefault(folder, {})[name] = f
+  present = set()
+  for folder, names in by_folder.items():
+    where = out / folder if folder else out
+    if where.exists():
+      listed = {p.name for p in where.iterdir()}
+      present.update(f for name, f in names.items() if name in listed)
+  return present
+
+
+def read_index(out_dir) -> dict[tuple[str, int], dict]:
+  """Every finished item of every index file in out_dir (a folder or a bucket path): (id, sample) ->
+  its index line. An item whose image file is missing is not finished (it runs again)."""
+  out = storage.path(out_dir, "out_dir")
+  files = sorted(out.glob("index-*.jsonl"), key=os.fspath)      # none yet: an empty list
+  entries = [entry for f in files for entry in _index_lines(f)]
+  present = _present(out, {e["file"] for e in entries if "file" in e})
+  return {(e["id"], e["sample"]): e for e in entries if "file" not in e or e["file"] in present}
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -128,17 +155,57 @@ def _batches(items: list, size: int) -> Iterator[list]:
     yield items[start:start + size]
 
 
-def _ends_with_newline(path: str) -> bool:
+def png_bytes(pixels: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  PILImage.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def save_png(pixels: np.ndarray, path) -> None:
+  """Readable only when whole, on disk and on a bucket, so a stop never leaves half a PNG."""
+  storage.write_bytes(path, png_bytes(pixels))
+
+
+def _ends_with_newline(path) -> bool:
   with open(path, "rb") as f:
     f.seek(-1, os.SEEK_END)
     return f.read(1) == b"\n"
 
 
-def save_png(pixels: np.ndarray, path: str) -> None:
-  """Written under a temporary name and renamed, so a stop never leaves half a PNG."""
-  tmp = path + ".tmp"
-  PILImage.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp, format="PNG")
-  os.replace(tmp, path)
+class _AppendedIndex:
+  """A local index: one file per process, appended to and flushed after each batch."""
+
+  def __init__(self, out, process: int, count: int):
+    self.path = out / f"index-{process:05d}-of-{count:05d}.jsonl"
+    self.file = open(self.path, "a")
+    if self.file.tell() and not _ends_with_newline(self.path):
+      self.file.write("\n")       # after a line cut short by a stop: start a fresh one
+
+  def add(self, lines: list[str]) -> None:
+    self.file.write("".join(lines))
+    self.file.flush()
+
+  def close(self) -> None:
+    self.file.close()
+
+
+class _BucketIndex:
+  """A bucket index: objects cannot be appended to, so each batch's lines are a new object, numbered
+  after this process's existing parts (a rerun never overwrites the parts of an earlier run)."""
+
+  def __init__(self, out, process: int, count: int):
+    self.out, self.prefix = out, f"index-{process:05d}-of-{count:05d}-part-"
+    pattern = re.compile(re.escape(self.prefix) + r"(\d+)\.jsonl$")
+    numbers = [int(m.group(1)) for p in out.glob(self.prefix + "*.jsonl")
+               if (m := pattern.match(p.name))]
+    self.next = max(numbers, default=-1) + 1
+
+  def add(self, lines: list[str]) -> None:
+    storage.write_text(self.out / f"{self.prefix}{self.next:06d}.jsonl", "".join(lines))
+    self.next += 1
+
+  def close(self) -> None:
+    pass
 
 
 @dataclasses.dataclass
@@ -156,14 +223,15 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
             log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) the job; returns {"kind", "items", "done_before", "generated", "seconds",
   "per_second"} for this process."""
+  storage.check_reachable(out_dir, "out_dir")     # a missing bucket: one clear error, before any work
+  out = storage.path(out_dir, "out_dir")
   kind, records = read_records(records_path)
   process, count = process_share()
   items = items_of(kind, records, settings.num, settings.seed)
-  done = read_index(out_dir)
+  done = read_index(out)
   mine = share(items, process, count)
   todo = [it for it in mine if (it.id, it.sample) not in done]
-  os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-  index_path = os.path.join(out_dir, f"index-{process:05d}-of-{count:05d}.jsonl")
+  (out / "images").mkdir(parents=True, exist_ok=True)     # on a bucket: nothing to make
   devices = loaded.mesh.devices.size if loaded.mesh is not None else 1
   rows = settings.batch_size * devices
   log(f"sample: {len(items)} {kind} items in {records_path}; this process ({process} of {count}) "
@@ -174,27 +242,43 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
     pad_to = tasks.generation_pad_to(loaded, [r["prompt"] for r in records])
     step = lambda batch: _generate(loaded, batch, settings, rows, pad_to)
   else:
-    base = os.path.dirname(os.path.abspath(records_path))
+    base = _records_folder(records_path)
     pad_to = tasks.caption_pad_to(loaded, [r.get("question") for r in records])
     step = lambda batch: _answer(loaded, batch, settings, rows, pad_to, base)
   t0, finished = time.time(), 0
-  with open(index_path, "a") as index:
-    if index.tell() and not _ends_with_newline(index_path):
-      index.write("\n")            # after a line cut short by a stop: start a fresh one
+  index = (_BucketIndex if storage.is_remote(out) else _AppendedIndex)(out, process, count)
+  try:
     for batch in _batches(todo, rows):
+      lines = []
       for item, entry in zip(batch, step(batch)):
-        if "pixels" in entry:
-          save_png(entry.pop("pixels"), os.path.join(out_dir, image_file(item)))
+        if "pixels" in entry:      # the image first: an index line never names a missing file
+          save_png(entry.pop("pixels"), out / image_file(item))
           entry["file"] = image_file(item)
         extra = {k: v for k, v in item.record.items() if k not in ("id", "num")}
-        index.write(json.dumps(dict(id=item.id, sample=item.sample, seed=item.seed, **entry,
-                                    **extra, **common)) + "\n")
-      index.flush()
+        lines.append(json.dumps(dict(id=item.id, sample=item.sample, seed=item.seed, **entry,
+                                     **extra, **common)) + "\n")
+      index.add(lines)
       finished += len(batch)
       log(f"sample: {finished}/{len(todo)} ({finished / (time.time() - t0):.2f} items/s)")
+  finally:
+    index.close()
   seconds = time.time() - t0
   return dict(kind=kind, items=len(mine), done_before=len(mine) - len(todo), generated=finished,
               seconds=seconds, per_second=finished / seconds if finished else None)
+
+
+def _records_folder(records_path: str) -> str:
+  """Where relative image paths of answer records start: the jsonl's folder."""
+  if storage.is_remote(records_path):
+    return os.fspath(storage.path(records_path).parent)
+  return os.path.dirname(os.path.abspath(records_path))
+
+
+def _image_path(base: str, image: str) -> str:
+  """`image` as given when absolute or a bucket path, else relative to `base`."""
+  if storage.is_remote(image) or os.path.isabs(image):
+    return image
+  return os.fspath(storage.path(base) / image)
 
 
 def _generate(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int, pad_to: int):
@@ -208,9 +292,9 @@ def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int,
             base: str):
   tile_codes = []
   for it in batch:
-    path = os.path.join(base, it.record["image"])      # an absolute image path stays as it is
+    path = _image_path(base, it.record["image"])
     try:
-      pixels = image_ops.decode(path)
+      pixels = image_ops.decode(path)       # a local file or a bucket object
     except Exception as e:
       raise DataError(f"record {it.id!r}: cannot read image {path}: {e}") from None
     tile_codes.append(tasks.image_codes(loaded, pixels))

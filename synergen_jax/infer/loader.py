@@ -9,6 +9,9 @@ checked against what the data was prepared with, so a swapped tokenizer fails lo
 A workdir written by `convert.hf_import` has no prepared data: its text tokenizer is the imported
 SentencePiece `hf_files/tokenizer.model` when there is one (else there is none: `score` takes ids), and
 its image tokenizer is the one `config.vq.workdir` names.
+
+The workdir (and the prepared data it names) may be a bucket path (gs://...): its small files are read
+through etils.epath, its checkpoint by Orbax, which reads buckets itself.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from synergen_jax.core import batch as batch_lib
+from synergen_jax.core import storage
 
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import DataError
@@ -69,7 +73,7 @@ class Loaded:
     if not data_dir and not self.config.vq.workdir:
       raise DataError(f"{self.workdir} names no image tokenizer (an imported LLM): set "
                       "config.vq.workdir in its config.json to a trained or imported tokenizer")
-    vq_dir = self.config.vq.workdir or os.path.join(os.path.dirname(data_dir), "vq")
+    vq_dir = self.config.vq.workdir or os.fspath(storage.path(data_dir).parent / "vq")
     tok = ImageTokenizer.load(vq_dir)
     if "image_tokenizer" in self.meta and tok.fingerprint != self.meta["image_tokenizer"]:
       raise DataError(f"image tokenizer in {vq_dir} ({tok.fingerprint}) is not the one {data_dir} was "
@@ -81,8 +85,8 @@ class Loaded:
 
 
 def _imported_tokenizer(workdir: str, config) -> TextTokenizer | None:
-  path = os.path.join(workdir, HF_FILES, "tokenizer.model")
-  return TextTokenizer.load(path, config.data.reserved_tokens) if os.path.exists(path) else None
+  path = storage.path(workdir) / HF_FILES / "tokenizer.model"
+  return TextTokenizer.load(os.fspath(path), config.data.reserved_tokens) if path.exists() else None
 
 
 def prepared_dir(config) -> str | None:
@@ -117,18 +121,20 @@ def load(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loaded:
 
 
 def _load(workdir: str) -> Loaded:
+  storage.check_reachable(workdir, "--workdir")   # a missing bucket: one clear error
   config = checkpoint.read_config(workdir)
   mc = validate_config(config)
   data_dir = prepared_dir(config)
-  if not data_dir and os.path.exists(os.path.join(workdir, IMPORT_RECORD)):
+  if not data_dir and (storage.path(workdir) / IMPORT_RECORD).exists():
     params, step = checkpoint.restore_on_device(workdir, mc)
     return Loaded(workdir, config, mc, params, step, {}, _imported_tokenizer(workdir, config))
-  if not data_dir or not os.path.exists(os.path.join(data_dir, "meta.json")):
+  meta_file = storage.path(data_dir, "data.path") / "meta.json" if data_dir else None
+  if meta_file is None or not meta_file.exists():
     raise DataError(f"{workdir}/config.json names data.path={data_dir!r}, which holds no meta.json; "
                     "the prepared data (and its tokenizers) must be where training left them")
-  with open(os.path.join(data_dir, "meta.json")) as f:
-    meta = json.load(f)
-  text_tok = TextTokenizer.load(os.path.join(data_dir, "tokenizer.model"), config.data.reserved_tokens)
+  meta = json.loads(meta_file.read_text())
+  text_tok = TextTokenizer.load(os.fspath(meta_file.parent / "tokenizer.model"),
+                                config.data.reserved_tokens)
   if text_tok.fingerprint != meta["text_tokenizer"]:
     raise DataError(f"{data_dir}/tokenizer.model does not match meta.json's text_tokenizer "
                     f"({text_tok.fingerprint} != {meta['text_tokenizer']})")

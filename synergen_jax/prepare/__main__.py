@@ -8,7 +8,8 @@
 
 The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one with
 python -m synergen_jax.train_vq or import a release with python -m synergen_jax.convert.vq_import.
-Rerunning the same command after a crash writes only the unfinished parts. Without --num_shards and
+Every folder may be a bucket path (gs://). Rerunning the same command after a crash writes only
+the unfinished parts. Without --num_shards and
 --shard_index they come from the launcher's environment (`launcher_shard`): every process prepares
 its share, on its own (no collective: nothing to wait for), and the last one to finish merges.
 Prints the example counts per split and task and the skipped records by reason.
@@ -21,7 +22,7 @@ import json
 import jax
 from absl import app, flags, logging
 
-from synergen_jax.core import cli
+from synergen_jax.core import cli, storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.data.inputs import launcher_shard
 from synergen_jax.prepare.writer import merge_only, prepare
@@ -48,6 +49,10 @@ def main(argv):
   if not vq_workdir:
     raise DataError("prepare needs an image tokenizer: pass --vq_workdir DIR (a train_vq workdir) or "
                     "set config.vq.workdir")
+  for what, path in (("--out", FLAGS.out), ("--vq_workdir", vq_workdir),
+                     ("config.data.tokenizer", config.data.tokenizer)):
+    if path:
+      storage.check_reachable(path, what)          # a missing bucket: one error, before any work
   vq = ImageTokenizer.load(vq_workdir, config.vq.encode_batch, devices=jax.local_devices())
   if FLAGS.merge:
     meta = merge_only(config, FLAGS.out, vq)

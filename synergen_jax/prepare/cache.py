@@ -9,7 +9,8 @@ seq_len or workers, which only change how examples are packed):
                                         names one (vq/training.py)
   <cache root>/<data.name>-<key>/data   prepare's output (prepare/writer.py)
 
-The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax. Under
+The cache root is config.data.cache_dir, else $SYNERGEN_CACHE, else ~/.cache/synergen_jax; it may be
+a bucket (gs://), so one process builds the cache and every later run, on any machine, finds it. Under
 several processes the entry must exist and be visible to every process (a shared file system);
 nothing is built then, since each process would train its own image tokenizer.
 """
@@ -22,6 +23,7 @@ import os
 
 import jax
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.data import mixture
 from synergen_jax.data.pipeline import resolve_budgets
@@ -63,6 +65,10 @@ def ensure_prepared(config) -> str | None:
   return _ensure_prepared_here(config)
 
 
+def _exists(folder: str, name: str) -> bool:
+  return storage.path(os.path.join(folder, name)).exists()
+
+
 def _entry(config) -> str:
   return os.path.join(cache_root(config), f"{config.data.name.replace(':', '_')}-{cache_key(config)}")
 
@@ -72,7 +78,7 @@ def _prepared_before(config) -> str:
   building it here would train an image tokenizer per process (each with its own codes), and
   training one in process 0 alone runs Orbax collectives the others are not part of."""
   data_dir = os.path.join(_entry(config), "data")
-  if not os.path.exists(os.path.join(data_dir, "meta.json")):
+  if not _exists(data_dir, "meta.json"):
     raise ConfigError(
         f"process {jax.process_index()} of {jax.process_count()} finds no prepared data at {data_dir}. "
         "A multi-process run does not build the data cache: prepare first (python -m "
@@ -85,15 +91,21 @@ def _prepared_before(config) -> str:
 def _ensure_prepared_here(config) -> str:
   entry = _entry(config)
   data_dir = os.path.join(entry, "data")
-  if os.path.exists(os.path.join(data_dir, "meta.json")):
+  if _exists(data_dir, "meta.json"):
     return data_dir
   vq_dir = config.vq.workdir or os.path.join(entry, "vq")
-  if not os.path.exists(os.path.join(vq_dir, "vq_config.json")):
+  if not _exists(vq_dir, "vq_config.json"):
     print(f"train: no image tokenizer for this config yet; training one into {vq_dir}", flush=True)
     vq_training.train(config, vq_dir)
   print(f"train: preparing {config.data.name} into {data_dir}", flush=True)
-  meta = prepare(config, data_dir + ".tmp", ImageTokenizer.load(vq_dir, config.vq.encode_batch))
-  os.replace(data_dir + ".tmp", data_dir)     # a cut-off prepare is never mistaken for a finished one
+  tokenizer = ImageTokenizer.load(vq_dir, config.vq.encode_batch)
+  if storage.is_remote(data_dir):
+    # No folder rename on a bucket; none needed: meta.json, written last and whole, marks a finished
+    # prepare, and a rerun after a cut-off one writes only the missing parts.
+    meta = prepare(config, data_dir, tokenizer)
+  else:
+    meta = prepare(config, data_dir + ".tmp", tokenizer)
+    os.replace(data_dir + ".tmp", data_dir)   # a cut-off prepare is never mistaken for a finished one
   print(f"train: {meta['splits']['train']['examples']} training examples, skipped {meta['skipped']}")
   return data_dir
 

@@ -8,9 +8,10 @@ Every input shard (data/inputs.py) becomes one part under `<out>/parts/`:
                                  first skipped records by name, tasks)
                                  and the `key` of the settings it was written with
 
-Each file is written under a temporary name and renamed, the .json last, so a part whose .json
-exists is complete, and a killed `prepare` leaves at most the parts it had in flight unfinished;
-rerunning the same command writes only those. A part written with other settings (another tokenizer,
+Each file is written under a temporary name and then made whole at once (renamed on a disk, uploaded
+in one piece to a bucket, where an object appears only when its upload completes), the .json last,
+so a part whose .json exists is complete, and a killed `prepare` leaves at most the parts it had in
+flight unfinished; rerunning the same command writes only those. A part written with other settings (another tokenizer,
 task mix, image size) is refused, not mixed in.
 
 `merge` reads every part's .json and index and writes `meta.json` and one `{split}-index.npz` per
@@ -23,12 +24,15 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
+import tempfile
 from typing import Sequence
 
 import numpy as np
 
-from synergen_jax.data.documents import InputShard
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
+from synergen_jax.data.documents import InputShard
 from synergen_jax.data.records import TASK_IDS
 
 PARTS = "parts"
@@ -38,15 +42,42 @@ INDEX_FIELDS = ("text_len", "n_images", "loss_text_len", "n_loss_images", "task"
 WHERE_PER_REASON = 5      # skipped records named (file, record) per reason, in a part and in meta
 
 
+def part_name(shard: InputShard, suffix: str) -> str:
+  """The part's file name relative to the output folder (what meta.json lists)."""
+  return f"{PARTS}/{shard.split}-{shard.name}{suffix}"
+
+
 def part_path(out_dir: str, shard: InputShard, suffix: str) -> str:
-  return os.path.join(out_dir, PARTS, f"{shard.split}-{shard.name}{suffix}")
+  return os.path.join(out_dir, part_name(shard, suffix))     # joins gs:// paths as well
+
+
+class Staged:
+  """A file written at `local` (always a local path: ArrayRecord and numpy write local files) and
+  made `path` whole by `commit`: renamed on a disk, uploaded once to a bucket. A killed writer
+  leaves `path` untouched (the local name is `<path>.tmp<pid>` on a disk, removed by the next run
+  of the same part; a temporary folder for a bucket)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._dir = tempfile.mkdtemp(prefix="synergen_part_") if storage.is_remote(path) else None
+    self.local = (os.path.join(self._dir, os.path.basename(path)) if self._dir
+                  else f"{path}.tmp{os.getpid()}")
+
+  def commit(self) -> None:
+    if self._dir is None:
+      os.replace(self.local, self.path)
+      return
+    try:
+      storage.upload(self.local, self.path)
+    finally:
+      shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def write_atomic(path: str, write) -> None:
-  """`write(temporary path)`, then rename onto `path`: readers see the whole file or none."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  write(tmp)
-  os.replace(tmp, path)
+  """`write(local temporary path)`, then that file becomes `path`: readers see all of it or none."""
+  staged = Staged(path)
+  write(staged.local)
+  staged.commit()
 
 
 def write_json(path: str, value) -> None:
@@ -58,15 +89,13 @@ def write_json(path: str, value) -> None:
 
 def read_part(out_dir: str, shard: InputShard, key: str) -> dict | None:
   """The finished part's counts, None when it is not finished; a part of other settings is an error."""
-  path = part_path(out_dir, shard, ".json")
-  if not os.path.exists(path):
+  path = storage.path(part_path(out_dir, shard, ".json"))
+  if not path.exists():
     return None
-  with open(path) as f:
-    part = json.load(f)
+  part = json.loads(path.read_text())
   if part["key"] != key:
     raise DataError(f"{path} was written with other prepare settings (key {part['key']} != {key}): "
-                    f"prepare into a new --out folder, or delete {os.path.join(out_dir, PARTS)} to "
-                    "start over")
+                    f"prepare into a new --out folder, or delete {out_dir}/{PARTS} to start over")
   return part
 
 
@@ -98,9 +127,9 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
       if not part["examples"]:
         continue        # an empty ArrayRecord file is not worth a reader
       entry["examples"] += part["examples"]
-      entry["shards"].append(os.path.relpath(part_path(out_dir, shard, ".array_record"), out_dir))
+      entry["shards"].append(part_name(shard, ".array_record"))
       entry["shard_sizes"].append(part["examples"])
-      with np.load(part_path(out_dir, shard, "-index.npz")) as z:
+      with storage.path(part_path(out_dir, shard, "-index.npz")).open("rb") as f, np.load(f) as z:
         for field in INDEX_FIELDS:
           index[field].append(z[field])
     dtypes = {f: np.int8 if f == "task" else np.int32 for f in INDEX_FIELDS}

@@ -39,6 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from array_record.python import array_record_module
 
+from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.prepare import parts as parts_lib
 from synergen_jax.data.decoding import (DecodedDocument, DecodedImage, DecodedPair, FitSettings,
@@ -91,7 +92,7 @@ def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
   saved = os.path.join(out_dir, "tokenizer.model")
   if d.tokenizer:
     tok = TextTokenizer.load(d.tokenizer, d.reserved_tokens)
-  elif os.path.exists(saved):
+  elif storage.path(saved).exists():
     tok = TextTokenizer.load(saved, d.reserved_tokens)
   else:
     texts = training_texts(inputs.shards)
@@ -107,7 +108,7 @@ def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
     raise DataError(f"text tokenizer has {tok.vocab_size} ids (with appended special pieces) but "
                     f"config.model.text_vocab={config.model.text_vocab}; raise text_vocab to at least "
                     f"{tok.vocab_size}")
-  if not os.path.exists(saved):
+  if not storage.path(saved).exists():
     parts_lib.write_bytes(saved, tok.proto)
   return tok
 
@@ -178,9 +179,8 @@ class _PartWriter:
 
   def __init__(self, out_dir: str, shard: InputShard):
     self.out_dir, self.shard = out_dir, shard
-    self.path = parts_lib.part_path(out_dir, shard, ".array_record")
-    self.tmp = f"{self.path}.tmp{os.getpid()}"
-    self.writer = array_record_module.ArrayRecordWriter(self.tmp, "group_size:1")
+    self.file = parts_lib.Staged(parts_lib.part_path(out_dir, shard, ".array_record"))
+    self.writer = array_record_module.ArrayRecordWriter(self.file.local, "group_size:1")
     self.index = collections.defaultdict(list)
     self.tasks = collections.Counter()
 
@@ -197,7 +197,7 @@ class _PartWriter:
 
   def finish(self, counts: dict) -> dict:
     self.writer.close()
-    os.replace(self.tmp, self.path)
+    self.file.commit()
     arrays = dict(text_len=np.asarray(self.index["text_len"], np.int32),
                   n_images=np.asarray(self.index["n_images"], np.int32),
                   loss_text_len=np.asarray(self.index["loss_text_len"], np.int32),
@@ -224,9 +224,10 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
   """Streams one input shard into its part; returns the part's counts."""
   d, t0 = config.data, time.time()
   rng = np.random.default_rng([d.seed, SPLIT_IDS[shard.split], zlib.crc32(shard.name.encode())])
-  for suffix in parts_lib.SUFFIXES:   # a killed run's half-written files (one writer per shard)
-    for stale in glob.glob(glob.escape(parts_lib.part_path(out_dir, shard, suffix)) + ".tmp*"):
-      os.remove(stale)
+  if not storage.is_remote(out_dir):   # a killed run's half-written files (one writer per shard)
+    for suffix in parts_lib.SUFFIXES:
+      for stale in glob.glob(glob.escape(parts_lib.part_path(out_dir, shard, suffix)) + ".tmp*"):
+        os.remove(stale)
   prompts, out = _Prompts(tok, d), _PartWriter(out_dir, shard)
   index_of = (shard.source_indices.__getitem__ if shard.source_indices is not None else int)
   keyed = ((f"{shard.split}/{shard.name}/{j}", item) for j, item in enumerate(shard.read()))
@@ -292,7 +293,7 @@ def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer, *, workers: i
   """
   t0, vq = time.time(), image_tokenizer
   _check_tokenizer(config, vq)
-  os.makedirs(os.path.join(out_dir, parts_lib.PARTS), exist_ok=True)
+  storage.path(os.path.join(out_dir, parts_lib.PARTS), "--out").mkdir(parents=True, exist_ok=True)
   inputs = open_inputs(config.data)
   tok = text_tokenizer(config, inputs, out_dir)
   key = prepare_key(config, tok, vq)

@@ -12,7 +12,6 @@ what was copied) and HF_FILES/ (tokenizer and remote-code files of the HF folder
 from __future__ import annotations
 
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -22,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from synergen_jax.core import batch as batch_lib
+from synergen_jax.core import storage
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.distributed import barrier
@@ -32,9 +32,9 @@ IMPORT_RECORD = "hf_import.json"  # source family, its config.json, what was cop
 
 
 def workdir_path(workdir: str) -> epath.Path:
-  """A local directory made absolute (Orbax wants absolute paths), or a URL such as gs://bucket/run
-  passed through untouched to etils/Orbax (os.path.abspath would turn it into "<cwd>/gs:/...")."""
-  return epath.Path(workdir) if "://" in workdir else epath.Path(os.path.abspath(workdir))
+  """A local directory made absolute (Orbax wants absolute paths), or a bucket path (gs://bucket/run)
+  untouched: Orbax writes it through tensorstore's own GCS driver."""
+  return storage.absolute(workdir, "--workdir")
 
 
 def manager(workdir: str, train_config) -> ocp.CheckpointManager:
@@ -129,8 +129,8 @@ def check_workdir_config(workdir: str, config) -> None:
   """Writes config.json on first use; later runs must have the same model section.
 
   Under several processes every process reads it between two barriers, while nobody writes, so all
-  of them see the same file and raise alike; then process 0 replaces it atomically (a temporary name,
-  renamed), so no reader ever sees a half-written file."""
+  of them see the same file and raise alike; then process 0 replaces it whole (core/storage.py), so no
+  reader ever sees a half-written file."""
   path = workdir_path(workdir) / "config.json"
   model = json.loads(config.model.to_json_best_effort())
   barrier("synergen_jax: before reading config.json")
@@ -143,13 +143,7 @@ def check_workdir_config(workdir: str, config) -> None:
                         f"{diff}); use a new --workdir or the original config")
   barrier("synergen_jax: config.json read")
   if jax.process_index() == 0:
-    text = config.to_json_best_effort(indent=1)
-    if "://" in str(path):      # a bucket object is written whole or not at all
-      path.write_text(text)
-    else:
-      tmp = path.with_name(f"config.json.tmp{os.getpid()}")
-      tmp.write_text(text)
-      tmp.replace(path)
+    storage.write_text(path, config.to_json_best_effort(indent=1))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

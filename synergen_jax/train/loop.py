@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.prepare.cache import with_prepared_data
@@ -34,6 +35,18 @@ def _global_sum(value: float) -> float:
     return value
   from jax.experimental import multihost_utils
   return float(np.sum(multihost_utils.process_allgather(np.float64(value))))
+
+
+def _check_paths(config, workdir: str) -> None:
+  """Every folder the run reads or writes that lives in a bucket is reachable (the bucket exists,
+  credentials and permission suffice): one error naming the key, before any data or device work."""
+  for what, path in (("--workdir", workdir), ("config.data.path", config.data.path),
+                     ("config.data.cache_dir", config.data.cache_dir),
+                     ("config.data.tokenizer", config.data.tokenizer),
+                     ("config.vq.workdir", config.vq.workdir),
+                     ("config.train.init_from", config.train.init_from)):
+    if path:
+      storage.check_reachable(path, what)
 
 
 def log(message: str) -> None:
@@ -63,6 +76,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, devices=None) 
 def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -> dict:
   """The loop itself; train() owns the SIGTERM handler around it."""
   validate_config(config)                        # every config error before any device work
+  _check_paths(config, workdir)
   if config.train.init_from:
     checkpoint.check_init_from_config(config.train.init_from, config)
   mesh = make_mesh(config.mesh, devices)

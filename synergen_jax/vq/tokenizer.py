@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.vq import autoencoder, emu3, vqgan
 
@@ -91,20 +91,19 @@ class ImageTokenizer:
   @classmethod
   def load(cls, workdir: str, batch_size: int = 256, devices=None) -> "ImageTokenizer":
     """Rebuilds the model from `vq_config.json` and restores the latest Orbax checkpoint."""
-    config_file = os.path.join(workdir, "vq_config.json")
-    if not os.path.exists(config_file):
+    config_file = storage.path(workdir, "image tokenizer workdir") / "vq_config.json"
+    if not config_file.exists():
       raise DataError(f"no image tokenizer in {workdir} (missing vq_config.json); train one with "
                       "python -m synergen_jax.train_vq --config ... --workdir " + workdir + " or "
                       "import a release with python -m synergen_jax.convert.vq_import --hf_dir ...")
-    with open(config_file) as f:
-      meta = json.load(f)
+    meta = json.loads(config_file.read_text())
     name = meta.get("family", "synergen")
     if name not in FAMILIES:
       raise DataError(f"{config_file}: family {name!r} is unknown; known: {sorted(FAMILIES)}")
     family = FAMILIES[name]
     config = family.config_from_json(meta)
     image_size = meta.get("image_size", config.image_size)
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    manager = ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints")
     step = manager.latest_step()
     if step is None:
       raise DataError(f"image tokenizer in {workdir} has no complete checkpoint")

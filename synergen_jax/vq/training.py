@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.data import images as image_ops
 from synergen_jax.core.errors import BadRecord
@@ -100,7 +100,8 @@ def train(config, workdir: str) -> dict:
   """Trains, checkpoints and evaluates the tokenizer; returns the report written to vq_report.json."""
   validate_config(config)
   v, vq_config = config.vq, vq.VQConfig.from_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  root = storage.absolute(workdir, "image tokenizer workdir")     # a folder or a bucket path
+  root.mkdir(parents=True, exist_ok=True)
   source = open_source(config.data)
   train_idx, eval_idx = split_indices(len(source), config.data.eval_count, config.data.seed)
   eval_idx = eval_idx[:v.eval_count]
@@ -120,13 +121,13 @@ def train(config, workdir: str) -> dict:
                usage=jnp.ones(vq_config.codebook_size, jnp.float32), step=jnp.zeros((), jnp.int32))
   train_step = make_train_step(model, optimizer, config)
 
-  with open(os.path.join(workdir, "vq_config.json"), "w") as f:
-    json.dump(dict(vq=dataclasses.asdict(vq_config), data_name=config.data.name,
-                   image_fit=config.data.image_fit, background=source.background), f, indent=1)
+  storage.write_text(root / "vq_config.json", json.dumps(dict(
+      vq=dataclasses.asdict(vq_config), data_name=config.data.name, image_fit=config.data.image_fit,
+      background=source.background), indent=1))
   order_rng = np.random.default_rng(config.train.seed)
   order, cursor = order_rng.permutation(len(train_px)), 0
   t0 = time.time()
-  with open(os.path.join(workdir, "vq_metrics.jsonl"), "w") as log:
+  with (root / "vq_metrics.jsonl").open("w") as log:      # on a bucket: whole when training ends
     for step in range(v.steps):
       if cursor + v.batch_size > len(order):
         order, cursor = order_rng.permutation(len(train_px)), 0
@@ -141,16 +142,14 @@ def train(config, workdir: str) -> dict:
               f"active_codes {int(row['active_codes'])} restarted {int(row['restarted'])} "
               f"({row['seconds']:.0f}s)", flush=True)
 
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as manager:
+  with ocp.CheckpointManager(root / "checkpoints") as manager:
     manager.save(v.steps, args=ocp.args.StandardSave(dict(params=state["params"], usage=state["usage"])))
     manager.wait_until_finished()
   report, recons = evaluate(model, state["params"], eval_px, v.encode_batch, vq_config.codebook_size)
   report.update(steps=v.steps, train_images=int(len(train_px)), seconds=round(time.time() - t0, 1),
                 skipped=dict(train_skipped + eval_skipped))
-  with open(os.path.join(workdir, "vq_report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  storage.write_text(root / "vq_report.json", json.dumps(report, indent=1))
   n = min(16, len(eval_px))
-  image_ops.save_grid(np.concatenate([eval_px[:n], recons[:n]]), os.path.join(workdir, "recon.png"),
-                      cols=n)
+  image_ops.save_grid(np.concatenate([eval_px[:n], recons[:n]]), str(root / "recon.png"), cols=n)
   return report
 

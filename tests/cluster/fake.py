@@ -1,6 +1,6 @@
 """What the fake cluster executables in bin/ share: their state folder and call records.
 
-The fakes stand in for gcloud, sbatch, srun, scontrol, gcsfuse, uv and the TPU VM metadata server
+The fakes stand in for gcloud, sbatch, srun, scontrol, uv and the TPU VM metadata server
 (curl). Each records its argv in $FAKE_CLUSTER_DIR/calls.jsonl and runs every worker's command as a
 local process with the environment a real worker gets; the simulated accelerators are CPU devices
 (JAX_PLATFORMS=cpu, --xla_force_host_platform_device_count), so jax.distributed, gloo collectives
@@ -61,3 +61,43 @@ def run_all(commands, kill_on_bad_exit=False, kill_wait=5.0, on_start=None) -> l
           p.kill()
     time.sleep(0.1)
   return [p.returncode if p.returncode >= 0 else 128 - p.returncode for p in procs]
+
+
+def processes_with_env(key: str, value: str) -> list:
+  """Pids of this user's processes whose environment has key=value: the processes "on" a simulated
+  machine, found by the variable every command started there inherits (setsid and nohup keep it)."""
+  wanted, pids = f"{key}={value}".encode(), []
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit() or int(entry) == os.getpid():
+      continue
+    try:
+      with open(f"/proc/{entry}/environ", "rb") as f:
+        if wanted in f.read().split(b"\0"):
+          pids.append(int(entry))
+    except OSError:                 # gone meanwhile, or not ours
+      pass
+  return pids
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"     # a zombie has already exited
+  except OSError:
+    return False
+
+
+def stop_processes(pids, sig: int, grace: float) -> None:
+  """Sends sig to pids, waits up to grace seconds for them to exit, then SIGKILLs what is left and
+  waits for that too (as a machine that shuts down does)."""
+  for s, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
+    for pid in pids:
+      try:
+        os.kill(pid, s)
+      except ProcessLookupError:
+        pass
+    deadline = time.time() + wait
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+      time.sleep(0.05)
+    if not any(_alive(p) for p in pids):
+      return

@@ -13,6 +13,7 @@ import pytest
 from grain.sources import ArrayRecordDataSource
 
 from helpers import ROOT, calls
+from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.prepare.writer import prepare
 
@@ -86,9 +87,12 @@ def test_a_part_of_other_settings_is_refused(tiny_data, tmp_path):
     prepare(changed, str(tmp_path), tiny_data["image_tokenizer"])
 
 
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_data, reference, tmp_path):
-  """The command line killed after some parts: the rerun writes the rest, the set is the same."""
-  out = tmp_path / "out"
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_data, reference, tmp_path, where, request):
+  """The command line killed after some parts: the rerun writes the rest, the set is the same; into
+  a folder, and into a bucket (a GCS emulator), where a part is one upload and nothing is renamed."""
+  out = storage.path(request.getfixturevalue("gcs_bucket") + "/out" if where == "bucket"
+                     else tmp_path / "out")
   cmd = [sys.executable, "-m", "synergen_jax.prepare", "--config", str(ROOT / "configs/tiny.py"),
          "--config.data.name=digits", f"--config.data.records_per_shard={PER_SHARD}",
          "--vq_workdir", tiny_data["vq_dir"], "--out", str(out)]
@@ -96,32 +100,34 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_data, reference, tmp
   env = dict(os.environ)
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   deadline = time.time() + 120
+  finished = lambda: {p.name for p in (out / "parts").glob("*.json")}
   while time.time() < deadline and proc.poll() is None:
-    done = list((out / "parts").glob("*.json")) if (out / "parts").exists() else []
-    if len(done) >= 3:
+    if len(finished()) >= 3:
       break
-    time.sleep(0.005)
+    time.sleep(0.005 if where == "local" else 0.05)
   assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  finished = {p.name for p in (out / "parts").glob("*.json")}
-  assert 3 <= len(finished) < 13 and not (out / "meta.json").exists()
+  done = finished()
+  assert 3 <= len(done) < 13 and not (out / "meta.json").exists()
   rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
   written = [line for line in rerun.stdout.splitlines() if line.startswith("prepare: ")]
-  assert len(written) == 13 - len(finished), rerun.stdout     # finished parts were not redone
+  assert len(written) == 13 - len(done), rerun.stdout     # finished parts were not redone
   meta = json.loads((out / "meta.json").read_text())
   assert _examples(str(out), meta) == reference[1]
   assert not [p.name for p in (out / "parts").iterdir() if ".tmp" in p.name]   # the dead run's too
 
 
-def test_tpu_workers_prepare_their_shares_and_the_last_merges(cluster, tiny_data, reference):
+def test_tpu_workers_prepare_their_shares_and_the_last_merges(gcs_bucket, cluster, tiny_data, reference):
   """`launch/tpu_pod.sh prepare` on 2 simulated TPU workers (tests/cluster/bin): each worker learns
-  its id and peers from the metadata server, prepares its share of the input shards into a
-  gcsfuse-mounted bucket, the last to finish merges, and the set equals one process's (8 devices per
+  its id and peers from the metadata server, prepares its share of the input shards into a bucket
+  (a GCS emulator), the last to finish merges, and the set equals one process's (8 devices per
   worker, as in the reference, so the tokenizer's batch split is the same)."""
+  out = f"{gcs_bucket}/digits"
   env = dict(FAKE_TPU_WORKERS="2", FAKE_TPU_CHIPS="8", CONFIG="configs/tiny.py", SKIP_PREFLIGHT="1",
-             SHIP_DIRTY="1", FAKE_PYTHON=sys.executable, PREPARE_OUT="gs://bkt/digits")
+             SHIP_DIRTY="1", FAKE_PYTHON=sys.executable, PREPARE_OUT=out,
+             STORAGE_EMULATOR_HOST=os.environ["STORAGE_EMULATOR_HOST"])
   pod = lambda *args: subprocess.run(["bash", "launch/tpu_pod.sh", *args], cwd=ROOT, capture_output=True,
                                      text=True, timeout=600, env=dict(cluster["env"], **env))
   up = pod("up")
@@ -131,10 +137,8 @@ def test_tpu_workers_prepare_their_shares_and_the_last_merges(cluster, tiny_data
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   assert run.stdout.count(" examples from ") == 13          # 13 parts in all (the workers interleave lines)
   assert run.stdout.count("merge when the others are done") <= 1                       # the last one merged
-  out = cluster["state"] / "buckets" / "bkt" / "digits"
-  meta = json.loads((out / "meta.json").read_text())
-  assert _examples(str(out), meta) == reference[1]
-  assert [c[-2] for c in calls(cluster, "gcsfuse")] == ["bkt", "bkt"]                 # mounted on both
+  meta = json.loads(storage.path(f"{out}/meta.json").read_text())
+  assert _examples(out, meta) == reference[1]
 
 
 def test_launcher_environments_give_the_share():
