@@ -7,8 +7,15 @@
 # decoding and packing run on them; Slurm's default is 1), PARTITION, ACCOUNT, TIME (24:00:00),
 # JOB_NAME (synergen), VENV (a virtualenv to activate on the nodes), LOG_DIR (slurm_logs),
 # PREEMPT_NOTICE (300: seconds before the time limit at which Slurm sends the trainers SIGTERM),
-# MAX_REQUEUES (20). WORKDIR and LOG_DIR must be on a file system every node sees. Writes the batch
-# script to $LOG_DIR/<job>.sbatch and submits it; --dry-run prints the script and the sbatch command.
+# MAX_REQUEUES (20), EXCLUSIVE (1: whole nodes, --exclusive; 0: share them with other jobs), MEM
+# (0: all of each node's memory, --mem=0; a size such as 480G; empty: the partition's default),
+# MIN_GRACE_SECONDS (120: the preemption grace a checkpoint needs; 0: no check). WORKDIR and LOG_DIR
+# must be on a file system every node sees. Writes the batch script to $LOG_DIR/<job>.sbatch and
+# submits it; --dry-run prints the script and the sbatch command.
+#
+# Why whole nodes with all their memory: the one process per node drives every GPU, so another job's
+# processes on the node would share its NVLink, PCIe and CPUs; the input pipeline and checkpoint
+# saving hold host memory, and Slurm's default (DefMemPerCPU) is often a few GB per CPU.
 #
 # Why one task per node: one Python process per host owns the host's data pipeline and all its
 # GPUs (the mesh spans them; NCCL joins hosts), as on TPU VMs. JAX's own Slurm detection would pin
@@ -21,7 +28,12 @@
 #
 # Preemption and time limits: Slurm sends SIGTERM (on preemption, and PREEMPT_NOTICE seconds before
 # the time limit); every trainer checkpoints at one agreed step and exits 75; the job then requeues
-# itself (--requeue, at most MAX_REQUEUES times) and the rerun resumes from that checkpoint.
+# itself (--requeue, at most MAX_REQUEUES times) and the rerun resumes from that checkpoint. A
+# preempted job is killed the partition's GraceTime after its SIGTERM (Slurm's default: 0 s, no time
+# to save anything). At submit time, and again in the job's log with the partition it got,
+# launch/slurm_grace.sh reads GraceTime (scontrol show partition) and warns when it is under
+# MIN_GRACE_SECONDS on a partition that preempts. It warns rather than refuses: many partitions never preempt in practice,
+# and the periodic checkpoints and the time-limit notice work whatever GraceTime is.
 set -euo pipefail
 
 DRY_RUN=0
@@ -38,11 +50,18 @@ CPUS_PER_TASK="${CPUS_PER_TASK:-$((8 * GPUS_PER_NODE))}"; positive CPUS_PER_TASK
 PREEMPT_NOTICE="${PREEMPT_NOTICE:-300}"; positive PREEMPT_NOTICE "$PREEMPT_NOTICE"
 MAX_REQUEUES="${MAX_REQUEUES:-20}"; [[ "$MAX_REQUEUES" =~ ^[0-9]+$ ]] ||
   { echo "slurm_gpu.sh: MAX_REQUEUES=$MAX_REQUEUES must be a number" >&2; exit 2; }
+MIN_GRACE_SECONDS="${MIN_GRACE_SECONDS:-120}"; [[ "$MIN_GRACE_SECONDS" =~ ^[0-9]+$ ]] ||
+  { echo "slurm_gpu.sh: MIN_GRACE_SECONDS=$MIN_GRACE_SECONDS must be a number of seconds" >&2; exit 2; }
+EXCLUSIVE="${EXCLUSIVE:-1}"; [[ "$EXCLUSIVE" =~ ^[01]$ ]] ||
+  { echo "slurm_gpu.sh: EXCLUSIVE=$EXCLUSIVE must be 1 (whole nodes) or 0 (shared nodes)" >&2; exit 2; }
+MEM="${MEM-0}"; [[ -z "$MEM" || "$MEM" =~ ^[0-9]+[KMGT]?$ ]] ||
+  { echo "slurm_gpu.sh: MEM=$MEM must be 0 (all of a node's memory), a size such as 480G, or empty" >&2; exit 2; }
 TIME="${TIME:-24:00:00}"; JOB_NAME="${JOB_NAME:-synergen}"; LOG_DIR="${LOG_DIR:-slurm_logs}"
 [[ "$LOG_DIR" == /* ]] || LOG_DIR="$PWD/$LOG_DIR"     # the job runs elsewhere: absolute paths
 
 train_cmd="python -m synergen_jax.train --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 for flag in "$@"; do train_cmd+=" $(printf '%q' "$flag")"; done
+exclusive=""; if [[ "$EXCLUSIVE" == 1 ]]; then exclusive=1; fi
 device_ids="$(seq -s, 0 $((GPUS_PER_NODE - 1)))"
 q() { printf '%q' "$1"; }
 
@@ -58,9 +77,13 @@ script="#!/usr/bin/env bash
 #SBATCH --open-mode=append
 #SBATCH --output=$LOG_DIR/%x-%j.out${PARTITION:+
 #SBATCH --partition=$PARTITION}${ACCOUNT:+
-#SBATCH --account=$ACCOUNT}
+#SBATCH --account=$ACCOUNT}${exclusive:+
+#SBATCH --exclusive}${MEM:+
+#SBATCH --mem=$MEM}
 set -uo pipefail
-cd $(q "$PWD")${VENV:+
+cd $(q "$PWD")
+# The partition the job got (sbatch may have picked the default, or one of several).
+bash launch/slurm_grace.sh \"\${SLURM_JOB_PARTITION:-}\" $MIN_GRACE_SECONDS 2>&1${VENV:+
 source $(q "$VENV")/bin/activate}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 export XLA_FLAGS=\"--xla_gpu_enable_latency_hiding_scheduler=true \${XLA_FLAGS:-}\"
@@ -99,6 +122,8 @@ elif [[ \$status != 0 ]]; then
 fi
 exit \$status
 "
+# Before submitting: the partition asked for (PARTITION, or sbatch's SBATCH_PARTITION), else the default.
+bash "$(dirname "$0")/slurm_grace.sh" "${PARTITION:-${SBATCH_PARTITION:-}}" "$MIN_GRACE_SECONDS"
 if [[ "$DRY_RUN" == 1 ]]; then
   printf '%s' "$script"
   echo "+ sbatch $LOG_DIR/$JOB_NAME.sbatch"

@@ -39,7 +39,8 @@ flags.DEFINE_string("topology", None, "TPU slice (v5p:4x4x4, v4:2x2x2, v5e:4x4) 
                     "GPU[:HOSTSxDEVICES] (h100, h100:1x8, h200:2x8)")
 flags.DEFINE_string("accelerator_type", None, "instead of --topology: a gcloud TPU accelerator type "
                     "(v5p-128, v5litepod-64, v6e-256, v4-32), compiled for its default chip grid")
-flags.DEFINE_string("mesh", None, "mesh override, e.g. data=1,fsdp=-1,tensor=1")
+flags.DEFINE_string("mesh", None, "mesh override of data, fsdp, tensor and (several GPU hosts or TPU "
+                    "slices) dcn_data, dcn_fsdp, e.g. data=1,fsdp=-1,tensor=1")
 flags.DEFINE_float("hbm_gb", None, "HBM per chip in GiB (default: from the device kind)")
 flags.DEFINE_string("json", None, "also write the report as JSON here")
 flags.DEFINE_string("hlo", None, "also write the compiled program's HLO text here")

@@ -1,5 +1,6 @@
 """The trainer's step compiled ahead of time for a TPU slice or GPU hosts (aot/targets.py): memory
-per device, whether it fits, model and XLA FLOPs. The CLI is aot/__main__.py.
+per device, whether it fits, model and XLA FLOPs, its collectives and, on several GPU hosts or TPU
+slices, which of them cross nodes (aot/hlo_groups.py). The CLI is aot/__main__.py.
 """
 
 from __future__ import annotations
@@ -13,28 +14,16 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from synergen_jax.aot.hlo_groups import COLLECTIVE, OP_NAME, SHAPE, SINGLETON_GROUPS, crossing_nodes
 from synergen_jax.aot.targets import topology_devices
 from synergen_jax.core.config import CAPACITIES, validate_config
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.data.synthetic import synthetic_batch, with_synthetic_budgets
 from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.model import accounting
-from synergen_jax.parallel.mesh import AXES, make_mesh
+from synergen_jax.parallel.mesh import AXES, DCN_KEYS, make_mesh, node_of, nodes
 from synergen_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
 from synergen_jax.train.state import build_train_step
-
-# Collective ops in compiled HLO text: "%x = f32[8,16]{1,0} all-gather(...)", async "-start" forms,
-# tuple results "(f32[..], f32[..]) all-reduce(...)".
-COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE = re.compile(r"=\s+(.+?)\s+(" + "|".join(COLLECTIVE_OPS) + r")(?:-start)?\(")
-_SHAPE = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
-
-
-_SINGLETON_GROUPS = re.compile(r"replica_groups=\{(?:\{\d+\},?)+\}")
-
-
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-
 
 def collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...], str]]:
   """(op, result shape, the JAX op it came from) of every collective in a compiled module's HLO
@@ -42,10 +31,10 @@ def collectives(hlo_text: str) -> list[tuple[str, tuple[int, ...], str]]:
   axis) move nothing and are left out."""
   out = []
   for line in hlo_text.splitlines():
-    match = _COLLECTIVE.search(line)
-    if match and not _SINGLETON_GROUPS.search(line):
-      name = _OP_NAME.search(line)
-      for dims in _SHAPE.findall(match.group(1)):
+    match = COLLECTIVE.search(line)
+    if match and not SINGLETON_GROUPS.search(line):
+      name = OP_NAME.search(line)
+      for dims in SHAPE.findall(match.group(1)):
         out.append((match.group(2), tuple(int(d) for d in dims.split(",") if d),
                     name.group(1) if name else ""))
   return out
@@ -72,6 +61,8 @@ class Report:
   compile_seconds: float
   budgets: dict = dataclasses.field(default_factory=dict)       # the per-row budgets compiled
   collectives: dict = dataclasses.field(default_factory=dict)   # op -> [count, elements per device]
+  nodes: int = 1              # GPU hosts (processes) or TPU slices the devices span
+  cross_node: dict = dataclasses.field(default_factory=dict)    # op -> collectives spanning nodes
 
   @property
   def fits(self) -> bool:
@@ -94,8 +85,8 @@ def parse_mesh(text: str | None, config) -> None:
     return
   for item in text.split(","):
     axis, _, size = item.partition("=")
-    if axis not in AXES or not size.lstrip("-").isdigit():
-      raise ConfigError(f"--mesh item {item!r}: write AXIS=SIZE with AXIS in {AXES}, e.g. "
+    if axis not in AXES + DCN_KEYS or not size.lstrip("-").isdigit():
+      raise ConfigError(f"--mesh item {item!r}: write AXIS=SIZE with AXIS in {AXES + DCN_KEYS}, e.g. "
                         "--mesh data=1,fsdp=-1,tensor=1")
     config.mesh[axis] = int(size)
 
@@ -118,12 +109,40 @@ def for_target(config, devices):
   return validate_config(config)
 
 
+def _lower(config, mc, mesh):
+  """(plan, batch sharding, lowered step) with abstract state and batch; under jax.set_mesh(mesh)
+  and the logical axis rules."""
+  plan = build_train_step(config, mc, mesh, host_example=True)
+  rows_sharding = batch_sharding(mesh)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       plan.abstract_state, plan.shardings)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows_sharding)
+           for k, v in plan.example.items()}
+  return plan, rows_sharding, plan.step_fn.lower(state, batch)
+
+
+def step_hlo(config, mesh) -> str:
+  """The HLO text of the trainer's step compiled for `mesh` (this host's devices or a target's)."""
+  mc = for_target(config, list(mesh.devices.flat))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    return _lower(config, mc, mesh)[2].compile().as_text()
+
+
+def cross_node_counts(hlo_text: str, mesh, node_of=node_of) -> dict[str, int]:
+  """op -> how many of the program's collectives span devices of more than one node."""
+  counts: dict[str, int] = {}
+  for op, _, _ in crossing_nodes(hlo_text, [node_of(d) for d in mesh.devices.flat]):
+    counts[op] = counts.get(op, 0) + 1
+  return counts
+
+
 def compile_report(config, topology: str, hbm_gb: float | None = None,
                    hlo_path: str | None = None) -> Report:
   validate_config(config)                         # config errors before any compilation
   devices, target_hbm = topology_devices(topology)
   mc = for_target(config, devices)
   mesh = make_mesh(config.mesh, devices)
+  node_count = len(nodes(devices))
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.train.batch_size % rows:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over data x "
@@ -133,13 +152,7 @@ def compile_report(config, topology: str, hbm_gb: float | None = None,
   if not hbm:
     raise ConfigError(f"unknown HBM size for {kind!r}; pass --hbm_gb")
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-    plan = build_train_step(config, mc, mesh, host_example=True)
-    rows_sharding = batch_sharding(mesh)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         plan.abstract_state, plan.shardings)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows_sharding)
-             for k, v in plan.example.items()}
-    lowered = plan.step_fn.lower(state, batch)
+    plan, rows_sharding, lowered = _lower(config, mc, mesh)
     t0 = time.perf_counter()
     try:
       compiled = lowered.compile()
@@ -164,6 +177,7 @@ def compile_report(config, topology: str, hbm_gb: float | None = None,
       with open(hlo_path, "w") as f:
         f.write(hlo)
     found = collectives(hlo)
+    crossing = cross_node_counts(hlo, mesh) if node_count > 1 else {}
     moved = {}
     for op, shape, _ in found:
       count, size = moved.get(op, (0, 0))
@@ -180,7 +194,8 @@ def compile_report(config, topology: str, hbm_gb: float | None = None,
                 model_flops=float(accounting.batch_train_flops(mc, host_batch)),
                 xla_flops=xla_flops, compile_seconds=seconds,
                 budgets={name: getattr(mc, name) for name in CAPACITIES},
-                collectives={} if compiled is None else {op: list(v) for op, v in moved.items()})
+                collectives={} if compiled is None else {op: list(v) for op, v in moved.items()},
+                nodes=node_count, cross_node={} if compiled is None else crossing)
 
 
 def format_report(r: Report) -> str:
@@ -197,4 +212,13 @@ def format_report(r: Report) -> str:
       + (f" = {r.xla_flops * r.devices / r.model_flops:.2f}x model FLOPs" if r.xla_flops else ""),
       "  per-row budgets: " + ", ".join(f"{k}={v}" for k, v in r.budgets.items()),
       "  collectives: " + (", ".join(f"{op} x{n} ({e / 1e6:.1f}M elements)"
-                                     for op, (n, e) in sorted(r.collectives.items())) or "none")])
+                                     for op, (n, e) in sorted(r.collectives.items())) or "none")]
+      + _cross_node_lines(r))
+
+
+def _cross_node_lines(r: Report) -> list[str]:
+  """On several nodes: the collective instructions whose device groups span nodes (the slow links)."""
+  if r.nodes == 1 or not r.collectives:        # one node, or the compiler refused the program
+    return []
+  crossing = ", ".join(f"{op} x{n}" for op, n in sorted(r.cross_node.items())) or "none"
+  return [f"  across the {r.nodes} nodes: {crossing} (instructions; the others stay inside a node)"]
