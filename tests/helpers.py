@@ -179,3 +179,29 @@ def upload_tree(local_dir, remote_dir) -> str:
       rel = os.path.relpath(os.path.join(root, name), local_dir)
       storage.upload(os.path.join(root, name), f"{remote_dir}/{rel}")
   return remote_dir
+
+
+def read_events(data: bytes) -> list:
+  """TensorBoard events (tensorboardX protos) from an events file's bytes. TFRecord framing: length
+  (u64), its masked crc (u32), the record, the record's crc (u32)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out, i = [], 0
+  while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return out
+
+
+def events_in(folder) -> dict:
+  """{events file name: [(step, tag, summary value)]} of every events file in a folder."""
+  from synergen_jax.core import storage
+  found = {}
+  if not storage.path(folder).exists():
+    return found
+  for path in storage.path(folder).iterdir():
+    if path.name.startswith("events.out.tfevents."):
+      found[path.name] = [(e.step, v.tag, v) for e in read_events(path.read_bytes())
+                          if e.HasField("summary") for v in e.summary.value]
+  return found

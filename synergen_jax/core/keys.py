@@ -165,6 +165,14 @@ class VQKeys:
 # ---------------------------------------------------------------------------------------------------
 
 @section
+class WandbKeys:
+  """`config.train.wandb`: optional Weights & Biases logging (pip install wandb), one run per workdir."""
+  mode: str = key("disabled", "disabled, offline (files under the run's wandb dir) or online")
+  project: str = key("synergen_jax", "the W&B project the run logs to")
+  entity: str | None = key(None, "the W&B team or user (None = the account's default)")
+
+
+@section
 class TrainKeys:
   """`config.train`."""
   steps: int = key(1000, "optimizer steps")
@@ -181,6 +189,16 @@ class TrainKeys:
   max_replicated_fraction: float = key(
       1.0, "fail when more than this share of parameter bytes is replicated on every device")
   init_from: str | None = key(None, "a workdir (training or HF import) whose parameters start the run")
+  preview_images: int = key(
+      8, "images per preview grid at each held-out pass, generated and captioned (0 = no previews)")
+  preview_prompts: tuple[str, ...] = key(
+      (), "texts the preview images are generated from, cycled (empty = held-out captions)")
+  preview_cfg: float = key(3.0, "classifier-free guidance scale of the preview images (1 = off)")
+  preview_temperature: float = key(
+      1.0, "sampling temperature of the preview images, seeded by train.seed (0 = greedy)")
+  events_every_secs: float = key(
+      60.0, "bucket workdirs: least seconds between copies of the TensorBoard events file")
+  wandb: WandbKeys = key(doc="Weights & Biases logging")
 
 
 @section

@@ -22,6 +22,7 @@ from synergen_jax.parallel.sharding import LOGICAL_RULES
 from synergen_jax.train import checkpoint
 from synergen_jax.train.heldout import heldout_metrics
 from synergen_jax.train.metrics import MetricWriter, component_examples, peak_flops_per_device
+from synergen_jax.train.previews import Previews
 from synergen_jax.train.state import build_train_step, init_state
 
 
@@ -118,7 +119,8 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
         log(f"train: parameters from {t_cfg.init_from} step {from_step}")
 
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, start + stop_after)
-    writer = MetricWriter(workdir, t_cfg.steps)
+    previews = Previews(config, model, mesh)      # images at each held-out pass (train/previews.py)
+    writer = MetricWriter(workdir, t_cfg.steps, config)
     peak = peak_flops_per_device()
     losses, evaluation = {}, {}
 
@@ -172,6 +174,7 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
       if (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0) or step + 1 == t_cfg.steps:
         evaluation = heldout_metrics(config, model, state["params"], mesh, t_cfg.eval_batches or None)
         writer.write(step + 1, evaluation)
+        writer.previews(step + 1, previews(state["params"]))   # every process decodes
         log(f"\ntrain: held-out at step {step + 1}: " +
               ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
       saved = (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps

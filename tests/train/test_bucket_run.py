@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import run_config, tiny
+from helpers import events_in, run_config, tiny
 from synergen_jax.core import storage
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.parallel.failure import Preempted
@@ -76,3 +76,7 @@ def test_cache_and_workdir_in_a_bucket_preempt_and_resume_like_one_run(
   assert sorted(logged) == list(range(1, step + 4))          # both runs' rows, nothing lost
   np.testing.assert_allclose([logged[s] for s in sorted(logged)],
                              [reference_losses[s] for s in sorted(logged)], rtol=1e-5)
+  # TensorBoard events in the bucket: each run's file, the losses, the last pass's preview images.
+  values = [v for found in events_in(workdir).values() for v in found]
+  assert sorted(s for s, tag, _ in values if tag == "loss") == list(range(1, step + 4))
+  assert [s for s, tag, _ in values if tag == "previews/generated"] == [step + 3]
