@@ -1,7 +1,7 @@
 """A run that lives in a bucket (a GCS emulator on loopback): the data cache (image tokenizer and
 prepared data) is built into it, the workdir (Orbax checkpoints through tensorstore, config.json,
 metrics.jsonl) is in it, and a SIGTERM-stopped run resumes from it with the losses of an
-uninterrupted local run."""
+uninterrupted local run; its parameters come back from the bucket as the next stage's init_from."""
 
 import json
 import os
@@ -69,7 +69,8 @@ def test_cache_and_workdir_in_a_bucket_preempt_and_resume_like_one_run(
   assert (entries[0] / "data" / "meta.json").exists()
 
   config.train.steps = step + 3
-  rerun = train(config, workdir)["losses"]
+  result = train(config, workdir)
+  rerun = result["losses"]
   assert sorted(rerun) == [step + 1, step + 2, step + 3]
   rows = [json.loads(l) for l in (storage.path(workdir) / "metrics.jsonl").read_text().splitlines()]
   logged = {row["step"]: row["loss"] for row in rows if "loss" in row}
@@ -80,3 +81,10 @@ def test_cache_and_workdir_in_a_bucket_preempt_and_resume_like_one_run(
   values = [v for found in events_in(workdir).values() for v in found]
   assert sorted(s for s, tag, _ in values if tag == "loss") == list(range(1, step + 4))
   assert [s for s, tag, _ in values if tag == "previews/generated"] == [step + 3]
+
+  # The next stage's init_from: the parameters come back from the bucket as they were trained.
+  import jax
+  params, at = checkpoint.restore_params(workdir, jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), result["state"]["params"]))
+  assert at == step + 3
+  jax.tree.map(np.testing.assert_array_equal, params, result["state"]["params"])
