@@ -26,5 +26,8 @@ def get_config(arg=None):
   config.vq.update(channels=1, width=8, code_dim=8, num_res_blocks=1, steps=300, batch_size=32,
                    eval_count=64, log_every=20, restart_every=20)
   config.train.steps = 30
+  # No image previews at the held-out passes: every test that trains would compile their decoding;
+  # the tests of previews turn them on (configs/demo.py keeps the default).
+  config.train.preview_images = 0
   config.stage = arg.stage
   return config

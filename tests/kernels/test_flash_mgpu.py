@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +22,25 @@ def test_interpret_mode_checks_pass_in_a_fresh_process():
   """The kernel tests marked `mgpu_interpret` (kernel_cases.INTERPRET_IN_CHILD: the Mosaic GPU cases
   of test_flash_kernels.py's reference and entry-point checks and of test_segment_skipping.py), in a
   child process with one CPU device (as JAX's own interpreter tests run; see helpers.mgpu_interpret).
-  A hang there fails here at the timeout instead of stalling the suite."""
+  A hang there fails here at the timeout instead of stalling the suite. JAX's Mosaic GPU interpreter
+  (its simulated warpgroups are host threads) has hung now and then on a loaded 2-core machine, in a
+  case that passes when rerun: a hang is retried once, in a new child, and a second hang fails."""
   env = dict(os.environ, SYNERGEN_MGPU_INTERPRET="1", SYNERGEN_TEST_CPU_DEVICES="1")
   env.pop("XLA_FLAGS", None)                      # the child's conftest sets its device count
-  try:
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "mgpu_interpret",
-         "tests/kernels"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  except subprocess.TimeoutExpired as e:
-    pytest.fail(f"Mosaic GPU interpret checks hung for 600 s:\n{(e.stdout or b'')[-3000:]}")
+  hangs = []
+  for _ in range(2):
+    try:
+      run = subprocess.run(
+          [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "mgpu_interpret",
+           "tests/kernels"],
+          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+      break
+    except subprocess.TimeoutExpired as e:
+      hangs.append((e.stdout or b"")[-3000:])
+  else:
+    pytest.fail(f"Mosaic GPU interpret checks hung twice for 420 s:\n{hangs}")
+  if hangs:
+    warnings.warn(f"Mosaic GPU interpret checks hung once, then passed when rerun: {hangs[0]}")
   summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
   assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
   # 4 reference cases, the entry point, 2 segment-skipping cases (causal off and on).

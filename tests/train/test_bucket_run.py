@@ -49,6 +49,7 @@ def test_cache_and_workdir_in_a_bucket_preempt_and_resume_like_one_run(
   config.data.path = None                          # built into the bucket's data cache
   config.data.cache_dir = f"{gcs_bucket}/cache"
   config.train.checkpoint_every = 1000
+  config.train.preview_images = 2                  # images in the bucket's events at the last pass
 
   def logged_steps():
     metrics = storage.path(workdir) / "metrics.jsonl"

@@ -59,6 +59,7 @@ def test_buffer_length_halves_seq_len_only_in_whole_kernel_blocks():
 
 def test_a_preview_prompt_too_long_for_a_row_stops_the_run_naming_the_key(tiny_data):
   config = tiny_data["config"].copy_and_resolve_references()
+  config.train.preview_images = 4
   config.train.preview_prompts = ("seven " * 40,)
   mesh = make_mesh(config.mesh, jax.devices())
   with pytest.raises(ConfigError, match=r"config.train.preview_prompts: 'seven seven .* does not fit "
@@ -74,6 +75,7 @@ def test_data_with_no_image_tokenizer_in_sight_trains_without_previews(tiny_data
   turns previews off with one line; naming a folder that holds no tokenizer is an error."""
   import shutil
   config = tiny_data["config"].copy_and_resolve_references()
+  config.train.preview_images = 8
   config.data.path = str(shutil.copytree(tiny_data["data_dir"], tmp_path / "alone" / "prepared"))
   mesh = make_mesh(config.mesh, jax.devices())
   previews = Previews(config, SynerGenVL(tiny_data["mc"]), mesh)
