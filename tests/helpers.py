@@ -1,5 +1,6 @@
 """Helpers shared by the tests: config loading, random packed batches, multi-process runs."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -205,3 +206,25 @@ def events_in(folder) -> dict:
       found[path.name] = [(e.step, v.tag, v) for e in read_events(path.read_bytes())
                           if e.HasField("summary") for v in e.summary.value]
   return found
+
+
+@contextlib.contextmanager
+def two_processes(command, tmp_path, **env):
+  """`command` started as processes 0 and 1 of one run on this machine (the SYNERGEN_* variables, a
+  free coordinator port, 4 CPU devices each), process i's output in tmp_path/p{i}.log; yields the
+  Popen objects and kills any still running on leaving."""
+  import subprocess
+  base = dict(os.environ, SYNERGEN_NUM_PROCESSES="2", SYNERGEN_COORDINATOR=f"localhost:{free_port()}",
+              XLA_FLAGS="--xla_force_host_platform_device_count=4", **env)
+  logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]
+  procs = [subprocess.Popen(command, cwd=ROOT, env=dict(base, SYNERGEN_PROCESS_ID=str(i)), stdout=logs[i],
+                            stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for log in logs:
+      log.close()

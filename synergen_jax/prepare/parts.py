@@ -145,13 +145,6 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
   return meta
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      f.write(data)
-  write_atomic(path, write)
-
-
 def write_npz(path: str, arrays: dict) -> None:
   def write(tmp):
     with open(tmp, "wb") as f:     # a file object: np.savez would append .npz to a temporary name

@@ -109,7 +109,7 @@ def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
                     f"config.model.text_vocab={config.model.text_vocab}; raise text_vocab to at least "
                     f"{tok.vocab_size}")
   if not storage.path(saved).exists():
-    parts_lib.write_bytes(saved, tok.proto)
+    storage.write_bytes(saved, tok.proto)
   return tok
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import RUN_FLAGS, ROOT, free_port, losses_of, run_config, wait_for_step
+from helpers import RUN_FLAGS, ROOT, free_port, losses_of, run_config, two_processes, wait_for_step
 
 FLAGS = RUN_FLAGS
 
@@ -77,22 +77,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tiny_data, refer
   resumes in one process with the reference's losses."""
   from synergen_jax.train.loop import train
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, SYNERGEN_NUM_PROCESSES="2", SYNERGEN_COORDINATOR=f"localhost:{free_port()}",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   command = ["python", "-m", "synergen_jax.train", "--config", "configs/tiny.py", "--workdir", workdir,
              f"--config.data.path={tiny_data['data_dir']}", "--config.train.steps=1000",
              "--config.train.checkpoint_every=1000", *FLAGS]
-  logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]
-  procs = [subprocess.Popen(command, cwd=ROOT, env=dict(env, SYNERGEN_PROCESS_ID=str(i)),
-                            stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-  try:
+  with two_processes(command, tmp_path, JAX_PLATFORMS="cpu") as procs:
     wait_for_step(workdir, 2, procs)
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
   out = open(tmp_path / "p0.log").read()
   assert codes == [75, 75], out[-3000:]
   step = int(out.split("train: preempted at step ")[1].split(":")[0])

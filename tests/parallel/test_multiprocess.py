@@ -7,14 +7,11 @@ preemption: tests/parallel/test_failures.py.)"""
 import json
 import os
 import signal
-import socket
-import subprocess
 import time
 
 import numpy as np
 
-
-from helpers import ROOT, RUN_FLAGS, losses_of
+from helpers import RUN_FLAGS, losses_of, two_processes
 
 TRAIN_FLAGS = ["--config.train.log_every=1", "--config.train.checkpoint_every=2",
                "--config.train.eval_batches=1", "--config.optim.schedule=constant",
@@ -35,23 +32,12 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_a_dead_process_stops_the_others(tiny_data, tmp_path):
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, SYNERGEN_NUM_PROCESSES="2", SYNERGEN_COORDINATOR=f"localhost:{_free_port()}",
-             SYNERGEN_HEARTBEAT_TIMEOUT="5", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   command = ["python", "-m", "synergen_jax.train", "--config", "configs/tiny.py", "--workdir", workdir,
              f"--config.data.path={tiny_data['data_dir']}", "--config.train.steps=100000",
              "--config.train.checkpoint_every=100000", *TRAIN_FLAGS[:1], *TRAIN_FLAGS[3:]]
-  procs = [subprocess.Popen(command, cwd=ROOT, env=dict(env, SYNERGEN_PROCESS_ID=str(i)),
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"p{i}.log", "w"))
-           for i in range(2)]
-  try:
+  with two_processes(command, tmp_path, SYNERGEN_HEARTBEAT_TIMEOUT="5") as procs:
     deadline = time.time() + 300
     while not (os.path.exists(os.path.join(workdir, "metrics.jsonl")) and len(_losses(workdir)) >= 2):
       assert time.time() < deadline and procs[0].poll() is None, open(tmp_path / "p0.log").read()[-3000:]
@@ -60,10 +46,6 @@ def test_a_dead_process_stops_the_others(tiny_data, tmp_path):
     killed = time.time()
     code = procs[0].wait(timeout=90)        # heartbeat timeout 5 s: well within 90 s, never a hang
     waited = time.time() - killed
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
   assert code != 0, "the surviving process exited cleanly after its peer died"
   assert waited < 60
 
@@ -74,14 +56,10 @@ def test_a_process_frozen_longer_than_gloo_s_timeout_is_waited_for(tiny_data, re
   point before the first step must be a coordination-service barrier; the run then ends like one
   process's."""
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, SYNERGEN_NUM_PROCESSES="2", SYNERGEN_COORDINATOR=f"localhost:{_free_port()}",
-             SYNERGEN_HEARTBEAT_TIMEOUT="120", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   command = ["python", "-m", "synergen_jax.train", "--config", "configs/tiny.py", "--workdir", workdir,
              f"--config.data.path={tiny_data['data_dir']}", "--config.train.steps=3", *RUN_FLAGS]
   logs = [tmp_path / f"p{i}.log" for i in range(2)]
-  procs = [subprocess.Popen(command, cwd=ROOT, env=dict(env, SYNERGEN_PROCESS_ID=str(i)),
-                            stdout=subprocess.DEVNULL, stderr=open(logs[i], "w")) for i in range(2)]
-  try:
+  with two_processes(command, tmp_path, SYNERGEN_HEARTBEAT_TIMEOUT="120") as procs:
     deadline = time.time() + 300
     while "distributed: process 1 of 2" not in logs[1].read_text():
       assert time.time() < deadline and procs[1].poll() is None, logs[1].read_text()[-3000:]
@@ -90,10 +68,6 @@ def test_a_process_frozen_longer_than_gloo_s_timeout_is_waited_for(tiny_data, re
     time.sleep(40)
     procs[1].send_signal(signal.SIGCONT)
     codes = [p.wait(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
   assert codes == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
   losses = losses_of(workdir)
   assert sorted(losses) == [1, 2, 3]
