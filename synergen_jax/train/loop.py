@@ -98,8 +98,9 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
     abstract_state, shardings, step_fn = plan.abstract_state, plan.shardings, plan.step_fn
 
     data = make_iterator(config, mesh=mesh)
-    mngr = checkpoint.manager(workdir, t_cfg)
+    # Orbax's own barriers (creating the manager, restoring) are gloo collectives: meet here first.
     barrier("synergen_jax: before restoring or initializing the state")
+    mngr = checkpoint.manager(workdir, t_cfg)
     start = mngr.latest_step()
     if start is not None:
       abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
