@@ -197,7 +197,7 @@ class TrainKeys:
   preview_temperature: float = key(
       1.0, "sampling temperature of the preview images, seeded by train.seed (0 = greedy)")
   events_every_secs: float = key(
-      60.0, "bucket workdirs: least seconds between copies of the TensorBoard events file")
+      60.0, "least seconds between flushes of the TensorBoard events file (bucket workdirs: copies to the bucket)")
   wandb: WandbKeys = key(doc="Weights & Biases logging")
 
 

@@ -9,6 +9,10 @@ Once a staged file passes ROTATE_BYTES it is copied a last time and a new one is
 run never uploads more than that per copy. A local workdir is written in place, as tensorboardX
 always did.
 
+Events are written synchronously (tensorboardX's EventsWriter and summary builders, not its
+SummaryWriter): SummaryWriter hands events to a background thread whose `flush()` does not wait for
+the queue, so a copy taken right after it could miss the last scalars.
+
 Every writer's file gets a name of its own (time, host, process and a random tag), so a resumed run
 (a new process, or a second writer in the same second) adds files beside the earlier runs' instead of
 replacing them; TensorBoard reads all of them as one run.
@@ -41,30 +45,41 @@ class EventFiles:
     self._open()
 
   def _open(self) -> None:
-    from tensorboardX import SummaryWriter
+    from tensorboardX.event_file_writer import EventsWriter
     # One staging subfolder per file: whatever it holds is the one file this writer is writing.
     self._folder = (tempfile.mkdtemp(dir=self._staging) if self.remote else self.workdir)
+    os.makedirs(self._folder, exist_ok=True)
     suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    self._writer = SummaryWriter(self._folder, flush_secs=30, filename_suffix=suffix)
+    self._writer = EventsWriter(os.path.join(self._folder, "events"), suffix)
+
+  def _write(self, step: int, summary) -> None:
+    from tensorboardX.proto import event_pb2
+    self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def scalars(self, step: int, values: dict) -> None:
+    from tensorboardX import summary
     for k, v in values.items():
-      self._writer.add_scalar(k, v, step)
+      self._write(step, summary.scalar(k, float(v)))
 
   def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
     """uint8 [H, W, C], C = 1 or 3."""
-    self._writer.add_image(tag, pixels, step, dataformats="HWC")
+    from tensorboardX import summary
+    self._write(step, summary.image(tag, pixels, dataformats="HWC"))
 
   def text(self, step: int, tag: str, markdown: str) -> None:
-    self._writer.add_text(tag, markdown, step)
+    from tensorboardX import summary
+    self._write(step, summary.text(tag, markdown))
 
   def sync(self, force: bool = False) -> None:
-    """Bucket workdirs: copies the events file out if forced or `every_secs` have passed."""
-    if not self.remote or (not force and time.monotonic() - self._last_sync < self.every_secs):
+    """Flushes the events file; for a bucket workdir, copies it out if forced or `every_secs` have
+    passed."""
+    if not force and time.monotonic() - self._last_sync < self.every_secs:
       return
     self._writer.flush()
-    self._copy_out()
     self._last_sync = time.monotonic()
+    if not self.remote:
+      return
+    self._copy_out()
     if self._staged_bytes() > ROTATE_BYTES:
       self._writer.close()
       self._copy_out()              # the closed file's last records
