@@ -31,9 +31,11 @@ LAYERS = {
     "eval": (8, "benchmark metrics, the class judge, the evaluation report, suites"),
     "convert": (9, "weights in and out: HF LLMs, released image tokenizers"),
     "aot": (9, "the train step compiled ahead of time for TPU slices and GPU hosts"),
-    "": (10, "command lines: python -m synergen_jax.<name>"),
-    "launch": (11, "launch scripts and the sweep driver"),
-    "bench": (11, "benchmarks that print tables"),
+    "serving": (9, "the OpenAI-compatible HTTP server: batching, routes, the playground page"),
+    "planning": (10, "fit and cost planner: memory and step-time models, targets, prices"),
+    "": (11, "command lines: python -m synergen_jax.<name>"),
+    "launch": (12, "launch scripts and the sweep driver"),
+    "bench": (12, "benchmarks that print tables"),
 }
 
 
