@@ -116,6 +116,16 @@ def open_split(directory: str, split: str, mc: ModelConfig) -> PreparedSplit:
                        index["loss_text_len"], index["n_loss_images"])
 
 
+def split_examples(config, split: str) -> int:
+  """Examples in `split` of the prepared data a config reads (config.data.path, or the sum over the
+  components of config.data.mixture): 0 when the split is missing, e.g. a stream prepared without a
+  held-out part."""
+  components = mixture.parse_mixture(config.data)
+  folders = [c.path for c in components] or [config.data.path]
+  metas = [mixture.read_meta(f) for f in folders]
+  return sum(int(m.get("splits", {}).get(split, {}).get("examples", 0)) for m in metas)
+
+
 def example_slots(text_len, n_images, mc: ModelConfig):
   """Slots an example takes: <s> + text + per image (<boi> + windows + <eoi>) + </s>."""
   return 2 + np.asarray(text_len) + np.asarray(n_images) * (mc.windows_per_image + 2)

@@ -13,7 +13,7 @@ from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.prepare.cache import with_prepared_data
-from synergen_jax.data.pipeline import make_iterator
+from synergen_jax.data.pipeline import make_iterator, split_examples
 from synergen_jax.model import accounting
 from synergen_jax.parallel.distributed import barrier, compiled_together
 from synergen_jax.parallel.failure import Preempted, PreemptionNotice, fault_drill
@@ -120,7 +120,13 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
         log(f"train: parameters from {t_cfg.init_from} step {from_step}")
 
     end = t_cfg.steps if stop_after is None else min(t_cfg.steps, start + stop_after)
-    previews = Previews(config, model, mesh)      # images at each held-out pass (train/previews.py)
+    heldout_on = split_examples(config, "eval") > 0
+    if not heldout_on:
+      log(f"train: held-out metrics and previews are off: the prepared data "
+          f"({config.data.path or 'config.data.mixture'}) has no 'eval' split (prepare with "
+          "config.data.eval_path, or a source with a held-out part, to turn them on)")
+    # Images at each held-out pass (train/previews.py); built before the first step.
+    previews = Previews(config, model, mesh) if heldout_on else None
     writer = MetricWriter(workdir, t_cfg.steps, config)
     peak = peak_flops_per_device()
     losses, evaluation = {}, {}
@@ -172,15 +178,23 @@ def _train(config, workdir, stop_after, devices, preemption: PreemptionNotice) -
         writer.progress(step + 1, loss, window["tokens"] / elapsed,
                         elapsed / window["n"] * (end - step - 1))
         window = fresh_window()
-      if (t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0) or step + 1 == t_cfg.steps:
-        evaluation = heldout_metrics(config, model, state["params"], mesh, t_cfg.eval_batches or None)
-        writer.write(step + 1, evaluation)
-        writer.previews(step + 1, previews(state["params"]))   # every process decodes
-        log(f"\ntrain: held-out at step {step + 1}: " +
-              ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
+      # The checkpoint is started before the held-out pass, and an error there waits for it: no
+      # evaluation failure ever costs the run its checkpoint (the final one above all).
       saved = (step + 1) % t_cfg.checkpoint_every == 0 or step + 1 == t_cfg.steps
       if saved:
         checkpoint.save(mngr, step + 1, state, data.get_state())
+      if heldout_on and ((t_cfg.eval_every and (step + 1) % t_cfg.eval_every == 0)
+                         or step + 1 == t_cfg.steps):
+        try:
+          evaluation = heldout_metrics(config, model, state["params"], mesh,
+                                       t_cfg.eval_batches or None)
+          writer.write(step + 1, evaluation)
+          writer.previews(step + 1, previews(state["params"]))   # every process decodes
+        except BaseException:
+          mngr.wait_until_finished()
+          raise
+        log(f"\ntrain: held-out at step {step + 1}: " +
+              ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
       if preemption.reached(step + 1) and step + 1 < t_cfg.steps:
         if not saved:
           checkpoint.save(mngr, step + 1, state, data.get_state(), force=True)

@@ -200,3 +200,43 @@ def test_gradient_accumulation_averages_strided_micro_batches():
   # Data parallel: the gradients' all-reduce is the only collective a step needs.
   moved = [(op, shape) for op, shape, _ in collectives(hlo) if op != "all-reduce"]
   assert not moved, moved
+
+
+def _without_eval_split(tiny_data, folder) -> str:
+  """tiny_data's prepared folder as a stream prepared with no held-out part: meta.json lists no
+  'eval' split (the shards themselves are shared by symlink)."""
+  src = tiny_data["config"].data.path
+  os.makedirs(folder)
+  for name in os.listdir(src):
+    if name != "meta.json":
+      os.symlink(os.path.join(src, name), os.path.join(folder, name))
+  meta = json.load(open(os.path.join(src, "meta.json")))
+  del meta["splits"]["eval"]
+  json.dump(meta, open(os.path.join(folder, "meta.json"), "w"))
+  return str(folder)
+
+
+def test_data_without_a_heldout_split_trains_to_its_final_checkpoint(tiny_data, tmp_path, capsys):
+  config = _config(tiny_data, steps=3, eval_every=1, preview_images=2)
+  config.data.path = _without_eval_split(tiny_data, tmp_path / "stream")
+  result = train(config, str(tmp_path / "run"))
+  assert result["step"] == 3 and result["heldout"] == {}
+  assert "held-out metrics and previews are off" in capsys.readouterr().out
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert not [r for r in rows if "eval/loss/text" in r]
+  assert "3" in os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_an_error_in_the_final_heldout_pass_keeps_the_final_checkpoint(tiny_data, tmp_path,
+                                                                      monkeypatch):
+  from synergen_jax.train import checkpoint, loop
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("held-out pass broke")
+  monkeypatch.setattr(loop, "heldout_metrics", broken)
+  config = _config(tiny_data, steps=2, checkpoint_every=1000)
+  with pytest.raises(RuntimeError, match="held-out pass broke"):
+    train(config, str(tmp_path))
+  mngr = checkpoint.manager(str(tmp_path), config.train)
+  assert mngr.latest_step() == 2
+  mngr.close()
