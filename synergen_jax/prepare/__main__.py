@@ -8,6 +8,7 @@
 
 The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one with
 python -m synergen_jax.train_vq or import a release with python -m synergen_jax.convert.vq_import.
+The config's code grid, codebook size, channels and image size follow it (prepare/image_side.py).
 Every folder may be a bucket path (gs://). Rerunning the same command after a crash writes only
 the unfinished parts. Without --num_shards and
 --shard_index they come from the launcher's environment (`launcher_shard`): every process prepares
@@ -25,6 +26,7 @@ from absl import app, flags, logging
 from synergen_jax.core import cli, storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.data.inputs import launcher_shard
+from synergen_jax.prepare import image_side
 from synergen_jax.prepare.writer import merge_only, prepare
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
@@ -53,6 +55,8 @@ def main(argv):
                      ("config.data.tokenizer", config.data.tokenizer)):
     if path:
       storage.check_reachable(path, what)          # a missing bucket: one error, before any work
+  for line in image_side.follow(config, cli.overrides(), vq_workdir):
+    print(f"prepare: {line}", flush=True)
   vq = ImageTokenizer.load(vq_workdir, config.vq.encode_batch, devices=jax.local_devices())
   if FLAGS.merge:
     meta = merge_only(config, FLAGS.out, vq)

@@ -1,7 +1,8 @@
 """python -m synergen_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]
 
 Prepares the configured dataset on first use (training the image tokenizer if needed) into a cache,
-then trains; rerunning the same command resumes from DIR's latest complete checkpoint. Started as
+then trains (the config's image side follows the image tokenizer or prepared data it names:
+prepare/image_side.py); rerunning the same command resumes from DIR's latest complete checkpoint. Started as
 one of several processes (SYNERGEN_* variables, see parallel/distributed.py; launch/*.sh set them),
 it joins them first: every process reads its own data shards and only process 0 logs.
 
@@ -16,6 +17,7 @@ from absl import app, flags, logging
 from synergen_jax.core import cli
 from synergen_jax.parallel import failure
 from synergen_jax.parallel.distributed import initialize_from_env
+from synergen_jax.prepare import image_side
 from synergen_jax.train.loop import log, train
 
 cli.define_config_flag()
@@ -28,6 +30,9 @@ def main(argv):
   initialize_from_env()                    # one of several processes: join them before any JAX call
   watchdog = failure.Watchdog()            # another process's failure stops this one too
   try:
+    # The image side (code grid, codebook, channels) comes from the run's image tokenizer or data.
+    for line in image_side.follow(flags.FLAGS.config, cli.overrides()):
+      log(f"train: {line}")
     result = train(flags.FLAGS.config, flags.FLAGS.workdir)
   except failure.Preempted:
     watchdog.stop()

@@ -91,18 +91,8 @@ class ImageTokenizer:
   @classmethod
   def load(cls, workdir: str, batch_size: int = 256, devices=None) -> "ImageTokenizer":
     """Rebuilds the model from `vq_config.json` and restores the latest Orbax checkpoint."""
-    config_file = storage.path(workdir, "image tokenizer workdir") / "vq_config.json"
-    if not config_file.exists():
-      raise DataError(f"no image tokenizer in {workdir} (missing vq_config.json); train one with "
-                      "python -m synergen_jax.train_vq --config ... --workdir " + workdir + " or "
-                      "import a release with python -m synergen_jax.convert.vq_import --hf_dir ...")
-    meta = json.loads(config_file.read_text())
-    name = meta.get("family", "synergen")
-    if name not in FAMILIES:
-      raise DataError(f"{config_file}: family {name!r} is unknown; known: {sorted(FAMILIES)}")
+    name, config, image_size, meta = _read_config(workdir)
     family = FAMILIES[name]
-    config = family.config_from_json(meta)
-    image_size = meta.get("image_size", config.image_size)
     manager = ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints")
     step = manager.latest_step()
     if step is None:
@@ -146,6 +136,29 @@ class ImageTokenizer:
       raise DataError(f"ImageTokenizer.decode: got code grids {codes.shape[1:]}, expects "
                       f"{(self.grid, self.grid)}")
     return self._batched(self._decode, codes)
+
+
+def _read_config(workdir: str):
+  """(family name, family config, image size, vq_config.json dict) of an image tokenizer workdir."""
+  config_file = storage.path(workdir, "image tokenizer workdir") / "vq_config.json"
+  if not config_file.exists():
+    raise DataError(f"no image tokenizer in {workdir} (missing vq_config.json); train one with "
+                    "python -m synergen_jax.train_vq --config ... --workdir " + workdir + " or "
+                    "import a release with python -m synergen_jax.convert.vq_import --hf_dir ...")
+  meta = json.loads(config_file.read_text())
+  name = meta.get("family", "synergen")
+  if name not in FAMILIES:
+    raise DataError(f"{config_file}: family {name!r} is unknown; known: {sorted(FAMILIES)}")
+  config = FAMILIES[name].config_from_json(meta)
+  return name, config, meta.get("image_size", config.image_size), meta
+
+
+def describe(workdir: str) -> dict:
+  """What a model needs to know of an image tokenizer, read from its vq_config.json alone (no
+  weights): {"image_size", "grid", "codebook_size", "channels", "family"}."""
+  name, config, image_size, _ = _read_config(workdir)
+  return dict(family=name, image_size=int(image_size), grid=int(image_size // config.downsample),
+              codebook_size=int(config.codebook_size), channels=int(config.channels))
 
 
 def abstract_params(family: str, config):
