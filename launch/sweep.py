@@ -5,7 +5,9 @@ then aggregates DIR/summary.csv and DIR/summary.png.
       [--config configs/demo.py[:arg]] [--config.train.steps=...]
 
 A sweep file's get_sweep(arg) returns `config` (a config file), `points` (name, the config's
-get_config argument, dotted `overrides`) and `evaluate` (the evaluation's settings). `--config`
+get_config argument, dotted `overrides`) and `evaluate`: the class report's settings (count,
+per_class, cfg_scale, top_k), or `suites` (a list of {suite, data, and for coco_fid reference and
+inception_weights}) with cfg_scale and top_k, each run as `python -m synergen_jax.evaluate --suite`. `--config`
 replaces the sweep's config file (its argument is merged with each point's), and `--config.a.b=v`
 overrides apply to every point before the point's own overrides. Locally each
 point trains into DIR/<name> (rerunning resumes; a finished point is not retrained) and is
@@ -52,10 +54,15 @@ def point_config(sweep, point):
 def commands(sweep, point, workdir: str) -> list[str]:
   flags_ = " ".join(f"--config.{k}={v}" for k, v in point["overrides"].items())
   e = sweep.evaluate
-  return [f"python -m synergen_jax.train --config {point_spec(sweep, point)} --workdir "
-          f"{workdir} {flags_}".strip(),
-          f"python -m synergen_jax.evaluate --workdir {workdir} --count {e['count']} "
-          f"--per_class {e['per_class']} --cfg {e['cfg_scale']} --top_k {e['top_k']}"]
+  train = (f"python -m synergen_jax.train --config {point_spec(sweep, point)} --workdir "
+           f"{workdir} {flags_}".strip())
+  if "suites" in e:
+    return [train] + [
+        f"python -m synergen_jax.evaluate --workdir {workdir} --suite {s['suite']} --data {s['data']}"
+        + "".join(f" --{k} {s[k]}" for k in ("reference", "inception_weights") if k in s)
+        + f" --cfg {e['cfg_scale']} --top_k {e['top_k']}" for s in e["suites"]]
+  return [train, f"python -m synergen_jax.evaluate --workdir {workdir} --count {e['count']} "
+                 f"--per_class {e['per_class']} --cfg {e['cfg_scale']} --top_k {e['top_k']}"]
 
 
 def run_point(sweep, point, workdir: str) -> None:
@@ -65,12 +72,38 @@ def run_point(sweep, point, workdir: str) -> None:
 
   train(point_config(sweep, point), workdir)
   e = sweep.evaluate
-  evaluate_workdir(workdir, count=e["count"], per_class=e["per_class"], cfg_scale=e["cfg_scale"],
-                   sampling=Sampling(top_k=e["top_k"]))
+  if "suites" not in e:
+    evaluate_workdir(workdir, count=e["count"], per_class=e["per_class"], cfg_scale=e["cfg_scale"],
+                     sampling=Sampling(top_k=e["top_k"]))
+    return
+  from synergen_jax.eval import suites
+  from synergen_jax.infer.jobs import JobSettings
+  settings = JobSettings(cfg_scale=e["cfg_scale"], sampling=Sampling(top_k=e["top_k"]))
+  out = os.path.join(workdir, "eval.json")
+  for s in e["suites"]:
+    if s["suite"] == "coco_fid":
+      result = suites.coco_fid(workdir, s["data"], s["reference"], s["inception_weights"], settings)
+    else:
+      result = getattr(suites, s["suite"])(workdir, s["data"], settings)
+    suites.merge_into(out, s["suite"], result)
 
 
-def summary_row(name: str, workdir: str) -> dict | None:
-  """One CSV row from a finished point's metrics.jsonl, config.json and eval.json (None if missing)."""
+# Suite numbers that describe the run rather than the model: left out of the summary.
+NOT_SCORES = ("step", "images", "images_per_second", "answers_per_second", "captions_per_second")
+
+
+def suite_scores(report: dict, names) -> dict | None:
+  """{"<suite>/<score>": value} of every numeric top-level score of the named suites in eval.json;
+  None while a suite has not run."""
+  if not all(n in report for n in names):
+    return None
+  return {f"{n}/{k}": v for n in names for k, v in report[n].items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_SCORES}
+
+
+def summary_row(name: str, workdir: str, suites=()) -> dict | None:
+  """One CSV row from a finished point's metrics.jsonl, config.json and eval.json (None if missing):
+  the class report's numbers, or with `suites` (names) those suites' scores."""
   paths = [os.path.join(workdir, f) for f in ("metrics.jsonl", "config.json", "eval.json")]
   if not all(os.path.exists(p) for p in paths):
     return None
@@ -79,19 +112,24 @@ def summary_row(name: str, workdir: str) -> dict | None:
   timed = train_rows[1:] or train_rows           # the first window includes compilation
   config, report = json.load(open(paths[1])), json.load(open(paths[2]))
   last = train_rows[-1]
-  u, g = report["understanding"], report.get("generation", {})
   mean = lambda k: sum(r[k] for r in timed) / len(timed)
-  return dict(point=name, fold="x".join(map(str, config["model"]["fold"])), steps=last["step"],
-              final_loss=last["loss"], loss_text=last["loss/text"], loss_image=last["loss/image"],
-              examples_per_sec=mean("examples_per_sec"), tokens_per_sec=mean("tokens_per_sec"),
-              caption_accuracy=u.get("caption_accuracy"), zero_shot_accuracy=u.get("zero_shot_accuracy"),
+  row = dict(point=name, fold="x".join(map(str, config["model"]["fold"])), steps=last["step"],
+             final_loss=last["loss"], loss_text=last["loss/text"], loss_image=last["loss/image"],
+             examples_per_sec=mean("examples_per_sec"), tokens_per_sec=mean("tokens_per_sec"))
+  if suites:
+    scores = suite_scores(report, suites)
+    return None if scores is None else {**row, **scores}
+  u, g = report["understanding"], report.get("generation", {})
+  return dict(row, caption_accuracy=u.get("caption_accuracy"),
+              zero_shot_accuracy=u.get("zero_shot_accuracy"),
               prompt_accuracy=g.get("prompt_accuracy"), frechet_distance=g.get("frechet_distance"),
               eval_images=report["eval_images"], seed=report["seed"])
 
 
 def write_summary(rows: list[dict], directory: str) -> None:
+  columns = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
   with open(os.path.join(directory, "summary.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS)
+    writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
   import matplotlib
@@ -104,12 +142,16 @@ def write_summary(rows: list[dict], directory: str) -> None:
   for key in ("final_loss", "loss_text", "loss_image"):
     axes[1].plot(labels, [r[key] for r in rows], marker="o", label=key)
   axes[1].set_title("final training loss")
-  for key in ("caption_accuracy", "zero_shot_accuracy", "prompt_accuracy"):
-    values = [r[key] for r in rows]
+  scores = [k for k in rows[0] if "/" in k and "fid" not in k]    # suites: accuracies, CIDEr...
+  for key in scores or ("caption_accuracy", "zero_shot_accuracy", "prompt_accuracy"):
+    values = [r.get(key) for r in rows]
     if all(v is not None for v in values):
       axes[2].plot(labels, values, marker="o", label=key)
-  axes[2].set_title(f"evaluation ({rows[0]['eval_images']} held-out, seed {rows[0]['seed']})")
-  axes[2].set_ylim(0, 1)
+  if scores:
+    axes[2].set_title("benchmark suites")
+  else:
+    axes[2].set_title(f"evaluation ({rows[0]['eval_images']} held-out, seed {rows[0]['seed']})")
+    axes[2].set_ylim(0, 1)
   for ax in axes:
     ax.set_xlabel("fold ratio")
   for ax in axes[1:]:
@@ -122,6 +164,7 @@ def write_summary(rows: list[dict], directory: str) -> None:
 def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_only: bool = False,
                config: str | None = None, overrides: dict | None = None):
   sweep = load_sweep(spec, config, overrides)
+  names = [s["suite"] for s in sweep.evaluate.get("suites", ())]
   os.makedirs(directory, exist_ok=True)
   rows = []
   for point in sweep.points:
@@ -129,10 +172,10 @@ def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_on
     if print_only:
       print("\n".join(commands(sweep, point, workdir)))
       continue
-    if not summarize_only and summary_row(point["name"], workdir) is None:
+    if not summarize_only and summary_row(point["name"], workdir, names) is None:
       print(f"sweep: {point['name']} -> {workdir}", flush=True)
       run_point(sweep, point, workdir)
-    row = summary_row(point["name"], workdir)
+    row = summary_row(point["name"], workdir, names)
     if row is None:
       print(f"sweep: {point['name']} has not finished; left out of the summary", flush=True)
     else:

@@ -69,3 +69,62 @@ def test_bad_override_names_the_point(tmp_path):
   point = dict(sweep.points[0], overrides={"train.stepz": 3})
   with pytest.raises(Exception, match="fold_1x1: override train.stepz"):
     sweep_cli.point_config(sweep, point)
+
+
+def test_ablation_sweeps_load_on_the_qwen2_config_with_stage_and_tiles():
+  """The fold-ratio sweep on the ablation config (it once failed: 'unknown config argument stage')
+  and Tab. 6; their runlocal variants are the config's tiny stand-in on MNIST-5k."""
+  folds = sweep_cli.load_sweep(os.path.join(ROOT, "configs/sweeps/fold_ratio.py:model=ablation"))
+  for p in folds.points:
+    config = sweep_cli.point_config(folds, p)
+    assert config.model.num_layers == 24 and config.stage == "sft"
+    assert tuple(config.model.fold) == tuple(int(x) for x in p["name"][5:].split("x"))
+  tab6 = sweep_cli.load_sweep(os.path.join(ROOT, "configs/sweeps/token_folding.py"))
+  slots = {}
+  for p in tab6.points:
+    c = sweep_cli.point_config(tab6, p)
+    (gh, gw), (fh, fw) = c.model.code_grid, c.model.fold
+    tiles = c.data.max_tiles + (1 if c.data.thumbnail and c.data.max_tiles > 1 else 0)
+    slots[p["name"]] = tiles * (gh // fh) * (gw // fw)
+  assert slots == {"nofold_256": 1024, "fold_2x4_dynamic": 1024}   # equal length per image
+  for spec in ("fold_ratio.py:model=ablation,runlocal", "token_folding.py:runlocal"):
+    small = sweep_cli.load_sweep(os.path.join(ROOT, "configs/sweeps", spec))
+    for p in small.points:
+      c = sweep_cli.point_config(small, p)
+      assert c.model.num_layers == 2 and c.data.name == "mnist5k" and "suites" not in small.evaluate
+  with pytest.raises(Exception, match="model='llama'; choose demo or ablation"):
+    sweep_cli.load_sweep(os.path.join(ROOT, "configs/sweeps/fold_ratio.py:model=llama"))
+
+
+def test_suite_evaluated_points_print_suite_commands_and_finish_only_with_every_suite(tmp_path,
+                                                                                    capsys):
+  spec = os.path.join(ROOT, "configs/sweeps/token_folding.py:bench=gs://b/bench")
+  sweep_cli.sweep_main(spec, str(tmp_path), print_only=True)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2 * 4
+  assert lines[0].startswith("python -m synergen_jax.train --config "
+                             "configs/qwen2_0p5b_ablation.py:fold=1x1,tiles=1,stage=1")
+  assert lines[3] == (f"python -m synergen_jax.evaluate --workdir {tmp_path}/nofold_256 --suite "
+                      "coco_fid --data gs://b/bench/coco_prompts.jsonl --reference "
+                      "gs://b/bench/coco_ref.npz --inception_weights gs://b/bench/pt_inception.pth "
+                      "--cfg 3.0 --top_k 0")
+  # A point is summarised once every suite has written its scores into eval.json.
+  point = tmp_path / "p"
+  point.mkdir()
+  (point / "metrics.jsonl").write_text("".join(json.dumps(
+      {"step": s, "loss": 2.0 / s, "loss/text": 1.0, "loss/image": 1.0, "examples_per_sec": 10.0 * s,
+       "tokens_per_sec": 100.0 * s}) + "\n" for s in (1, 2, 3)))
+  (point / "config.json").write_text(json.dumps({"model": {"fold": [2, 4]}}))
+  report = {"caption": {"cider": 0.4, "step": 3, "captions_per_second": 9.0}}
+  (point / "eval.json").write_text(json.dumps(report))
+  names = ("caption", "vqa")
+  assert sweep_cli.summary_row("p", str(point), names) is None
+  report["vqa"] = {"accuracy": 0.25, "answers_per_second": 3.0, "data": "v.jsonl"}
+  (point / "eval.json").write_text(json.dumps(report))
+  row = sweep_cli.summary_row("p", str(point), names)
+  assert row["caption/cider"] == 0.4 and row["vqa/accuracy"] == 0.25 and row["fold"] == "2x4"
+  assert "caption/step" not in row and "vqa/answers_per_second" not in row
+  assert row["examples_per_sec"] == 25.0 and row["final_loss"] == 2.0 / 3    # steps 2-3 timed
+  sweep_cli.write_summary([row], str(tmp_path))
+  (written,) = csv.DictReader(open(tmp_path / "summary.csv"))
+  assert float(written["caption/cider"]) == 0.4 and float(written["vqa/accuracy"]) == 0.25
