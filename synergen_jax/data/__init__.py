@@ -8,7 +8,9 @@ Reading raw inputs:
   inputs.py     config.data -> input shards (one per file, or runs of a split), per process
   decoding.py   raw items -> pixels at the tokenizer's size, in worker processes, in order
   images.py     decode, fit to the tokenizer's size, InternVL dynamic-resolution tiles, PNG grids
-  tokenizers.py SentencePiece + special pieces (train on captions or load a .model)
+  tokenizers.py text tokenizers: one interface, special pieces; SentencePiece (train or load)
+  bpe.py        tokenizer.json releases (Qwen2, Llama 3) through HF tokenizers
+  url_fetch.py  interleaved documents' image URLs fetched before prepare (resumable)
   jsonl.py      JSONL files read line by line, errors naming file:line
 Token examples and batches:
   layout.py     example parts -> slots (sequence format, target shift, loss weights), packing

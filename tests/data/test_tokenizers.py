@@ -1,4 +1,4 @@
-"""SentencePiece text tokenizer with the sequence format's special pieces."""
+"""SentencePiece text tokenizer with the sequence format's special pieces (tokenizer.json: test_bpe.py)."""
 
 import io
 import json
@@ -8,14 +8,15 @@ import sentencepiece as spm
 
 from synergen_jax.data import sources
 from synergen_jax.core.errors import DataError
-from synergen_jax.data.tokenizers import SPECIAL_PIECES, TextTokenizer, rewrite_pieces, train_sentencepiece
+from synergen_jax.data.tokenizers import (SPECIAL_PIECES, SentencePieceTokenizer, TextTokenizer,
+                                          rewrite_pieces, train_sentencepiece)
 
 CAPTIONS = [sources.class_caption(sources.DIGIT_NAMES, i % 10, i) for i in range(300)]
 
 
 @pytest.fixture(scope="module")
 def trained():
-  return TextTokenizer(train_sentencepiece(CAPTIONS, 128, reserved=4,
+  return SentencePieceTokenizer(train_sentencepiece(CAPTIONS, 128, reserved=4,
                                            seed_sentences=["Generate an image of:", "Here is a random image"]), reserved=4)
 
 
@@ -50,7 +51,7 @@ def test_load_from_file_keeps_ids_and_fingerprint(trained, tmp_path):
 def test_trained_model_is_used_as_it_is(trained):
   """A model made for the format (the demo's) keeps its bytes: nothing reused, appended or renamed,
   and no chat pieces it does not have."""
-  again = TextTokenizer(trained.proto, reserved=4)
+  again = SentencePieceTokenizer(trained.proto, reserved=4)
   assert again.proto == trained.proto and again.reused == {} and again.appended == []
   assert "<|im_start|>" not in trained.pieces and trained.vocab_size == trained.sp.get_piece_size()
 
@@ -72,7 +73,7 @@ def test_foreign_model_gets_missing_pieces_appended():
   pieces follow it, and are pieces of the model it writes (so that model loads back alone)."""
   proto = stock_model()
   sp = spm.SentencePieceProcessor(model_proto=proto)
-  tok = TextTokenizer(proto, reserved=2)
+  tok = SentencePieceTokenizer(proto, reserved=2)
   size = sp.get_piece_size()
   assert tok.special.bos == sp.bos_id() and tok.special.eos == sp.eos_id()
   assert tok.appended == ["<pad>", "<boi>", "<eoi>", "<UNCOND>", "<extra_0>", "<extra_1>",
@@ -86,7 +87,7 @@ def test_foreign_model_gets_missing_pieces_appended():
   written = spm.SentencePieceProcessor(model_proto=tok.proto)
   assert [written.id_to_piece(i) for i in range(size)] == [sp.id_to_piece(i) for i in range(size)]
   assert [written.id_to_piece(size + i) for i in range(8)] == tok.appended
-  again = TextTokenizer(tok.proto, reserved=2)
+  again = SentencePieceTokenizer(tok.proto, reserved=2)
   assert (again.fingerprint, again.special, again.pieces) == (tok.fingerprint, tok.special, tok.pieces)
 
 
@@ -149,16 +150,16 @@ def test_too_few_unused_tokens_append_the_rest(tmp_path):
   assert tok.appended == ["<UNCOND>", "<extra_0>", "<extra_1>"]
   assert (tok.special.uncond, tok.pieces["<extra_1>"]) == (size, size + 2)
   assert tok.vocab_size == size + 3 and tok.release_size == size
-  alone = TextTokenizer(tok.proto, reserved=2)
+  alone = SentencePieceTokenizer(tok.proto, reserved=2)
   assert (alone.fingerprint, alone.pieces) == (tok.fingerprint, tok.pieces)
 
 
 @pytest.mark.parametrize("unused", ["<|reserved_special_token_{}|>", "<unused{}>", "[unused{}]"])
 def test_other_releases_unused_names_are_reused(unused):
   proto = release_model([unused.format(i) for i in range(12)])
-  tok = TextTokenizer(proto, reserved=4)
+  tok = SentencePieceTokenizer(proto, reserved=4)
   assert tok.appended == [] and len(tok.reused) == 10    # 8 named pieces + the two chat pieces
-  assert TextTokenizer(proto, reserved=4, unused="").reused == {}   # the pattern is a parameter
+  assert SentencePieceTokenizer(proto, reserved=4, unused="").reused == {}   # the pattern is a parameter
 
 
 def test_added_tokens_after_the_model_keep_their_ids(tmp_path):
@@ -177,10 +178,22 @@ def test_added_tokens_after_the_model_keep_their_ids(tmp_path):
     TextTokenizer.load(str(tmp_path / "tokenizer.model"))
 
 
-def test_hf_folder_without_sentencepiece_is_an_error(tmp_path):
+def test_folder_without_a_tokenizer_is_an_error(tmp_path):
   (tmp_path / "tokenizer_config.json").write_text("{}")
-  with pytest.raises(DataError, match="no SentencePiece tokenizer.model"):
+  with pytest.raises(DataError, match="neither tokenizer.model .SentencePiece. nor tokenizer.json"):
     TextTokenizer.load(str(tmp_path))
+
+
+def test_saved_folder_loads_back_and_replaces_another_backend(trained, tmp_path):
+  """save() writes what the folder loads back from, and removes a stale tokenizer.json /
+  tokenizer_config.json there (prepare reusing an output folder), which would otherwise be read."""
+  (tmp_path / "tokenizer.json").write_text("{}")
+  (tmp_path / "tokenizer_config.json").write_text('{"added_tokens_decoder": {"5": {"content": "x"}}}')
+  trained.save(str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.model"]
+  again = TextTokenizer.load(str(tmp_path), reserved=4)
+  assert (again.fingerprint, again.pieces, again.backend) == (trained.fingerprint, trained.pieces,
+                                                              "sentencepiece")
 
 
 def test_empty_corpus_is_an_error():

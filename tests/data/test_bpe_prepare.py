@@ -1,0 +1,64 @@
+"""The paper's ablation config (Qwen2-0.5B, configs/qwen2_0p5b_ablation.py) prepares a tiny webdataset
+with a BPE tokenizer.json folder: ids from the release, the folder it writes loads back alone."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+from grain.sources import ArrayRecordDataSource
+from PIL import Image as PILImage
+
+from helpers import config_path
+from synergen_jax.core.config import load_config
+from synergen_jax.data.records import TASK_IDS, decode_record
+from synergen_jax.data.tokenizers import TextTokenizer
+from synergen_jax.prepare.writer import prepare
+from test_bpe import QWEN_ADDED, byte_level_bpe, write_release
+
+
+def _png(seed):
+  pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  PILImage.fromarray(pixels).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def test_ablation_config_prepares_with_a_bpe_folder(tiny_data, tmp_path):
+  release = write_release(tmp_path / "qwen2", byte_level_bpe(QWEN_ADDED), bos_token=None,
+                          eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+  with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+    for k in range(6):
+      for name, data in ((f"{k:05d}.png", _png(k)), (f"{k:05d}.txt", f"a noise number {k}".encode())):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  config = load_config(config_path("qwen2_0p5b_ablation.py"))
+  vq = tiny_data["image_tokenizer"]
+  config.model.update(code_grid=(vq.grid, vq.grid), codebook_size=vq.codebook_size)   # the tiny
+  config.vq.channels = vq.channels                                                    # stand-in's
+  config.data.update(name="webdataset", path=str(tmp_path / "00000.tar"), tokenizer=release,
+                     eval_count=0)
+  config.data.tasks.update(caption=1.0, generation=1.0, interleaved=0.0)
+  out = str(tmp_path / "out")
+  meta = prepare(config, out, vq)
+
+  tok = TextTokenizer.load(release, config.data.reserved_tokens)
+  assert sorted(f for f in os.listdir(out) if f.startswith("tokenizer")) == [
+      "tokenizer.json", "tokenizer_config.json"]
+  saved = TextTokenizer.load(out, config.data.reserved_tokens)
+  assert meta["text_tokenizer"] == tok.fingerprint == saved.fingerprint
+  assert meta["special"] == tok.meta()["special"] and meta["text_vocab"] == tok.vocab_size
+  records = [decode_record(r) for r in ArrayRecordDataSource(
+      [os.path.join(out, f) for f in meta["splits"]["train"]["shards"]])]
+  assert len(records) == 12
+  for r in records:
+    text = list(r["text"])
+    caption = tok.encode(r["caption"])
+    if r["task"] == TASK_IDS["caption"]:        # [image] prompt caption: the caption is the loss
+      assert text == tok.encode(config.data.caption_prompt) + caption
+    else:                                        # prompt [image], or the <UNCOND> one
+      assert text in (tok.encode(config.data.generation_prompt) + caption,
+                      tok.encode(config.data.uncond_prompt))
+  uncond = tok.encode(config.data.uncond_prompt)
+  assert uncond.count(tok.special.uncond) == 1 and tok.special.uncond >= tok.release_size
