@@ -108,6 +108,9 @@ class DataKeys:
   name: str = key("mnist5k", "raw source: an embedded dataset, tfds:NAME, jsonl or a web format")
   path: str | None = key(None, "prepared data folder (or raw input files, by name); None = the cache")
   eval_path: str | None = key(None, "held-out raw input files of the same format as path")
+  code_cache: str | None = key(
+      None, "folder (or gs:// path) of image codes shared by prepares: each tile is encoded once "
+      "per image tokenizer, so later stages encode only new tiles (prepare/code_cache.py)")
   image_root: str | None = key(None, "folder relative image paths resolve against (default: the record's)")
   cache_dir: str | None = key(None, "root of the data cache (default $SYNERGEN_CACHE, ~/.cache/synergen_jax)")
   tokenizer: str | None = key(None, "text tokenizer folder or .model (None = train SentencePiece)")

@@ -36,7 +36,7 @@ from synergen_jax.vq.tokenizer import ImageTokenizer
 def cache_key(config) -> str:
   d = json.loads(config.data.to_json_best_effort())
   for knob in ("path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch", "packing_bins",
-               "shards"):
+               "shards", "code_cache"):
     d.pop(knob, None)
   v = json.loads(config.vq.to_json_best_effort())
   v.pop("workdir", None)

@@ -109,7 +109,7 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
                     "for their shards (or wait for the processes writing them), then merge")
   splits, skipped, dropped = {}, collections.Counter(), collections.Counter()
   where = collections.defaultdict(list)     # a few skipped records by name, to go and look at
-  raw = 0
+  raw, tiles = 0, collections.Counter()
   for split in ("train", "eval"):
     mine = [s for s in shards if s.split == split]
     index = collections.defaultdict(list)
@@ -121,6 +121,7 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
       for reason, names in part.get("skipped_where", {}).items():
         where[reason] += names[:max(0, WHERE_PER_REASON - len(where[reason]))]
       raw += part["raw_items"]
+      tiles.update(encoded=part.get("tiles_encoded", 0), reused=part.get("tiles_reused", 0))
       entry["records"] += part["records"]
       for task, n in part["tasks"].items():
         entry["tasks"][task] += n
@@ -139,7 +140,8 @@ def merge(out_dir: str, shards: Sequence[InputShard], key: str, meta: dict) -> d
   meta = dict(meta, splits=splits, skipped=dict(sorted(skipped.items())),
               skipped_total=int(sum(skipped.values())), skipped_where=dict(sorted(where.items())),
               dropped_images=dict(sorted(dropped.items())),
-              parts=len(shards), prepare_key=key)
+              parts=len(shards), prepare_key=key,
+              tiles={"encoded": tiles["encoded"], "reused": tiles["reused"]})
   meta["raw_records"] = meta.get("raw_records") or raw
   write_json(os.path.join(out_dir, "meta.json"), meta)
   return meta

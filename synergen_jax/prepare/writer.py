@@ -4,10 +4,12 @@
   1. the input shards (data/inputs.py): one per file of a web-scale format, or runs of a
      random-access source's seeded train/eval split; this process takes its share
      (`num_shards`, `shard_index`);
-  2. the text tokenizer: config.data.tokenizer, else SentencePiece trained on the first
-     TOKENIZER_SAMPLE training texts (deterministic, so every process trains the same one);
+  2. the text tokenizer: config.data.tokenizer (SentencePiece or a tokenizer.json folder), else
+     SentencePiece trained on the first TOKENIZER_SAMPLE training texts (deterministic, so every
+     process trains the same one); saved into the output folder, which loads back alone;
   3. per shard, streaming: items are decoded in worker processes (data/decoding.py), `in_flight` at
-     a time are encoded with the image tokenizer (batched over every local device) and become
+     a time are encoded with the image tokenizer (batched over every local device; tiles that
+     earlier prepares encoded come from config.data.code_cache, prepare/code_cache.py) and become
      examples, written into the shard's part (prepare/parts.py) under a temporary name. Pairs get the
      task mix of config.data.tasks:
        caption      [tiles...] prompt caption*          (loss on the caption)
@@ -42,6 +44,7 @@ from array_record.python import array_record_module
 from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.prepare import parts as parts_lib
+from synergen_jax.prepare.code_cache import ShardCodes
 from synergen_jax.data.decoding import (DecodedDocument, DecodedImage, DecodedPair, FitSettings,
                                         decode_pool, decode_stream)
 from synergen_jax.data.documents import Document, InputShard, Skipped, TextSpan
@@ -50,14 +53,15 @@ from synergen_jax.data.inputs import Inputs, assigned, open_inputs
 from synergen_jax.data.layout import Image, Text
 from synergen_jax.data.records import FORMAT_VERSION, TASK_IDS, encode_record
 from synergen_jax.data.sources import RawExample
-from synergen_jax.data.tokenizers import TextTokenizer, train_sentencepiece
+from synergen_jax.data.tokenizers import (SentencePieceTokenizer, TextTokenizer, saved_tokenizer,
+                                          train_sentencepiece)
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
 TOKENIZER_SAMPLE = 1_000_000        # texts SentencePiece is trained on when no tokenizer is given
 SPLIT_IDS = dict(train=0, eval=1)
 # Settings that change how examples are packed or read, not what prepare writes.
 READ_ONLY_KNOBS = ("path", "eval_path", "cache_dir", "seq_len", "too_long", "num_workers", "prefetch",
-                   "packing_bins", "shards", "mixture")
+                   "packing_bins", "shards", "mixture", "code_cache")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,29 +91,28 @@ def training_texts(shards: Iterable[InputShard], limit: int = TOKENIZER_SAMPLE) 
 
 
 def text_tokenizer(config, inputs: Inputs, out_dir: str) -> TextTokenizer:
-  """config.data.tokenizer, else the one trained earlier into out_dir, else trained now."""
+  """config.data.tokenizer (a SentencePiece model or a tokenizer.json folder), else the one trained
+  earlier into out_dir, else trained now; saved into out_dir (tok.save), which loads back alone."""
   d = config.data
-  saved = os.path.join(out_dir, "tokenizer.model")
   if d.tokenizer:
     tok = TextTokenizer.load(d.tokenizer, d.reserved_tokens)
-  elif storage.path(saved).exists():
-    tok = TextTokenizer.load(saved, d.reserved_tokens)
+  elif saved_tokenizer(out_dir):
+    tok = TextTokenizer.load(out_dir, d.reserved_tokens)
   else:
     texts = training_texts(inputs.shards)
     if not texts:
       raise DataError(f"{inputs.name}: no training text to train the text tokenizer on; set "
-                      "config.data.tokenizer to a SentencePiece model")
+                      "config.data.tokenizer to a SentencePiece model or a tokenizer.json folder")
     prompts = [d.caption_prompt, d.generation_prompt, d.uncond_prompt.replace("<UNCOND>", "")]
     # Conversations need the chat template's pieces as single ids; other data keeps the demo's model.
-    tok = TextTokenizer(train_sentencepiece(texts, config.model.text_vocab, d.reserved_tokens,
-                                            seed_sentences=prompts, chat=d.name == "chat"),
-                        d.reserved_tokens)
+    tok = SentencePieceTokenizer(train_sentencepiece(texts, config.model.text_vocab, d.reserved_tokens,
+                                                     seed_sentences=prompts, chat=d.name == "chat"),
+                                 d.reserved_tokens)
   if tok.vocab_size > config.model.text_vocab:
     raise DataError(f"text tokenizer has {tok.vocab_size} ids (with appended special pieces) but "
                     f"config.model.text_vocab={config.model.text_vocab}; raise text_vocab to at least "
                     f"{tok.vocab_size}")
-  if not storage.path(saved).exists():
-    storage.write_bytes(saved, tok.proto)
+  tok.save(out_dir)
   return tok
 
 
@@ -229,6 +232,7 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
       for stale in glob.glob(glob.escape(parts_lib.part_path(out_dir, shard, suffix)) + ".tmp*"):
         os.remove(stale)
   prompts, out = _Prompts(tok, d), _PartWriter(out_dir, shard)
+  cache = ShardCodes(d.code_cache, vq.fingerprint, shard)   # tiles encoded by earlier prepares
   index_of = (shard.source_indices.__getitem__ if shard.source_indices is not None else int)
   keyed = ((f"{shard.split}/{shard.name}/{j}", item) for j, item in enumerate(shard.read()))
   decoded = decode_stream(keyed, settings, pool, in_flight=d.in_flight)
@@ -250,7 +254,7 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
         pixels += [item.gen] + (item.tiles if d.max_tiles > 1 else [])
       else:
         pixels += [p for span in item.spans if isinstance(span, DecodedImage) for p in span.pixels]
-    codes = iter(vq.encode(np.stack(pixels)) if pixels else ())
+    codes = iter(cache.encode(vq, pixels) if pixels else ())
     pairs, pair_at, gen_codes, tile_codes = [], [], [], []
     for j, item in kept:
       records += 1
@@ -265,8 +269,10 @@ def write_part(shard: InputShard, config, tok: TextTokenizer, vq: ImageTokenizer
     for parts, k, task in pair_examples(pairs, gen_codes, tile_codes, tok, prompts, d, rng):
       out.write(parts, label=pairs[k].label, source_index=index_of(pair_at[k]), task=task,
                 caption=pairs[k].caption)
+  cache.save()
   return out.finish(dict(key=key, records=records, raw_items=raw, skipped=dict(skipped),
                          skipped_where=dict(where), dropped_images=dict(dropped),
+                         tiles_encoded=cache.encoded, tiles_reused=cache.reused,
                          seconds=round(time.time() - t0, 2)))
 
 
@@ -306,7 +312,8 @@ def prepare(config, out_dir: str, image_tokenizer: ImageTokenizer, *, workers: i
       if log:
         log(f"prepare: {shard.split}-{shard.name} ({n + 1}/{len(todo)} to write, {len(mine)} "
             f"here): {part['examples']} examples from {part['records']} records, skipped "
-            f"{part['skipped']}")
+            f"{part['skipped']}, tiles encoded {part['tiles_encoded']} (cached: "
+            f"{part['tiles_reused']})")
   if any(parts_lib.read_part(out_dir, s, key) is None for s in inputs.shards):
     return None
   return merge(config, out_dir, inputs, tok, vq, key, seconds=time.time() - t0)
