@@ -9,7 +9,8 @@
 # PREEMPT_NOTICE (300: seconds before the time limit at which Slurm sends the trainers SIGTERM),
 # MAX_REQUEUES (20), EXCLUSIVE (1: whole nodes, --exclusive; 0: share them with other jobs), MEM
 # (0: all of each node's memory, --mem=0; a size such as 480G; empty: the partition's default),
-# MIN_GRACE_SECONDS (120: the preemption grace a checkpoint needs; 0: no check). WORKDIR and LOG_DIR
+# MIN_GRACE_SECONDS (120: the preemption grace a checkpoint needs; 0: no check), GPU (h100: what the
+# plan assumes; h200; empty: no plan), SKIP_PLAN=1 (submit without the plan). WORKDIR and LOG_DIR
 # must be on a file system every node sees. Writes the batch script to $LOG_DIR/<job>.sbatch and
 # submits it; --dry-run prints the script and the sbatch command.
 #
@@ -122,6 +123,17 @@ elif [[ \$status != 0 ]]; then
 fi
 exit \$status
 "
+# Before submitting: the plan of the config's own layout on NODES x GPUS_PER_NODE GPUs (memory per
+# GPU, step time, hours and cost); a layout that does not fit is refused here, not after the queue.
+GPU="${GPU-h100}"
+if [[ -n "$GPU" && "${SKIP_PLAN:-0}" != 1 ]]; then
+  overrides=(); for flag in "$@"; do [[ "$flag" == --config.* ]] && overrides+=("$flag"); done
+  echo "+ python -m synergen_jax.plan --config $CONFIG --targets $GPU:${NODES}x$GPUS_PER_NODE --configured_only ${overrides[*]}"
+  python -m synergen_jax.plan --config "$CONFIG" --targets "$GPU:${NODES}x$GPUS_PER_NODE" \
+      --configured_only "${overrides[@]}" ||
+    { echo "slurm_gpu.sh: the plan refuses this job (above); nothing was submitted (more nodes," \
+           "a smaller batch, or SKIP_PLAN=1)" >&2; exit 1; }
+fi
 # Before submitting: the partition asked for (PARTITION, or sbatch's SBATCH_PARTITION), else the default.
 bash "$(dirname "$0")/slurm_grace.sh" "${PARTITION:-${SBATCH_PARTITION:-}}" "$MIN_GRACE_SECONDS"
 if [[ "$DRY_RUN" == 1 ]]; then

@@ -5,7 +5,9 @@
 #
 #   launch/tpu_pod.sh [--dry-run] VERB [-- extra flags for the train/prepare/aot command]
 #
-#   preflight  compile the train step here for the slice (python -m synergen_jax.aot
+#   preflight  print the plan of the config's own layout on the slice (python -m synergen_jax.plan
+#              --configured_only: memory per chip, step time, hours and cost; exit 1 when it does
+#              not fit), then compile the train step here for the slice (python -m synergen_jax.aot
 #              --accelerator_type $ACCELERATOR_TYPE, libtpu, no TPU needed); exit 1 if it does not fit
 #   up         preflight (SKIP_PREFLIGHT=1 skips it), create the slice unless a READY one exists
 #              (queued resources for spot/reserved capacity or QUEUED=1, waiting until ACTIVE; one
@@ -115,7 +117,12 @@ export SYNERGEN_COORDINATOR="${TPU_WORKER_HOSTNAMES%%,*}:'"$COORDINATOR_PORT"'"
 source ~/synergen_env/bin/activate && cd ~/synergen_jax'
 
 
-preflight() {
+config_overrides() { for flag in "${EXTRA[@]}"; do [[ "$flag" == --config.* ]] && printf '%s\n' "$flag"; done; }
+
+preflight() {   # the plan (seconds, analytic) first, then the compile (minutes)
+  local overrides; mapfile -t overrides < <(config_overrides)
+  run python -m synergen_jax.plan --config "$CONFIG" --targets "$ACCELERATOR_TYPE" --configured_only \
+      "${overrides[@]}" || return 1
   run python -m synergen_jax.aot --config "$CONFIG" --accelerator_type "$ACCELERATOR_TYPE" "${EXTRA[@]}"
 }
 

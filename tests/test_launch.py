@@ -71,10 +71,12 @@ def test_gpu_single_host_dry_run():
 
 
 def test_slurm_dry_run_prints_the_batch_script():
-  r = _run(["launch/slurm_gpu.sh", "--dry-run", "configs/tiny.py", "/shared/run", "--config.train.steps=5"],
-           NODES="4", GPUS_PER_NODE="8", PARTITION="a100", VENV="/opt/venv")
+  r = _run(["launch/slurm_gpu.sh", "--dry-run", "configs/tiny.py", "/shared/run", "--config.train.steps=5",
+            "--config.train.batch_size=32"], NODES="4", GPUS_PER_NODE="8", PARTITION="a100", VENV="/opt/venv")
   assert r.returncode == 0, r.stderr
   out = r.stdout
+  # The plan of the job's own layout comes first: its memory per GPU, time and cost.
+  assert out.index("h100:4x8: 32 x H100") < out.index("#SBATCH --nodes=4") and " fits " in out
   for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                "#SBATCH --cpus-per-task=64", "#SBATCH --requeue", "#SBATCH --signal=TERM@300",
                "#SBATCH --partition=a100", "source /opt/venv/bin/activate",
@@ -87,6 +89,10 @@ def test_slurm_dry_run_prints_the_batch_script():
   assert not os.path.exists(os.path.join(ROOT, "slurm_logs"))      # a dry run writes nothing
   bad = _run(["launch/slurm_gpu.sh", "--dry-run", "c", "w"], NODES="two")
   assert bad.returncode == 2 and "NODES=two must be a positive integer" in bad.stderr
+  # A batch of 8 rows cannot split over 32 GPUs: refused before anything is submitted.
+  refused = _run(["launch/slurm_gpu.sh", "--dry-run", "configs/tiny.py", "/shared/run"], NODES="4")
+  assert refused.returncode == 1 and "nothing was submitted" in refused.stderr
+  assert "#SBATCH" not in refused.stdout
 
 
 def test_local_multiprocess_dry_run():

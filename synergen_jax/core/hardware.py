@@ -60,3 +60,60 @@ def peak_flops(device_kind: str) -> float | None:
 def tpu_hbm_bytes(device_kind: str) -> int | None:
   gib = TPU_HBM_GIB.get(device_kind)
   return None if gib is None else int(gib * 2**30)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bandwidths for the planner's roofline (synergen_jax/planning). GB/s = 1e9 bytes per second, per
+# device, one direction. Each figure names where it was published; the vendor pages are the 2023-24
+# editions (not re-checked since; a device check's measurement overrides the planner's use of them).
+# ---------------------------------------------------------------------------------------------------
+
+# HBM bandwidth per device.
+HBM_GBPS = {
+    "TPU v4": 1200.0,        # cloud.google.com/tpu/docs/v4 (1,200 GB/s per chip), 2023
+    "TPU v5 lite": 819.0,    # cloud.google.com/tpu/docs/v5e (819 GB/s), 2023
+    "TPU v5e": 819.0,
+    "TPU v5": 2765.0,        # cloud.google.com/tpu/docs/v5p (2,765 GB/s), 2023
+    "TPU v5p": 2765.0,
+    "TPU v6 lite": 1640.0,   # cloud.google.com/tpu/docs/v6e (1,640 GB/s), 2024
+    "TPU v6e": 1640.0,
+    "H100": 3350.0,          # NVIDIA H100 Tensor Core GPU datasheet, SXM5 (3.35 TB/s), 2023
+    "H200": 4800.0,          # NVIDIA H200 Tensor Core GPU datasheet, SXM (4.8 TB/s), 2024
+}
+
+# Links inside a slice or host: TPU ICI and NVLink, per device and direction. Cloud TPU pages give
+# ICI per chip in Gbps over all its links, both directions: / 8 bits / 2 directions.
+INTRA_GBPS = {
+    "TPU v4": 2400 / 16,     # cloud.google.com/tpu/docs/v4: ICI 2,400 Gbps per chip, 2023
+    "TPU v5 lite": 1600 / 16,  # cloud.google.com/tpu/docs/v5e: ICI 1,600 Gbps per chip, 2023
+    "TPU v5e": 1600 / 16,
+    "TPU v5": 4800 / 16,     # cloud.google.com/tpu/docs/v5p: ICI 4,800 Gbps per chip, 2023
+    "TPU v5p": 4800 / 16,
+    "TPU v6 lite": 3584 / 16,  # cloud.google.com/tpu/docs/v6e: ICI 3,584 Gbps per chip, 2024
+    "TPU v6e": 3584 / 16,
+    "H100": 450.0,           # NVLink 4: 900 GB/s per GPU both directions (H100 datasheet, 2023)
+    "H200": 450.0,           # NVLink 4, 900 GB/s (H200 datasheet, 2024)
+}
+
+# Links between hosts (GPU) or slices (TPU, DCN), per device and direction.
+INTER_GBPS = {
+    # Cloud TPU VM network: 200 Gbps per v5p / v6e host of 4 chips, 100 Gbps per 4-chip v5e / v4
+    # host (Compute Engine machine-type tables ct5p, ct6e, ct5lp, ct4p; 2024): / 8 / 4 chips.
+    "TPU v4": 100 / 32, "TPU v5 lite": 100 / 32, "TPU v5e": 100 / 32,
+    "TPU v5": 200 / 32, "TPU v5p": 200 / 32, "TPU v6 lite": 200 / 32, "TPU v6e": 200 / 32,
+    # InfiniBand NDR: one 400 Gb/s ConnectX-7 port per GPU (DGX H100 / H200 datasheets, 2023-24).
+    "H100": 400 / 8, "H200": 400 / 8,
+}
+
+
+def hbm_bandwidth(device_kind: str) -> float | None:
+  """HBM bytes per second of one device of this kind (None: unknown)."""
+  gbps = _lookup(HBM_GBPS, device_kind)
+  return None if gbps is None else gbps * 1e9
+
+
+def link_bandwidths(device_kind: str) -> tuple[float, float] | None:
+  """(inside a slice or host: ICI / NVLink, across: DCN / InfiniBand), bytes per second per device
+  and direction; None for an unknown kind."""
+  intra, inter = _lookup(INTRA_GBPS, device_kind), _lookup(INTER_GBPS, device_kind)
+  return None if intra is None else (intra * 1e9, inter * 1e9)

@@ -21,7 +21,7 @@ def _submit(cluster, tiny_data, workdir, logs, *flags, **env):
       ["bash", "launch/slurm_gpu.sh", "configs/tiny.py", str(workdir), f"--config.data.path={tiny_data['data_dir']}",
        *RUN_FLAGS, *flags], cwd=ROOT, capture_output=True, text=True,
       env=dict(cluster["env"], NODES="2", GPUS_PER_NODE="4", CPUS_PER_TASK="2", LOG_DIR=str(logs),
-               JOB_NAME="t", **env))
+               JOB_NAME="t", SKIP_PLAN="1", **env))   # the plan: tests/test_launch.py
   assert run.returncode == 0, run.stderr
   return int(re.search(r"Submitted batch job (\d+)", run.stdout).group(1))
 
@@ -44,7 +44,8 @@ def _dry_run(cluster, partitions, **env):
   """launch/slurm_gpu.sh --dry-run on the fake cluster whose partitions are `partitions`."""
   return subprocess.run(["bash", "launch/slurm_gpu.sh", "--dry-run", "configs/tiny.py", "/shared/run"],
                         cwd=ROOT, capture_output=True, text=True,
-                        env=dict(cluster["env"], FAKE_SLURM_PARTITIONS=json.dumps(partitions), **env))
+                        env=dict(cluster["env"], FAKE_SLURM_PARTITIONS=json.dumps(partitions), SKIP_PLAN="1",
+                                 **env))
 
 
 def _wait_done(cluster, job, timeout=600):

@@ -63,7 +63,10 @@ def test_preflight_refuses_a_slice_the_step_does_not_fit_before_creating_it(clus
   big = ["--config.model.d_model=8192", "--config.model.mlp_dim=32768"]     # 12 GiB of parameters per chip
   r = _pod(cluster, "up", "--", *big, CONFIG="configs/tiny.py", ACCELERATOR_TYPE="v5litepod-4", SHIP_DIRTY="1")
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-  assert "DOES NOT FIT" in r.stdout and "nothing was created" in r.stderr
+  # The plan refuses first (seconds, no compile): its row for the slice, and the smallest memory found.
+  assert "synergen_jax.plan" in r.stdout and "v5litepod-4: 4 x TPU v5 lite" in r.stdout
+  assert "fits nowhere" in r.stderr and "nothing was created" in r.stderr
+  assert "synergen_jax.aot" not in r.stdout
   assert calls(cluster, "gcloud") == []
 
 
