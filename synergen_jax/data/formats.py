@@ -21,7 +21,8 @@ works on a local disk and on a bucket (gs://...).
 Relative image paths resolve against `config.data.image_root`, else the folder of the file that
 names them, on a bucket as on a local disk. Images stay undecoded (bytes or a path): the writer
 decodes them (images.decode opens bucket paths too) and counts a broken or missing one. http(s) URLs
-are never fetched (nothing is downloaded at prepare time), so they count as missing files.
+are not fetched at prepare time (they count as missing files): fetch them first with
+`python -m synergen_jax.fetch_images` (data/url_fetch.py), which rewrites them to local paths.
 
 A record that cannot be used is yielded as `Skipped(reason, where)`, `where` naming the file and the
 record; the writer counts it under `reason` in meta.json:

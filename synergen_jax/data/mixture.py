@@ -34,7 +34,7 @@ from synergen_jax.core.errors import ConfigError, DataError
 
 # meta.json fields that must be equal across a mixture's components, each with how to make them so.
 _TEXT_FIX = ("prepare every component with one text tokenizer: --config.data.tokenizer="
-             "{first}/tokenizer.model")
+             "{first} (the folder: its tokenizer.model or tokenizer.json)")
 _IMAGE_FIX = "prepare every component with one image tokenizer (the same --vq_workdir)"
 SHARED_FIELDS = {"text_tokenizer": _TEXT_FIX, "special": _TEXT_FIX, "text_vocab": _TEXT_FIX,
                  "image_tokenizer": _IMAGE_FIX, "code_grid": _IMAGE_FIX, "codebook_size": _IMAGE_FIX}

@@ -32,7 +32,7 @@ from synergen_jax.data.images import save_captioned
 from synergen_jax.data.layout import Image, layout_example
 from synergen_jax.data.pipeline import open_split
 from synergen_jax.data.records import TASK_IDS, decode_record, record_parts
-from synergen_jax.data.tokenizers import TextTokenizer
+from synergen_jax.data.tokenizers import TextTokenizer, saved_tokenizer
 from synergen_jax.train import preview_decode, preview_pixels
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
@@ -112,7 +112,7 @@ class Previews:
       return
     data_dir = _prepared_dir(config)
     vq_dir = _image_tokenizer_dir(config, data_dir)
-    if vq_dir is None or not (storage.path(data_dir) / "tokenizer.model").exists():
+    if vq_dir is None or saved_tokenizer(data_dir) is None:
       # On by default, so a run whose data names no image tokenizer (a folder prepared elsewhere,
       # config.vq.workdir unset) trains without previews instead of stopping: say so once.
       if jax.process_index() == 0:
@@ -123,7 +123,7 @@ class Previews:
     self.model, self.mesh, mc = model, mesh, model.cfg
     self.cfg_scale, self.temperature = float(t.preview_cfg), float(t.preview_temperature)
     self.seed = int(t.seed)
-    tok = TextTokenizer.load(os.fspath(storage.path(data_dir) / "tokenizer.model"), d.reserved_tokens)
+    tok = TextTokenizer.load(data_dir, d.reserved_tokens)      # SentencePiece or tokenizer.json
     self.special, self.decode_text = tok.special, tok.decode
     captions, examples = _heldout(data_dir, mc, self.n)
     windows, seq_len = mc.windows_per_image, d.seq_len
