@@ -2,7 +2,7 @@
 then aggregates DIR/summary.csv and DIR/summary.png.
 
   python launch/sweep.py --sweep configs/sweeps/fold_ratio.py[:runlocal] --workdir DIR [--print_only]
-      [--config configs/demo.py[:arg]] [--config.train.steps=...]
+      [--config configs/demo.py[:arg]] [--config.train.steps=...] [--plan v5p-128]
 
 A sweep file's get_sweep(arg) returns `config` (a config file), `points` (name, the config's
 get_config argument, dotted `overrides`) and `evaluate`: the class report's settings (count,
@@ -13,6 +13,9 @@ overrides apply to every point before the point's own overrides. Locally each
 point trains into DIR/<name> (rerunning resumes; a finished point is not retrained) and is
 evaluated into DIR/<name>/eval.json. With --print_only the train and evaluate commands are printed
 instead, one line each, for launch scripts or a scheduler; aggregate later with --summarize_only.
+With --plan TARGET (a planner target: v5p-128, h100:8x8, ...) nothing runs: each point's predicted
+memory, step time, hours and cost on that target are printed, for the point's layout and for the
+cheapest layout that fits (synergen_jax/planning/planner.py).
 """
 
 from __future__ import annotations
@@ -161,9 +164,27 @@ def write_summary(rows: list[dict], directory: str) -> None:
   plt.close(fig)
 
 
+def plan_lines(sweep, target: str) -> list[str]:
+  """One line per point: the planner's time and cost for its configured layout and the best one."""
+  from synergen_jax.planning.planner import summarize
+  lines = []
+  for point in sweep.points:
+    s = summarize(point_config(sweep, point), target)
+    c, b = s["configured"], s["best"]
+    best = (f"best {b['layout']}: {b['step_seconds']:.3g} s/step, {b['hours']:.3g} h, "
+            f"${b['cost']:,.0f}" if b else "nothing fits")
+    lines.append(f"{point['name']}: {target} {s['steps']} steps; as configured "
+                 f"{'fits' if c['fits'] else 'DOES NOT FIT'} {c['predicted_gib_per_chip']} GiB/chip, "
+                 f"{c['step_seconds']:.3g} s/step, {c['hours']:.3g} h, ${c['cost']:,.0f}; {best}")
+  return lines
+
+
 def sweep_main(spec: str, directory: str, print_only: bool = False, summarize_only: bool = False,
-               config: str | None = None, overrides: dict | None = None):
+               config: str | None = None, overrides: dict | None = None, plan: str | None = None):
   sweep = load_sweep(spec, config, overrides)
+  if plan:
+    print("\n".join(plan_lines(sweep, plan)))
+    return []
   names = [s["suite"] for s in sweep.evaluate.get("suites", ())]
   os.makedirs(directory, exist_ok=True)
   rows = []
@@ -191,7 +212,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  sweep_main(f.sweep, f.workdir, f.print_only, f.summarize_only, cli.config_spec(), cli.overrides())
+  sweep_main(f.sweep, f.workdir, f.print_only, f.summarize_only, cli.config_spec(), cli.overrides(),
+             f.plan)
 
 
 if __name__ == "__main__":
@@ -201,5 +223,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "one subdirectory per point, summary.csv and summary.png")
   flags.DEFINE_bool("print_only", False, "print each point's commands instead of running them")
   flags.DEFINE_bool("summarize_only", False, "only aggregate points that already finished")
+  flags.DEFINE_string("plan", None, "print each point's planned time and cost on this target "
+                      "(v5p-128, h100:8x8, ...) instead of running anything")
   flags.mark_flags_as_required(["sweep", "workdir"])
   app.run(main)

@@ -128,3 +128,14 @@ def test_suite_evaluated_points_print_suite_commands_and_finish_only_with_every_
   sweep_cli.write_summary([row], str(tmp_path))
   (written,) = csv.DictReader(open(tmp_path / "summary.csv"))
   assert float(written["caption/cider"]) == 0.4 and float(written["vqa/accuracy"]) == 0.25
+
+
+def test_plan_prints_each_points_time_and_cost_and_folding_makes_steps_cheaper():
+  sweep = sweep_cli.load_sweep(os.path.join(ROOT, "configs/sweeps/fold_ratio.py:model=ablation"))
+  lines = sweep_cli.plan_lines(sweep, "v5p-64")
+  assert [l.split(":")[0] for l in lines] == ["fold_1x1", "fold_2x2", "fold_2x4", "fold_4x4"]
+  seconds = [float(l.split("as configured")[1].split(", ")[1].split(" s/step")[0]) for l in lines]
+  # A finer fold packs more images into the same 2,048 slots: more work per step, never less.
+  assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
+  with pytest.raises(Exception, match="v9z"):
+    sweep_cli.plan_lines(sweep, "v9z-8")
