@@ -48,6 +48,8 @@ flags.DEFINE_integer("per_prompt", 1, "--suite coco_fid: images per caption")
 flags.DEFINE_integer("batch_size", 8, "--suite: prompts per step on each local device")
 flags.DEFINE_integer("fsdp", 1, "--suite: shard the parameters over this many local devices")
 flags.DEFINE_integer("max_new_tokens", 32, "--suite vqa / caption: longest answer")
+flags.DEFINE_boolean("chat", None, "--suite vqa / caption: ask through the run's chat template and "
+                     "stop at <|im_end|> (default: as the run was trained)")
 
 
 def suite() -> dict:
@@ -65,7 +67,7 @@ def suite() -> dict:
                            save_reference=FLAGS.save_reference_stats)
   settings = JobSettings(
       num=FLAGS.per_prompt, cfg_scale=FLAGS.cfg, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-      max_new_tokens=FLAGS.max_new_tokens,
+      max_new_tokens=FLAGS.max_new_tokens, chat=FLAGS.chat,
       sampling=Sampling(temperature=FLAGS.temperature, top_k=FLAGS.top_k))
   if FLAGS.suite == "coco_fid":
     return suites.coco_fid(FLAGS.workdir, FLAGS.data, FLAGS.reference, FLAGS.inception_weights,

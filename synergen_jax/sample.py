@@ -13,7 +13,9 @@ or not at all, and a batch job resumes on a bucket as it does on disk.
 
 Generation reads config.data.generation_prompt followed by --prompt (the format training used) and
 samples every image code with classifier-free guidance at scale --cfg against the "<UNCOND>" prompt;
---cfg 1 turns guidance off. Captioning decodes greedily unless --temperature is set.
+--cfg 1 turns guidance off. Captioning decodes greedily unless --temperature is set. A run trained
+on conversations (SFT on chat data) is asked through its chat template and its answer ends at
+<|im_end|>; --chat=true|false overrides what the workdir records.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ flags.DEFINE_string("out_dir", None, "where the batch job writes images/ and its
 flags.DEFINE_integer("per_prompt", 1, "images per prompt record without a \"num\" field")
 flags.DEFINE_integer("batch_size", 8, "batch job: prompts per step on each local device")
 flags.DEFINE_integer("fsdp", 1, "batch job: shard the parameters over this many local devices")
+flags.DEFINE_boolean("chat", None, "ask --image / answer records through the run's chat template and "
+                     "stop at <|im_end|> (default: as the run was trained, see infer/chat.py)")
 
 
 def main(argv):
@@ -69,7 +73,7 @@ def main(argv):
     sampling = Sampling(temperature=FLAGS.temperature or 0.0, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
     codes = tasks.image_codes(model, image_ops.decode(FLAGS.image))
     print(tasks.caption(model, [codes], question=FLAGS.question, sampling=sampling,
-                        max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed)[0])
+                        max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, chat=FLAGS.chat)[0])
 
 
 def batch_job():
@@ -79,7 +83,7 @@ def batch_job():
   model = loader.load(FLAGS.workdir, mesh=loader.local_mesh(FLAGS.fsdp))
   settings = jobs.JobSettings(
       num=FLAGS.per_prompt, cfg_scale=FLAGS.cfg, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-      max_new_tokens=FLAGS.max_new_tokens,
+      max_new_tokens=FLAGS.max_new_tokens, chat=FLAGS.chat,
       sampling=Sampling(temperature=1.0 if FLAGS.temperature is None else FLAGS.temperature,
                         top_k=FLAGS.top_k, top_p=FLAGS.top_p),
       answer_sampling=Sampling(temperature=FLAGS.temperature or 0.0, top_k=FLAGS.top_k,

@@ -24,7 +24,7 @@ import os
 
 from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
-from synergen_jax.infer import jobs, loader
+from synergen_jax.infer import jobs, loader, tasks
 
 SUITES = ("coco_fid", "vqa", "caption", "fid")
 
@@ -40,10 +40,13 @@ def merge_into(path: str, key: str, result: dict) -> dict:
 
 
 def _job(workdir: str, suite: str, data: str, settings: jobs.JobSettings, fsdp: int, log):
+  """(model, out_dir, run, index, settings): `settings.chat` resolved from the workdir when unset
+  (a run trained on conversations is asked through its chat template), so the report says which."""
   model = loader.load(workdir, mesh=loader.local_mesh(fsdp))
+  settings = dataclasses.replace(settings, chat=tasks.use_chat(model, settings.chat))
   out_dir = os.fspath(storage.path(workdir, "--workdir") / f"eval_{suite}")
   run = jobs.run_job(model, data, out_dir, settings, log=log)
-  return model, out_dir, run, jobs.read_index(out_dir)
+  return model, out_dir, run, jobs.read_index(out_dir), settings
 
 
 def _settings(settings: jobs.JobSettings) -> dict:
@@ -59,7 +62,7 @@ def coco_fid(workdir: str, data: str, reference: str, inception_weights: str,
   kind, _ = jobs.read_records(data)
   if kind != jobs.GENERATE:
     raise DataError(f"{data}: coco_fid needs {{\"prompt\": caption}} records, not image records")
-  model, out_dir, run, _ = _job(workdir, "coco_fid", data, settings, fsdp, log)
+  model, out_dir, run, _, settings = _job(workdir, "coco_fid", data, settings, fsdp, log)
   scores = fid.fid_between(os.fspath(storage.path(out_dir) / "images"), reference, inception_weights,
                            save_reference=save_reference)
   return dict(scores, step=model.step, data=data, images=run["items"], settings=_settings(settings),
@@ -69,7 +72,7 @@ def coco_fid(workdir: str, data: str, reference: str, inception_weights: str,
 def vqa(workdir: str, data: str, settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
   from synergen_jax.eval import vqa as vqa_scores
   vqa_scores.read_vqa_records(data)                  # refuses bad records before any decoding
-  model, _, run, index = _job(workdir, "vqa", data, settings, fsdp, log)
+  model, _, run, index, settings = _job(workdir, "vqa", data, settings, fsdp, log)
   pairs = [(entry["answer"], entry["answers"]) for entry in index.values()]
   return dict(vqa_scores.scores(pairs), step=model.step, data=data, settings=_settings(settings),
               answers_per_second=run["per_second"])
@@ -78,7 +81,7 @@ def vqa(workdir: str, data: str, settings: jobs.JobSettings, fsdp: int = 1, log=
 def caption(workdir: str, data: str, settings: jobs.JobSettings, fsdp: int = 1, log=print) -> dict:
   from synergen_jax.eval import captions
   captions.read_caption_records(data)
-  model, _, run, index = _job(workdir, "caption", data, settings, fsdp, log)
+  model, _, run, index, settings = _job(workdir, "caption", data, settings, fsdp, log)
   generated = {entry["id"]: entry["answer"] for entry in index.values()}
   references = {entry["id"]: entry["captions"] for entry in index.values()}
   return dict(captions.scores(generated, references), step=model.step, data=data,

@@ -4,5 +4,6 @@
   loader.py   a workdir -> config, parameters, tokenizers, decoder
   scoring.py  teacher-forced log-probabilities (score, zero-shot classification)
   tasks.py    text -> images and images -> text as plain functions
+  chat.py     OpenAI-style messages -> prompts in the run's chat template; stop ids
   jobs.py     batch jobs over a jsonl: images / answers, every local device, resumable
 """

@@ -6,6 +6,9 @@ One record per line, every line of a file of one kind:
   {"image": "photos/1.jpg", "question": "What colour?"}  image -> answer ("question" optional:
                                                           without it, the caption prompt)
 
+Answers of a run trained on conversations are asked through its chat template and end at
+`<|im_end|>` (infer/chat.py); JobSettings.chat overrides.
+
 Other fields are kept in the index (e.g. a benchmark's answers). "id" defaults to the line number;
 ids must be unique. Image paths are relative to the jsonl's folder unless absolute.
 
@@ -217,6 +220,7 @@ class JobSettings:
   max_new_tokens: int = 32
   seed: int = 0
   batch_size: int = 8              # rows per step on each local device
+  chat: bool | None = None         # answers through the chat template (None: as the run trained)
 
 
 def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettings,
@@ -243,8 +247,9 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
     step = lambda batch: _generate(loaded, batch, settings, rows, pad_to)
   else:
     base = _records_folder(records_path)
-    pad_to = tasks.caption_pad_to(loaded, [r.get("question") for r in records])
-    step = lambda batch: _answer(loaded, batch, settings, rows, pad_to, base)
+    chat = tasks.use_chat(loaded, settings.chat)
+    pad_to = tasks.caption_pad_to(loaded, [r.get("question") for r in records], chat)
+    step = lambda batch: _answer(loaded, batch, settings, rows, pad_to, base, chat)
   t0, finished = time.time(), 0
   index = (_BucketIndex if storage.is_remote(out) else _AppendedIndex)(out, process, count)
   try:
@@ -289,7 +294,7 @@ def _generate(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: in
 
 
 def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int, pad_to: int,
-            base: str):
+            base: str, chat: bool):
   tile_codes = []
   for it in batch:
     path = _image_path(base, it.record["image"])
@@ -300,5 +305,5 @@ def _answer(loaded: Loaded, batch: list[Item], settings: JobSettings, rows: int,
     tile_codes.append(tasks.image_codes(loaded, pixels))
   answers = tasks.caption(loaded, tile_codes, question=[it.record.get("question") for it in batch],
                           sampling=settings.answer_sampling, max_new_tokens=settings.max_new_tokens,
-                          seeds=[it.seed for it in batch], pad_to=pad_to, rows=rows)
+                          seeds=[it.seed for it in batch], pad_to=pad_to, rows=rows, chat=chat)
   return [dict(answer=a) for a in answers]

@@ -4,7 +4,9 @@ Both run in fixed-size chunks with one padded prompt length, so a long list comp
 Prompts follow the training format (prepare/writer.py): generation reads
 `config.data.generation_prompt` followed by the user's text (the "<UNCOND>" prompt is the
 unconditional stream of classifier-free guidance); captioning reads the image span(s) followed by
-`config.data.caption_prompt`, or by a question.
+`config.data.caption_prompt`, or by a question. A run trained on conversations (chat.trained_on_chat)
+is asked through its chat template instead, one user turn holding the image(s) and the question (or
+the caption prompt), and its answer ends at `<|im_end|>`; `chat=True|False` overrides.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from synergen_jax.data import images as image_ops
+from synergen_jax.infer import chat as chat_lib
 from synergen_jax.infer.decode import GREEDY, Sampling, caption_prompt, generation_prompt
 from synergen_jax.infer.loader import Loaded
 
@@ -81,15 +84,33 @@ def image_codes(loaded: Loaded, pixels: np.ndarray) -> list[np.ndarray]:
   return list(tok.encode(np.stack(tiles)))
 
 
+def use_chat(loaded: Loaded, chat: bool | None) -> bool:
+  """`chat` as given, else whether the run was trained on conversations."""
+  return chat_lib.trained_on_chat(loaded) if chat is None else bool(chat)
+
+
+def answer_prompt(loaded: Loaded, codes: Sequence[np.ndarray], question: str | None,
+                  chat: bool) -> dict[str, np.ndarray]:
+  """The laid-out prompt asking `question` (None: the caption prompt) about one image's tiles."""
+  text = loaded.config.data.caption_prompt if question is None else question
+  if chat:
+    return chat_lib.messages_prompt(loaded, chat_lib.question_messages(text, codes))
+  ids = loaded.encode_text(text)
+  return caption_prompt(codes, ids, loaded.mc.fold, loaded.special)
+
+
 def caption(loaded: Loaded, tile_codes: Sequence[Sequence[np.ndarray]], *,
             question: str | Sequence[str | None] | None = None, max_new_tokens: int = 32,
             sampling: Sampling = GREEDY, seed: int = 0, batch_size: int = 128,
             seeds: Sequence[int] | None = None, pad_to: int | None = None,
-            rows: int | None = None) -> list[str]:
+            rows: int | None = None, chat: bool | None = None) -> list[str]:
   """Per image (a list of tile code grids): the generated caption, or the answer to `question` (one
-  for all images, or one per image, None: the caption prompt). `seeds` / `pad_to` / `rows` as in generate_codes."""
-  laid = [caption_prompt(codes, _question_ids(loaded, question, i), loaded.mc.fold, loaded.special)
+  for all images, or one per image, None: the caption prompt). `seeds` / `pad_to` / `rows` as in
+  generate_codes; `chat` as in use_chat."""
+  chat = use_chat(loaded, chat)
+  laid = [answer_prompt(loaded, codes, _question(question, i), chat)
           for i, codes in enumerate(tile_codes)]
+  stops = chat_lib.stop_ids(loaded) if chat else None
   pad_to = pad_to or max(len(x["text_tokens"]) for x in laid)
   size = rows or min(batch_size, len(laid))
   seed_chunks = _chunks(list(seeds), size) if seeds is not None else None
@@ -97,23 +118,23 @@ def caption(loaded: Loaded, tile_codes: Sequence[Sequence[np.ndarray]], *,
   for chunk, real in _chunks(laid, size):
     chunk_seed = next(seed_chunks)[0] if seeds is not None else seed
     ids = loaded.decoder.generate_text(chunk, max_new_tokens, sampling=sampling, seed=chunk_seed,
-                                       pad_to=pad_to)
+                                       pad_to=pad_to, stop_tokens=stops)
     texts += [loaded.tokenizer().decode(x).strip() for x in ids[:real]]
   return texts
 
 
-def caption_pad_to(loaded: Loaded, questions: Sequence[str | None]) -> int:
+def caption_pad_to(loaded: Loaded, questions: Sequence[str | None], chat: bool | None = None) -> int:
   """The longest caption prompt any image could need with these questions: every tile an image can
   have (data.max_tiles, and the thumbnail) and the longest question."""
   d, mc = loaded.config.data, loaded.mc
+  chat = use_chat(loaded, chat)
   tiles = 1 if d.max_tiles <= 1 else d.max_tiles + int(d.thumbnail)
-  grid = np.zeros(mc.code_grid, np.int32)
-  longest = max((_question_ids(loaded, q, 0) for q in questions), key=len)
-  return len(caption_prompt([grid] * tiles, longest, mc.fold, loaded.special)["text_tokens"])
+  grids = [np.zeros(mc.code_grid, np.int32)] * tiles
+  return max(len(answer_prompt(loaded, grids, q, chat)["text_tokens"]) for q in set(questions))
 
 
-def _question_ids(loaded: Loaded, question: str | Sequence[str | None] | None, i: int) -> list[int]:
-  """Image i's prompt: the question, or the caption prompt where there is none."""
+def _question(question: str | Sequence[str | None] | None, i: int) -> str | None:
+  """Image i's question (None: the caption prompt)."""
   if question is not None and not isinstance(question, str):
-    question = question[i]
-  return loaded.encode_text(loaded.config.data.caption_prompt if question is None else question)
+    return question[i]
+  return question

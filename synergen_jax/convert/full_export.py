@@ -1,0 +1,243 @@
+"""A multimodal workdir -> a folder transformers loads whole: the model with its vision experts, fold
+embedding, unfold head and image head, as PyTorch remote code (convert/hf_remote/), its weights,
+the run's text tokenizer with the chat template, and the image tokenizer's weights.
+
+What the folder holds (the CLI: synergen_jax/convert/hf_export.py):
+
+  config.json                      SynerGenVLConfig (model shape, fold, token ids) + auto_map
+  configuration_synergen_vl.py     the remote code, copied from convert/hf_remote/
+  modeling_synergen_vl.py
+  model.safetensors (or shards + model.safetensors.index.json)
+                                   synergen_jax's parameters under their flax paths joined by ".",
+                                   scanned layers unstacked to layer_i; the LM head composed as
+                                   decoding uses it (tied table, new-token columns); new-token rows
+                                   written into the text embedding
+  tokenizer.model                  the run's SentencePiece model (prepared data's, or the import's)
+  tokenizer_config.json            special tokens, the named pieces' ids, the chat template
+  image_tokenizer/                 the image tokenizer's vq_config.json and weights (safetensors,
+                                   flax paths), as synergen_jax's ImageTokenizer reads them
+  export.json                      what was exported (step, dtype, fingerprints); written last
+
+Checks run before anything is written: the config must be one the modeling code supports, the
+workdir must name an image tokenizer and a text tokenizer, the output folder must be new or empty.
+A local export is written to a sibling temporary folder and renamed into place when complete, so a
+stopped export never looks complete; on a bucket, export.json is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from synergen_jax.core import storage
+from synergen_jax.core.config import validate_config
+from synergen_jax.core.errors import ConfigError, DataError
+from synergen_jax.convert.exporter import _write_shards
+from synergen_jax.data.tokenizers import SPECIAL_PIECES
+from synergen_jax.data import formats
+from synergen_jax.infer import loader as loader_lib
+from synergen_jax.train.checkpoint import read_config, restore_on_device
+
+REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
+REMOTE_FILES = ("configuration_synergen_vl.py", "modeling_synergen_vl.py")
+MARKER = "export.json"
+# InternLM2's template as transformers renders it (formats.py is what training rendered).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}.{k}" if prefix else k
+    if isinstance(v, dict):
+      if k == "layers":             # nn.scan's stacked layers -> layer_i
+        stacked = _flat(v)
+        n = next(iter(stacked.values())).shape[0]
+        for i in range(n):
+          out.update({f"{prefix}.layer_{i}.{rel}": a[i] for rel, a in stacked.items()})
+      else:
+        out.update(_flat(v, name))
+    else:
+      out[name] = v
+  return out
+
+
+def model_tensors(mc, params: dict):
+  """Yields (name, float32 numpy array) as the PyTorch model (hf_remote) names them."""
+  p = params["params"] if "params" in params else params
+  embed = np.array(p["text_embed"]["embedding"], np.float32)
+  kernel = embed.T.copy() if mc.tie_embeddings else np.array(p["lm_head"]["kernel"], np.float32)
+  for i, token in enumerate(mc.new_tokens):
+    embed[token] = np.asarray(p["new_token_embed"][i], np.float32)
+    kernel[:, token] = np.asarray(p["new_token_head"][:, i], np.float32)
+  yield "text_embed.embedding", embed
+  yield "lm_head.kernel", kernel
+  skip = {"text_embed", "lm_head", "new_token_embed", "new_token_head"}
+  for name, value in _flat({k: v for k, v in p.items() if k not in skip}).items():
+    yield name, np.asarray(value, np.float32)
+
+
+def check_supported(mc) -> None:
+  """What the PyTorch code does not implement, as one ConfigError before anything is written."""
+  problems = []
+  if mc.llm.head_dim % 2 or mc.unfold.head_dim % 2:
+    problems.append("odd head_dim (rotary embeddings need it even)")
+  if mc.llm.num_heads % mc.llm.num_kv_heads or mc.unfold.num_heads % mc.unfold.num_kv_heads:
+    problems.append("num_heads not a multiple of num_kv_heads")
+  if mc.llm.num_experts > 2:
+    problems.append(f"{mc.llm.num_experts} experts (the modeling code routes text / vision)")
+  if problems:
+    raise ConfigError("the exported modeling code does not support this config: " + "; ".join(problems))
+
+
+def hf_config(mc, config, special, dtype: str) -> dict:
+  u = mc.unfold
+  d = config.data
+  return dict(
+      model_type="synergen_vl", architectures=["SynerGenVLForCausalLM"],
+      auto_map={"AutoConfig": "configuration_synergen_vl.SynerGenVLConfig",
+                "AutoModelForCausalLM": "modeling_synergen_vl.SynerGenVLForCausalLM"},
+      text_vocab=mc.text_vocab, num_layers=mc.llm.num_layers, d_model=mc.llm.d_model,
+      num_heads=mc.llm.num_heads, num_kv_heads=mc.llm.num_kv_heads, head_dim=mc.llm.head_dim,
+      mlp_dim=mc.llm.mlp_dim, num_experts=mc.llm.num_experts, qkv_bias=mc.llm.qkv_bias,
+      norm_eps=mc.llm.norm_eps, rope_theta=mc.llm.rope_theta, tie_embeddings=mc.tie_embeddings,
+      new_tokens=list(mc.new_tokens), codebook_size=mc.codebook_size,
+      code_embed_dim=mc.code_embed_dim, code_grid=list(mc.code_grid), fold=list(mc.fold),
+      fold_mlp_hidden=mc.fold_mlp_hidden,
+      unfold=dict(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
+                  num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim),
+      special=special, generation_prompt=d.generation_prompt, uncond_prompt=d.uncond_prompt,
+      caption_prompt=d.caption_prompt, torch_dtype=dtype)
+
+
+def tokenizer_config(tok, special: dict, chat: bool) -> dict:
+  names = {v: k for k, v in tok.pieces.items()}
+  added = {str(i): dict(content=names.get(i, SPECIAL_PIECES[f]), special=True, lstrip=False,
+                        rstrip=False, normalized=False, single_word=False)
+           for f, i in special.items()}
+  for piece, i in tok.pieces.items():
+    added.setdefault(str(i), dict(content=piece, special=True, lstrip=False, rstrip=False,
+                                  normalized=False, single_word=False))
+  out = dict(tokenizer_class="LlamaTokenizer", add_bos_token=True, add_eos_token=False,
+             legacy=False, bos_token=added[str(special["bos"])]["content"],
+             eos_token=added[str(special["eos"])]["content"],
+             pad_token=added[str(special["pad"])]["content"], added_tokens_decoder=added,
+             synergen_pieces=dict(tok.pieces), synergen_special=special,
+             chat_template=CHAT_TEMPLATE if chat else None)
+  if chat:
+    out["synergen_stop_ids"] = [special["eos"], tok.pieces[formats.ASSISTANT_END]]
+  return out
+
+
+def _image_tokenizer_files(tok, target) -> None:
+  """vq_config.json and the parameters (safetensors, flax paths) of the run's image tokenizer."""
+  from safetensors.numpy import save_file
+  folder = target / "image_tokenizer"
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = dict(family=tok.family, image_size=tok.image_size, channels=tok.channels,
+              grid=tok.grid, codebook_size=tok.codebook_size, fingerprint=tok.fingerprint)
+  storage.write_text(folder / "vq_config.json", json.dumps(meta, indent=1))
+  flat = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in _flat(
+      jax.tree.map(np.asarray, dict(tok.params))).items()}
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, "model.safetensors")
+    save_file(flat, local)
+    storage.write_bytes(folder / "model.safetensors", open(local, "rb").read())
+
+
+def _check_out(out: str):
+  target = storage.path(out, "--out")
+  storage.check_reachable(target, "--out")
+  if target.exists() and any(True for _ in target.iterdir()):
+    raise ConfigError(f"--out={out} is not empty; export into a new directory")
+  return target
+
+
+def export_full(workdir: str, out: str, *, dtype: str = "float32",
+                max_shard_bytes: int = 5000 << 20) -> dict:
+  """Writes the full export of `workdir` into `out` (see the module docstring); returns export.json."""
+  t0 = time.time()
+  if dtype not in ("float32", "bfloat16", "float16"):
+    raise ConfigError(f"--dtype={dtype!r}; choose float32, bfloat16 or float16")
+  final = _check_out(out)
+  config = read_config(workdir)
+  mc = validate_config(config)
+  check_supported(mc)
+  loaded = loader_lib.Loaded(workdir, config, mc, None, 0, {}, None)
+  text_tok = _text_tokenizer(workdir, config, loaded)
+  loaded.text_tokenizer = text_tok
+  try:
+    image_tok = loaded.image_tokenizer
+  except (DataError, OSError, FileNotFoundError) as e:
+    raise DataError(f"{workdir}: no image tokenizer to export ({e}); a full export needs one "
+                    "(--text_only exports the text model alone)") from None
+  # Checked: now the parameters (host memory only) and the writing.
+  params, step = restore_on_device(workdir, mc, device=jax.devices("cpu")[0])
+  from synergen_jax.infer import chat
+  loaded.params = params
+  chat_run = chat.trained_on_chat(loaded)
+  special = {f: getattr(text_tok.special, f) for f in SPECIAL_PIECES}
+  local = not storage.is_remote(final)
+  if local:
+    parent = os.path.dirname(os.path.abspath(os.fspath(final))) or "."
+    os.makedirs(parent, exist_ok=True)
+    work = storage.path(tempfile.mkdtemp(prefix=".export-", dir=parent))
+  else:
+    work = final
+  try:
+    files = _write_shards(model_tensors(mc, params), work, jax.numpy.dtype(dtype), max_shard_bytes)
+    storage.write_text(work / "config.json", json.dumps(hf_config(mc, config, special, dtype), indent=1))
+    for name in REMOTE_FILES:
+      storage.write_bytes(work / name, open(os.path.join(REMOTE_DIR, name), "rb").read())
+    storage.write_bytes(work / "tokenizer.model", text_tok.proto)
+    storage.write_text(work / "tokenizer_config.json",
+                       json.dumps(tokenizer_config(text_tok, special, chat_run), indent=1))
+    storage.write_text(work / "special_tokens_map.json", json.dumps(dict(
+        bos_token=SPECIAL_PIECES["bos"], eos_token=SPECIAL_PIECES["eos"],
+        pad_token=SPECIAL_PIECES["pad"]), indent=1))
+    _image_tokenizer_files(image_tok, work)
+    record = dict(workdir=workdir, step=step, dtype=dtype, files=files, trained_on_chat=chat_run,
+                  text_tokenizer=text_tok.fingerprint, image_tokenizer=image_tok.fingerprint,
+                  seconds=round(time.time() - t0, 2))
+    storage.write_text(work / MARKER, json.dumps(record, indent=1))
+    if local:
+      if final.exists():
+        os.rmdir(os.fspath(final))            # empty: checked above
+      os.replace(os.fspath(work), os.fspath(final))
+  except BaseException:
+    if local:
+      shutil.rmtree(os.fspath(work), ignore_errors=True)
+    raise
+  return record
+
+
+def _text_tokenizer(workdir: str, config, loaded):
+  """The run's tokenizer: the prepared data's, else the import's; a clear error without one."""
+  from synergen_jax.data.tokenizers import TextTokenizer
+  from synergen_jax.train.checkpoint import HF_FILES
+  data_dir = loader_lib.prepared_dir(config)
+  if data_dir:
+    meta_file = storage.path(data_dir) / "meta.json"
+    if meta_file.exists():
+      loaded.meta = json.loads(meta_file.read_text())
+      return TextTokenizer.load(os.fspath(meta_file.parent / "tokenizer.model"),
+                                config.data.reserved_tokens)
+  model = storage.path(workdir) / HF_FILES / "tokenizer.model"
+  if model.exists():
+    return TextTokenizer.load(os.fspath(model), config.data.reserved_tokens)
+  raise DataError(f"{workdir}: no text tokenizer (neither prepared data with meta.json at "
+                  f"config.data.path={data_dir!r} nor an imported tokenizer.model); a full export "
+                  "writes the run's tokenizer")
