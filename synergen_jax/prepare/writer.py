@@ -173,7 +173,9 @@ def document_parts(doc: DecodedDocument, codes: Iterator, tok: TextTokenizer) ->
     if isinstance(span, DecodedImage):
       parts += [Image(next(codes), span.loss) for _ in span.pixels]
     else:
-      parts.append(Text(tok.encode(span.text), span.loss))
+      ids = tok.encode(span.text)
+      if ids:     # a span that encodes to nothing (the newline after a chat's last turn) adds none
+        parts.append(Text(ids, span.loss))
   return parts
 
 
