@@ -26,19 +26,26 @@ tokenizer is Emu3's, imported once from its release and named by config.vq.workd
       --config.vq.workdir=tok/emu3 --config.train.init_from=ckpt/internlm2 \
       --config.data.tokenizer=ckpt/internlm2/hf_files --config.data.path=data/s1
 
+The paper's data by stage is configs/data/synergen_vl_stages.py: `raw=DIR,component=NAME` prepares
+one of the stage's sources from its files under DIR, `prepared=DIR` trains on the stage's mixture of
+prepared components DIR/<name>, and `prepare --check` lists what each component finds on disk.
+
 text_vocab stays InternLM2's 92,544: <pad> <boi> <eoi> <UNCOND> and the data.reserved_tokens
 <extra_i> pieces take free [UNUSED_TOKEN_n] ids of its tokenizer, <|im_start|> / <|im_end|> are its own
 (ids 92,543 / 92,542), so the import appends no row (data/tokenizers.py). An LLM whose tokenizer has
 no room gets rows appended; then set --config.model.text_vocab to the import's (hf_import.json).
 """
 
-from synergen_jax.core.config import base_config, parse_arg
+import os
+
+from synergen_jax.core.config import base_config, load_module, parse_arg
 
 STAGE_SEQ_LEN = {"1": 4096, "2": 8192, "sft": 16384}   # paper Tab. 8
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, fold=(2, 8), stage="1", scan=True, remat="full")
+  arg = parse_arg(arg, fold=(2, 8), stage="1", scan=True, remat="full", raw="", component="",
+                  prepared="")
   # 92,544 = InternLM2's rows, every named piece included (the module docstring says why).
   internlm2_1p8b = dict(text_vocab=92_544, num_layers=24, d_model=2048, num_heads=16,
                         num_kv_heads=8, head_dim=128, mlp_dim=8192, norm_eps=1e-5,
@@ -54,7 +61,8 @@ def get_config(arg=None):
   config.stage = arg.stage
   config.vq.update(downsample=8, channels=3)   # Emu3-style tokenizer: 512 px -> 64x64 codes
   config.data.max_tiles = {"1": 1, "2": 6, "sft": 12}[arg.stage]   # + thumbnail, as in the paper
-  config.data.name = "jsonl"   # your pre-tokenized corpus: --config.data.path=...
+  config.data.name = "jsonl"   # your own corpus: --config.data.path=...; or the paper's recipe:
+  _stage_data(config, arg)
   # Paper Tab. 8: AdamW (0.9, 0.95, eps 1e-8), 200 warm-up steps; S1 1e-4 constant, wd 0.05;
   # S2 5e-5 cosine, wd 0.05; SFT 5e-5 cosine, wd 0.01.
   config.optim.update(b1=0.9, b2=0.95, eps=1e-8, warmup_steps=200, min_lr_ratio=0.0,
@@ -68,3 +76,16 @@ def get_config(arg=None):
   config.mesh.update(data=1, fsdp=-1, tensor=1)
   config.train.max_replicated_fraction = 0.01
   return config
+
+
+def _stage_data(config, arg) -> None:
+  """The paper's sources for the stage (configs/data/synergen_vl_stages.py): `raw=DIR` with
+  `component=NAME` prepares one source; `prepared=DIR` trains on the stage's mixture of the prepared
+  components DIR/<name>. data.components names them for `prepare --check`."""
+  recipe = load_module(os.path.join(os.path.dirname(__file__), "data", "synergen_vl_stages.py"),
+                       "data recipe")
+  config.data.components = tuple(s.name for s in recipe.sources(arg.stage))
+  if arg.component:
+    recipe.apply_component(config, arg.stage, arg.component, arg.raw or ".")
+  elif arg.prepared:
+    config.data.mixture = recipe.mixture(arg.stage, arg.prepared)

@@ -108,6 +108,9 @@ class DataKeys:
   name: str = key("mnist5k", "raw source: an embedded dataset, tfds:NAME, jsonl or a web format")
   path: str | None = key(None, "prepared data folder (or raw input files, by name); None = the cache")
   eval_path: str | None = key(None, "held-out raw input files of the same format as path")
+  components: tuple[str, ...] = key(
+      (), "the config's recipe components (its `component=NAME` argument): what prepare --check "
+      "lists")
   code_cache: str | None = key(
       None, "folder (or gs:// path) of image codes shared by prepares: each tile is encoded once "
       "per image tokenizer, so later stages encode only new tiles (prepare/code_cache.py)")

@@ -5,6 +5,8 @@
       --config.data.path='laion/{00000..09999}.tar' --out data/laion --workers 8 \\
       --num_shards 4 --shard_index 0          # one of 4 hosts; or let the launcher's environment say
   python -m synergen_jax.prepare --config my.py ... --out data/laion --merge   # after all shards
+  python -m synergen_jax.prepare --config configs/synergen_vl_2b.py:stage=1,raw=gs://b/raw \
+      --out gs://b/prep/s1 --check        # each recipe component: files found, records decodable
 
 The image tokenizer comes from --vq_workdir (else config.vq.workdir): train one with
 python -m synergen_jax.train_vq or import a release with python -m synergen_jax.convert.vq_import.
@@ -19,6 +21,7 @@ Prints the example counts per split and task and the skipped records by reason.
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -27,6 +30,7 @@ from synergen_jax.core import cli, storage
 from synergen_jax.core.errors import DataError
 from synergen_jax.data.inputs import launcher_shard
 from synergen_jax.prepare import image_side
+from synergen_jax.prepare.check import check_recipe
 from synergen_jax.prepare.writer import merge_only, prepare
 from synergen_jax.vq.tokenizer import ImageTokenizer
 
@@ -39,6 +43,9 @@ flags.DEFINE_integer("num_shards", None, "processes splitting the input shards (
 flags.DEFINE_integer("shard_index", None, "this process's share, in [0, num_shards) (default: from "
                      "the launcher's environment, else 0)")
 flags.DEFINE_bool("merge", False, "only merge the parts already written into meta.json")
+flags.DEFINE_bool("check", False, "list what each component of the config's recipe expects on disk "
+                  "and what is there (files, a sample of records decoded), then stop: no encoding")
+flags.DEFINE_integer("check_records", 200, "--check: records read and decoded per component")
 
 
 
@@ -48,6 +55,8 @@ def main(argv):
   FLAGS = flags.FLAGS
   config = FLAGS.config
   vq_workdir = FLAGS.vq_workdir or config.vq.workdir
+  if FLAGS.check:
+    sys.exit(_check(config, vq_workdir))
   if not vq_workdir:
     raise DataError("prepare needs an image tokenizer: pass --vq_workdir DIR (a train_vq workdir) or "
                     "set config.vq.workdir")
@@ -72,6 +81,19 @@ def main(argv):
     return
   print(json.dumps({k: meta[k] for k in ("source", "splits", "skipped", "skipped_total",
                                          "dropped_images", "text_vocab", "seconds")}, indent=1))
+
+
+def _check(config, vq_workdir) -> int:
+  """--check: 0 when every component has files and usable records, else 1."""
+  if vq_workdir:
+    image_side.follow(config, cli.overrides(), vq_workdir)
+  image_size = config.model.code_grid[0] * config.vq.downsample
+  results = check_recipe(cli.config_spec(), config, cli.overrides(), image_size,
+                         flags.FLAGS.check_records, log=lambda line: print(line, flush=True))
+  failed = [r.name for r in results if not r.ok]
+  print(f"prepare --check: {len(results) - len(failed)} of {len(results)} components ready"
+        + (f"; not ready: {', '.join(failed)}" if failed else ""))
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":
