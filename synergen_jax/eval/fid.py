@@ -46,15 +46,17 @@ class RunningMoments:
   """Mean and covariance of features added batch by batch, in float64. The sums are of features
   minus the first batch's mean, so a large common offset does not cancel catastrophically."""
 
-  def __init__(self, dim: int = FEATURES):
+  def __init__(self, dim: int | None = FEATURES):
+    """dim None: the width of the first batch's features (a stand-in feature extractor's)."""
     self.count = 0
     self._shift = None
-    self._sum = np.zeros(dim)
-    self._outer = np.zeros((dim, dim))
+    self._dim = dim
 
   def add(self, features: np.ndarray) -> None:
     features = np.asarray(features, np.float64)
     if self._shift is None:
+      dim = self._dim or features.shape[1]
+      self._sum, self._outer = np.zeros(dim), np.zeros((dim, dim))
       self._shift = features.mean(0)
     centred = features - self._shift
     self._sum += centred.sum(0)
@@ -117,21 +119,24 @@ def read_image(path: str) -> np.ndarray:
   return resize_like_torch(pixels[None].astype(np.float32) / np.float32(255), INPUT_SIZE)[0]
 
 
-def image_batches(files: list[str], batch_size: int):
-  """Decoded batches in order; the next one decodes on threads while the current one is used."""
+def image_batches(files: list[str], batch_size: int, reader=read_image):
+  """Decoded batches in order; the next one decodes on threads while the current one is used.
+  reader: file -> the network's input (read_image: pytorch-fid's reading of a folder)."""
   chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
   if not chunks:
     return
   with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
-    ahead = [pool.submit(read_image, path) for path in chunks[0]]
+    ahead = [pool.submit(reader, path) for path in chunks[0]]
     for next_chunk in chunks[1:] + [[]]:
-      current, ahead = ahead, [pool.submit(read_image, path) for path in next_chunk]
+      current, ahead = ahead, [pool.submit(reader, path) for path in next_chunk]
       yield np.stack([job.result() for job in current])
 
 
-def files_statistics(files: list[str], extractor: FeatureExtractor) -> Statistics:
-  moments = RunningMoments()
-  for batch in image_batches(files, extractor.batch_size):
+def files_statistics(files: list[str], extractor: FeatureExtractor, reader=read_image) -> Statistics:
+  """Statistics of the images in `files` (an extractor is anything with batch_size that maps a
+  batch of [0, 1] images [n, 299, 299, 3] to features [n, d])."""
+  moments = RunningMoments(None)
+  for batch in image_batches(files, extractor.batch_size, reader):
     moments.add(extractor(batch))
   return moments.statistics()
 

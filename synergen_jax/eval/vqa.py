@@ -156,8 +156,10 @@ def scores(pairs: Sequence[tuple[str, Sequence[str]]]) -> dict:
               anls=sum(anls(p, a) for p, a in pairs) / n, count=n)
 
 
-def read_vqa_records(path: str) -> list[dict]:
-  """{"image", "question", "answers"} records of a jsonl file; errors name the file, line and field."""
+def read_vqa_records(path: str, answers_per_record: int | None = None) -> list[dict]:
+  """{"image", "question", "answers"} records of a jsonl file; errors name the file, line and field.
+  answers_per_record: the number of human answers every record must have (10 for VQAv2 and
+  TextVQA, whose official accuracy is defined over 10)."""
   records = []
   for where, _, record in jsonl.records(path, required=("image", "question", "answers")):
     for field in ("image", "question"):
@@ -167,5 +169,8 @@ def read_vqa_records(path: str) -> list[dict]:
     if (not isinstance(answers, list) or not answers
         or not all(isinstance(a, str) for a in answers)):
       raise DataError(f"{where}: \"answers\" must be a non-empty list of strings, got {answers!r}")
+    if answers_per_record is not None and len(answers) != answers_per_record:
+      raise DataError(f"{where}: {len(answers)} \"answers\"; this benchmark's accuracy needs "
+                      f"{answers_per_record} human answers per question")
     records.append(record)
   return records

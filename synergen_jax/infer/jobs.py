@@ -22,7 +22,9 @@ produces the same results as one uninterrupted run.
 Several processes (SYNERGEN_PROCESS_ID / SYNERGEN_NUM_PROCESSES, as the launchers set them) split
 the items between them, each writing `index-<process>-of-<count>.jsonl`; resuming reads every index
 file whatever the process count was. Within a process the batch is split over all local devices
-(loader.local_mesh). No collective is needed, so jax.distributed is not initialised.
+(loader.local_mesh). No collective is needed, so jax.distributed is not initialised. Whatever scores
+a job (the suites of eval/) calls `wait_for_job` in process 0 first: it returns once every
+process's share is in the index files, so nothing is scored on part of the items.
 
 OUT_DIR may be a bucket (gs://...). Every PNG is written whole or not at all (core/storage.py); an
 object cannot be appended to, so there each batch's index lines go into an object of their own,
@@ -270,6 +272,44 @@ def run_job(loaded: Loaded, records_path: str, out_dir: str, settings: JobSettin
   seconds = time.time() - t0
   return dict(kind=kind, items=len(mine), done_before=len(mine) - len(todo), generated=finished,
               seconds=seconds, per_second=finished / seconds if finished else None)
+
+
+# How long process 0 waits for the others while no new item appears: a process that died leaves
+# its share unfinished, and waiting forever would hide that.
+WAIT_STALL_S = 1800
+
+
+def wait_for_job(out_dir, records_path: str, settings: JobSettings, stall_s: float = WAIT_STALL_S,
+                 poll_s: float = 5.0, log: Callable[[str], None] = print,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> dict[tuple[str, int], dict]:
+  """The index entries of every item of the job, (id, sample) -> entry, in the records' order, once
+  all processes have finished their shares: the index files are read every poll_s seconds until each
+  item is listed with its file. Entries of other jobs in the same folder are left out. Raises
+  TimeoutError after stall_s seconds without a newly finished item, naming what each process owes
+  (the share of the current process count: item i belongs to process i % count)."""
+  kind, records = read_records(records_path)
+  items = items_of(kind, records, settings.num, settings.seed)
+  _, count = process_share()
+  last_missing, last_change = None, clock()
+  while True:
+    done = read_index(out_dir)
+    missing = [i for i, it in enumerate(items) if (it.id, it.sample) not in done]
+    if not missing:
+      return {(it.id, it.sample): done[(it.id, it.sample)] for it in items}
+    if len(missing) != last_missing:
+      last_missing, last_change = len(missing), clock()
+      log(f"sample: waiting for the other processes: {len(missing)} of {len(items)} items to go")
+    elif clock() - last_change > stall_s:
+      owed: dict[int, list[Item]] = {}
+      for i in missing:
+        owed.setdefault(i % count, []).append(items[i])
+      detail = "; ".join(f"process {p}: {len(its)} (first: id {its[0].id!r} sample {its[0].sample})"
+                         for p, its in sorted(owed.items()))
+      raise TimeoutError(f"{out_dir}: {len(missing)} of {len(items)} items still unfinished after "
+                         f"{stall_s:.0f} s without progress ({detail}); rerun the processes that "
+                         "stopped (they resume), then score again")
+    sleep(poll_s)
 
 
 def _records_folder(records_path: str) -> str:

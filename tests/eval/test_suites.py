@@ -87,3 +87,32 @@ def test_merge_keeps_the_other_numbers(tmp_path):
   suites.merge_into(path, "fid", {"fid": 12.5})
   suites.merge_into(path, "fid", {"fid": 11.0})
   assert json.load(open(path)) == {"understanding": {"caption_accuracy": 0.9}, "fid": {"fid": 11.0}}
+
+
+def test_two_processes_share_the_job_and_process_0_alone_scores_it_all(tiny_workdir, tmp_path):
+  """evaluate --suite vqa --benchmark vqav2 as processes 0 and 1: each answers its 1 of the 2
+  records; process 0 waits for process 1's share and writes the report of both (scored by the
+  vqav2 rule from both index files); process 1 writes none."""
+  import shutil
+  from helpers import two_processes
+  from synergen_jax.eval import benchmarks
+  workdir = str(tmp_path / "work")
+  shutil.copytree(tiny_workdir, workdir)
+  records = [dict(image=p, question="what digit is this?", answers=["7"] * 4 + ["seven"] * 6)
+             for p in _images(tmp_path, 2)]
+  data = _write(tmp_path / "vqa.jsonl", records)
+  command = [sys.executable, "-m", "synergen_jax.evaluate", "--workdir", workdir, "--suite", "vqa",
+             "--benchmark", "vqav2", "--data", data, "--batch_size", "1", "--max_new_tokens", "4"]
+  with two_processes(command, tmp_path, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu") as procs:
+    codes = [p.wait(timeout=300) for p in procs]
+  logs = [open(tmp_path / f"p{i}.log").read() for i in range(2)]
+  assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  assert "this process's share is done; process 0 writes" in logs[1]
+  report = json.load(open(os.path.join(workdir, "eval.json")))["vqa"]
+  job = os.path.join(workdir, "eval_vqa")
+  assert sorted(f for f in os.listdir(job) if f.startswith("index")) == [
+      "index-00000-of-00002.jsonl", "index-00001-of-00002.jsonl"]
+  index = jobs.read_index(job)
+  want = benchmarks.scores([(e["answer"], e["answers"]) for e in index.values()], "vqav2")
+  assert report["count"] == 2 and report["benchmark"] == "vqav2"
+  assert report["vqa_accuracy"] == pytest.approx(want["vqa_accuracy"])

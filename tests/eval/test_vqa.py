@@ -117,3 +117,78 @@ def test_bad_vqa_records_name_the_file_line_and_field(tmp_path, record, message)
 def test_an_empty_vqa_file_is_refused(tmp_path):
   with pytest.raises(DataError, match=r"vqa.jsonl: no records"):
     vqa.read_vqa_records(_write(tmp_path / "vqa.jsonl", [""]))
+
+
+# Each benchmark's rule (eval/benchmarks.py), on cases worked out by hand from the official scripts.
+
+from synergen_jax.eval import benchmarks  # noqa: E402
+
+
+def test_vqav2_rule_is_vqaeval_and_needs_ten_answers():
+  score = benchmarks.BENCHMARKS["vqav2"].score
+  assert score("two", ["2"] * 10) == 0.0                       # humans agree: nothing normalised
+  assert score("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
+  assert score("a dog", ["dog"] * 2 + ["cat"] * 8) == pytest.approx(0.6)
+  with pytest.raises(ValueError, match="vqav2 scores 10 human answers per question, got 1"):
+    benchmarks.scores([("dog", ["dog"])], "vqav2")
+
+
+@pytest.mark.parametrize("raw, processed", [
+    ("Two", "2"), ("a dog", "dog"), ("What?", "what"), ("1,000", "1000"), ("isnt", "isn't"),
+    ("the man's hat", "man 's hat"), ("dog.", "dog"), ("Yes!", "yes"),
+])
+def test_textvqa_answer_processor(raw, processed):
+  assert benchmarks.evalai_normalise(raw) == processed
+
+
+def test_textvqa_always_normalises():
+  """Unlike vqaEval, MMF's evaluator processes the answers even when all 10 agree."""
+  score = benchmarks.textvqa_accuracy
+  assert score("two", ["2"] * 10) == 1.0 and benchmarks.BENCHMARKS["vqav2"].score("two", ["2"] * 10) == 0
+  assert score("The Coca-Cola", ["coca cola"] * 1 + ["pepsi"] * 9) == pytest.approx(0.3)
+  assert score("STOP", ["stop"] * 4 + ["go"] * 6) == 1.0
+
+
+@pytest.mark.parametrize("prediction, answer, right", [
+    ("Yes.", "yes", True), ("left", "Left", True), ("t-shirt", "tshirt", True),
+    ("a dog", "dog", False),           # no article removal: lowercase and punctuation only
+    ("two", "2", False), ("dog ", "dog", False),
+])
+def test_gqa_exact_match(prediction, answer, right):
+  assert benchmarks.gqa_exact_match(prediction, [answer]) == float(right)
+
+
+@pytest.mark.parametrize("prediction, answer, right", [
+    ("4.9", "5", True),                 # 2% off
+    ("4.74", "5", False),               # 5.2% off
+    ("4.75", "5", True),                # exactly 5%
+    ("52%", "0.5", True),               # 0.52 vs 0.5: 4%
+    ("50", "50%", False),               # 50 vs 0.5
+    ("0", "0", True), ("0.01", "0", False),   # a zero target: exact string match only
+    ("Brazil", "brazil", True), ("Brazil ", "brazil", False),
+    ("1e3", "1000", True),              # Python's float syntax, as pix2struct's
+])
+def test_chartqa_relaxed_correctness(prediction, answer, right):
+  assert benchmarks.relaxed_correctness(answer, prediction) == right
+
+
+def test_docvqa_anls_partial_credit():
+  score = benchmarks.BENCHMARKS["docvqa"].score
+  assert score("1O/20/2011", ["10/20/2011"]) == pytest.approx(0.9)      # one character off in 10
+  assert score("Smith", ["J. Smith", "smith"]) == 1.0                  # the best answer counts
+  assert score("abc", ["xyz"]) == 0.0
+
+
+def test_benchmark_scores_name_their_rule_and_strip_the_answer():
+  got = benchmarks.scores([(" 4.9\n", ["5"]), ("red", ["blue"])], "chartqa")
+  assert got["relaxed_accuracy"] == got["score"] == 0.5 and got["count"] == 2
+  assert got["benchmark"] == "chartqa" and "5%" in got["rule"] and "pix2struct" in got["source"]
+
+
+def test_ten_answer_benchmarks_refuse_other_counts_by_line(tmp_path):
+  lines = [json.dumps({"image": "a.png", "question": "q?", "answers": ["a"] * 10}),
+           json.dumps({"image": "a.png", "question": "q?", "answers": ["a"] * 3})]
+  path = _write(tmp_path / "vqa.jsonl", lines)
+  assert len(vqa.read_vqa_records(path)) == 2
+  with pytest.raises(DataError, match=r"vqa.jsonl:2: 3 \"answers\"; .* needs 10"):
+    vqa.read_vqa_records(path, 10)

@@ -149,3 +149,36 @@ def test_the_sample_cli_runs_a_job_with_the_library_results(models, tiny_workdir
   assert cli.keys() == lib.keys()
   for name in cli:
     np.testing.assert_array_equal(cli[name], lib[name], err_msg=name)
+
+
+def test_process_0_waits_for_every_share_before_returning_the_index(models, tmp_path, monkeypatch):
+  """wait_for_job: with process 1's share missing it waits (and gives up, naming process 1, when
+  nothing moves); once process 1 finishes while it waits, it returns all items in the records'
+  order and nothing of another job in the same folder."""
+  prompts = _write(tmp_path / "prompts.jsonl", [dict(prompt=p, id=f"p{i}") for i, p in enumerate(PROMPTS)])
+  out = str(tmp_path / "out")
+  monkeypatch.setenv("SYNERGEN_NUM_PROCESSES", "2")
+  monkeypatch.setenv("SYNERGEN_PROCESS_ID", "0")
+  assert jobs.run_job(models["one"], prompts, out, SETTINGS, log=lambda _: None)["generated"] == 5
+  with open(os.path.join(out, "index-00000-of-00002.jsonl"), "a") as f:    # another job's item
+    f.write(json.dumps(dict(id="other", sample=0, answer="x")) + "\n")
+
+  now = [0.0]
+  def advance(seconds):
+    now[0] += seconds
+  with pytest.raises(TimeoutError, match=r"5 of 10 items still unfinished after 60 s without "
+                                         r"progress \(process 1: 5 \(first: id 'p0' sample 1\)\)"):
+    jobs.wait_for_job(out, prompts, SETTINGS, stall_s=60, poll_s=25, log=lambda _: None,
+                      sleep=advance, clock=lambda: now[0])
+
+  waits = []
+  def other_process_finishes(seconds):
+    waits.append(seconds)
+    monkeypatch.setenv("SYNERGEN_PROCESS_ID", "1")
+    jobs.run_job(models["one"], prompts, out, SETTINGS, log=lambda _: None)
+    monkeypatch.setenv("SYNERGEN_PROCESS_ID", "0")
+  index = jobs.wait_for_job(out, prompts, SETTINGS, poll_s=7, log=lambda _: None,
+                            sleep=other_process_finishes)
+  assert waits == [7]
+  assert list(index) == [(f"p{i}", k) for i in range(5) for k in range(2)]
+  assert all(os.path.exists(os.path.join(out, e["file"])) for e in index.values())
