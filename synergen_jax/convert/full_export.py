@@ -5,17 +5,21 @@ the run's text tokenizer with the chat template, and the image tokenizer's weigh
 What the folder holds (the CLI: synergen_jax/convert/hf_export.py):
 
   config.json                      SynerGenVLConfig (model shape, fold, token ids) + auto_map
-  configuration_synergen_vl.py     the remote code, copied from convert/hf_remote/
-  modeling_synergen_vl.py
+  configuration_synergen_vl.py     the remote code, copied from convert/hf_remote/ (model,
+  modeling_synergen_vl.py          processor, SentencePiece tokenizer, image tokenizer)
+  processing_synergen_vl.py
+  tokenization_synergen_vl.py
+  image_tokenizer_synergen_vl.py
   model.safetensors (or shards + model.safetensors.index.json)
                                    synergen_jax's parameters under their flax paths joined by ".",
                                    scanned layers unstacked to layer_i; the LM head composed as
                                    decoding uses it (tied table, new-token columns); new-token rows
                                    written into the text embedding
-  tokenizer.model                  the run's SentencePiece model (prepared data's, or the import's)
-  tokenizer_config.json            special tokens, the named pieces' ids, the chat template
-  image_tokenizer/                 the image tokenizer's vq_config.json and weights (safetensors,
-                                   flax paths), as synergen_jax's ImageTokenizer reads them
+  tokenizer.model | tokenizer.json the run's tokenizer file (prepared data's, or the import's)
+  tokenizer_config.json            special tokens, the named pieces' ids, the chat template, the
+                                   AutoTokenizer class; processor_config.json: the AutoProcessor
+  generation_config.json           end tokens (</s>, and <|im_end|> for a chat-trained run)
+  image_tokenizer/                 the image tokenizer in a PyTorch format (convert/vq_export.py)
   export.json                      what was exported (step, dtype, fingerprints); written last
 
 Checks run before anything is written: the config must be one the modeling code supports, the
@@ -38,6 +42,7 @@ import numpy as np
 from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError, DataError
+from synergen_jax.convert import vq_export
 from synergen_jax.convert.exporter import _write_shards
 from synergen_jax.data.tokenizers import SPECIAL_PIECES
 from synergen_jax.data import formats
@@ -45,7 +50,9 @@ from synergen_jax.infer import loader as loader_lib
 from synergen_jax.train.checkpoint import read_config, restore_on_device
 
 REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
-REMOTE_FILES = ("configuration_synergen_vl.py", "modeling_synergen_vl.py")
+REMOTE_FILES = ("configuration_synergen_vl.py", "modeling_synergen_vl.py",
+                "processing_synergen_vl.py", "image_tokenizer_synergen_vl.py",
+                "tokenization_synergen_vl.py")
 MARKER = "export.json"
 # InternLM2's template as transformers renders it (formats.py is what training rendered).
 CHAT_TEMPLATE = (
@@ -103,13 +110,14 @@ def check_supported(mc) -> None:
     raise ConfigError("the exported modeling code does not support this config: " + "; ".join(problems))
 
 
-def hf_config(mc, config, special, dtype: str) -> dict:
+def hf_config(mc, config, special, dtype: str, background: int = 255, chat: bool = False) -> dict:
   u = mc.unfold
   d = config.data
   return dict(
       model_type="synergen_vl", architectures=["SynerGenVLForCausalLM"],
       auto_map={"AutoConfig": "configuration_synergen_vl.SynerGenVLConfig",
-                "AutoModelForCausalLM": "modeling_synergen_vl.SynerGenVLForCausalLM"},
+                "AutoModelForCausalLM": "modeling_synergen_vl.SynerGenVLForCausalLM",
+                "AutoProcessor": "processing_synergen_vl.SynerGenVLProcessor"},
       text_vocab=mc.text_vocab, num_layers=mc.llm.num_layers, d_model=mc.llm.d_model,
       num_heads=mc.llm.num_heads, num_kv_heads=mc.llm.num_kv_heads, head_dim=mc.llm.head_dim,
       mlp_dim=mc.llm.mlp_dim, num_experts=mc.llm.num_experts, qkv_bias=mc.llm.qkv_bias,
@@ -120,42 +128,57 @@ def hf_config(mc, config, special, dtype: str) -> dict:
       unfold=dict(num_layers=u.num_layers, d_model=u.d_model, num_heads=u.num_heads,
                   num_kv_heads=u.num_kv_heads, head_dim=u.head_dim, mlp_dim=u.mlp_dim),
       special=special, generation_prompt=d.generation_prompt, uncond_prompt=d.uncond_prompt,
-      caption_prompt=d.caption_prompt, torch_dtype=dtype)
+      caption_prompt=d.caption_prompt, torch_dtype=dtype,
+      # How the processor fits an image into tiles, as prepare did (data/decoding.py FitSettings).
+      image_fit=d.image_fit, background=int(background), max_tiles=int(d.max_tiles),
+      thumbnail=bool(d.thumbnail), trained_on_chat=bool(chat))
+
+
+def _spelling(tok, i: int, fallback: str) -> str:
+  """Token `i` as the tokenizer file spells it (a BPE release keeps its own bos/eos/pad names)."""
+  if tok.backend == "bpe":
+    return tok.hf.id_to_token(i) or fallback
+  return tok.sp.id_to_piece(i) if i < tok.sp.get_piece_size() else fallback
 
 
 def tokenizer_config(tok, special: dict, chat: bool) -> dict:
+  """tokenizer_config.json: every named piece an added token at its id; for a SentencePiece run our
+  tokenizer class (hf_remote/tokenization_synergen_vl.py, which splits and strips as synergen_jax
+  does), for a tokenizer.json run transformers' fast tokenizer over the rewritten file."""
   names = {v: k for k, v in tok.pieces.items()}
-  added = {str(i): dict(content=names.get(i, SPECIAL_PIECES[f]), special=True, lstrip=False,
-                        rstrip=False, normalized=False, single_word=False)
-           for f, i in special.items()}
-  for piece, i in tok.pieces.items():
-    added.setdefault(str(i), dict(content=piece, special=True, lstrip=False, rstrip=False,
-                                  normalized=False, single_word=False))
-  out = dict(tokenizer_class="LlamaTokenizer", add_bos_token=True, add_eos_token=False,
-             legacy=False, bos_token=added[str(special["bos"])]["content"],
-             eos_token=added[str(special["eos"])]["content"],
-             pad_token=added[str(special["pad"])]["content"], added_tokens_decoder=added,
+  added = {}
+  for piece, i in sorted(tok.pieces.items(), key=lambda kv: kv[1]):
+    added.setdefault(str(i), dict(content=_spelling(tok, i, names.get(i, piece)), special=True,
+                                  lstrip=False, rstrip=False, normalized=False, single_word=False))
+  spelled = {f: added[str(special[f])]["content"] for f in ("bos", "eos", "pad")}
+  out = dict(add_bos_token=True, add_eos_token=False, bos_token=spelled["bos"],
+             eos_token=spelled["eos"], pad_token=spelled["pad"], added_tokens_decoder=added,
              synergen_pieces=dict(tok.pieces), synergen_special=special,
-             chat_template=CHAT_TEMPLATE if chat else None)
+             synergen_backend=tok.backend, chat_template=CHAT_TEMPLATE if chat else None,
+             processor_class="SynerGenVLProcessor",
+             auto_map=dict(AutoProcessor="processing_synergen_vl.SynerGenVLProcessor"))
+  if tok.backend == "bpe":
+    out["tokenizer_class"] = "PreTrainedTokenizerFast"
+  else:
+    out["tokenizer_class"] = "SynerGenVLTokenizer"
+    out["auto_map"]["AutoTokenizer"] = ["tokenization_synergen_vl.SynerGenVLTokenizer", None]
   if chat:
-    out["synergen_stop_ids"] = [special["eos"], tok.pieces[formats.ASSISTANT_END]]
+    out["synergen_stop_ids"] = stop_ids(tok, special, chat)
   return out
 
 
-def _image_tokenizer_files(tok, target) -> None:
-  """vq_config.json and the parameters (safetensors, flax paths) of the run's image tokenizer."""
-  from safetensors.numpy import save_file
-  folder = target / "image_tokenizer"
-  folder.mkdir(parents=True, exist_ok=True)
-  meta = dict(family=tok.family, image_size=tok.image_size, channels=tok.channels,
-              grid=tok.grid, codebook_size=tok.codebook_size, fingerprint=tok.fingerprint)
-  storage.write_text(folder / "vq_config.json", json.dumps(meta, indent=1))
-  flat = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in _flat(
-      jax.tree.map(np.asarray, dict(tok.params))).items()}
-  with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, "model.safetensors")
-    save_file(flat, local)
-    storage.write_bytes(folder / "model.safetensors", open(local, "rb").read())
+def stop_ids(tok, special: dict, chat: bool) -> list[int]:
+  """The ids that end an answer: </s>, and <|im_end|> for a chat-trained run."""
+  ids = [special["eos"]]
+  if chat and formats.ASSISTANT_END in tok.pieces:
+    ids.append(tok.pieces[formats.ASSISTANT_END])
+  return ids
+
+
+def _image_tokenizer_files(tok, loaded, target) -> None:
+  """image_tokenizer/ in the format of its family (convert/vq_export.py)."""
+  meta_file = storage.path(loaded.image_tokenizer_dir()) / "vq_config.json"
+  vq_export.write(tok, json.loads(meta_file.read_text()), target)
 
 
 def _check_out(out: str):
@@ -199,16 +222,25 @@ def export_full(workdir: str, out: str, *, dtype: str = "float32",
     work = final
   try:
     files = _write_shards(model_tensors(mc, params), work, jax.numpy.dtype(dtype), max_shard_bytes)
-    storage.write_text(work / "config.json", json.dumps(hf_config(mc, config, special, dtype), indent=1))
+    storage.write_text(work / "config.json", json.dumps(hf_config(
+        mc, config, special, dtype, loaded.meta.get("background", 255), chat_run), indent=1))
     for name in REMOTE_FILES:
       storage.write_bytes(work / name, open(os.path.join(REMOTE_DIR, name), "rb").read())
-    storage.write_bytes(work / "tokenizer.model", text_tok.proto)
+    for name, data in text_tok.files().items():
+      if name != "tokenizer_config.json":       # ours below names the run's ids and the template
+        storage.write_bytes(work / name, data)
     storage.write_text(work / "tokenizer_config.json",
                        json.dumps(tokenizer_config(text_tok, special, chat_run), indent=1))
-    storage.write_text(work / "special_tokens_map.json", json.dumps(dict(
-        bos_token=SPECIAL_PIECES["bos"], eos_token=SPECIAL_PIECES["eos"],
-        pad_token=SPECIAL_PIECES["pad"]), indent=1))
-    _image_tokenizer_files(image_tok, work)
+    storage.write_text(work / "processor_config.json", json.dumps(dict(
+        processor_class="SynerGenVLProcessor",
+        auto_map=dict(AutoProcessor="processing_synergen_vl.SynerGenVLProcessor")), indent=1))
+    tok_config = tokenizer_config(text_tok, special, chat_run)
+    storage.write_text(work / "special_tokens_map.json", json.dumps(
+        {k: tok_config[k] for k in ("bos_token", "eos_token", "pad_token")}, indent=1))
+    storage.write_text(work / "generation_config.json", json.dumps(dict(
+        bos_token_id=special["bos"], pad_token_id=special["pad"],
+        eos_token_id=stop_ids(text_tok, special, chat_run)), indent=1))
+    _image_tokenizer_files(image_tok, loaded, work)
     record = dict(workdir=workdir, step=step, dtype=dtype, files=files, trained_on_chat=chat_run,
                   text_tokenizer=text_tok.fingerprint, image_tokenizer=image_tok.fingerprint,
                   seconds=round(time.time() - t0, 2))
@@ -226,18 +258,17 @@ def export_full(workdir: str, out: str, *, dtype: str = "float32",
 
 def _text_tokenizer(workdir: str, config, loaded):
   """The run's tokenizer: the prepared data's, else the import's; a clear error without one."""
-  from synergen_jax.data.tokenizers import TextTokenizer
+  from synergen_jax.data.tokenizers import TextTokenizer, saved_tokenizer
   from synergen_jax.train.checkpoint import HF_FILES
   data_dir = loader_lib.prepared_dir(config)
   if data_dir:
     meta_file = storage.path(data_dir) / "meta.json"
     if meta_file.exists():
       loaded.meta = json.loads(meta_file.read_text())
-      return TextTokenizer.load(os.fspath(meta_file.parent / "tokenizer.model"),
-                                config.data.reserved_tokens)
-  model = storage.path(workdir) / HF_FILES / "tokenizer.model"
-  if model.exists():
-    return TextTokenizer.load(os.fspath(model), config.data.reserved_tokens)
+      return TextTokenizer.load(os.fspath(meta_file.parent), config.data.reserved_tokens)
+  folder = os.fspath(storage.path(workdir) / HF_FILES)
+  if saved_tokenizer(folder):
+    return TextTokenizer.load(folder, config.data.reserved_tokens)
   raise DataError(f"{workdir}: no text tokenizer (neither prepared data with meta.json at "
-                  f"config.data.path={data_dir!r} nor an imported tokenizer.model); a full export "
-                  "writes the run's tokenizer")
+                  f"config.data.path={data_dir!r} nor an imported tokenizer.model / tokenizer.json "
+                  "in hf_files); a full export writes the run's tokenizer")

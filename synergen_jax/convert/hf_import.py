@@ -9,13 +9,14 @@ training sections) from --config. The text weights are copied; the vision expert
 the text FFNs (`config.model.init_vision_from_text`); the fold embedding and unfold head get their usual
 random initialisation.
 
-The vocabulary comes from the folder's SentencePiece tokenizer (tokenizer.model + tokenizer_config.json),
+The vocabulary comes from the folder's tokenizer (SentencePiece tokenizer.model, or an HF tokenizer.json
+for BPE releases such as Qwen2 and Llama 3; with tokenizer_config.json's added tokens),
 read as prepare reads it with --config's data.reserved_tokens: the pieces the data format names
 (<pad> <boi> <eoi> <UNCOND> <|im_start|> <|im_end|> <extra_i>) take the release's own tokens, then its
 unused ones ([UNUSED_TOKEN_n] in InternLM2), and only what is still missing is appended as new rows
 (initialised to the mean pretrained row). InternLM2 needs none: its 92,544 ids hold them all. Train
 from the import with --config.data.tokenizer=OUT/hf_files. `--extra_tokens N` appends N rows for
-folders without a SentencePiece tokenizer.model (BPE-only releases); with one it is an error.
+folders with neither tokenizer file; with one, the tokenizer sizes the vocabulary and it is an error.
 
 Memory: parameters are built as host numpy arrays one HF tensor at a time (safetensors files are
 memory-mapped), so the peak is the model in config.model.param_dtype plus about one tensor; nothing is
@@ -36,8 +37,8 @@ FLAGS = flags.FLAGS
 cli.define_config_flag("configs/synergen_vl_2b.py")   # the vision parts and training sections
 flags.DEFINE_string("hf_dir", None, "HF checkpoint folder (config.json + *.safetensors)")
 flags.DEFINE_string("workdir", None, "output workdir")
-flags.DEFINE_integer("extra_tokens", 0, "vocabulary rows to append when --hf_dir has no SentencePiece "
-                     "tokenizer.model (with one, its tokenizer sizes the vocabulary)")
+flags.DEFINE_integer("extra_tokens", 0, "vocabulary rows to append when --hf_dir has no tokenizer "
+                     "(tokenizer.model / tokenizer.json: with one, it sizes the vocabulary)")
 flags.DEFINE_bool("allow_pickle", False, "read pickle *.bin weights (runs code from the file)")
 flags.DEFINE_integer("seed", 0, "initialisation seed of the vision parts")
 

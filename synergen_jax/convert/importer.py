@@ -1,12 +1,13 @@
 """HF LLM checkpoint -> parameters of a SynerGen-VL model, and the workdir that holds them.
 
-The vocabulary: where the HF folder has a SentencePiece tokenizer.model, it is read exactly as
+The vocabulary: where the HF folder has a tokenizer (SentencePiece tokenizer.model, or an HF
+tokenizer.json for BPE releases such as Qwen2 and Llama 3), it is read exactly as
 prepare will read it (`TextTokenizer.load(folder, config.data.reserved_tokens)`: the release's own
 tokens, then its unused ones, then appended ids; data/tokenizers.py), and the embedding and LM head
 get exactly the rows that tokenizer needs: `config.model.text_vocab` = max(config.json's vocab_size,
 the tokenizer's ids), appended rows set to the mean pretrained row. hf_import.json records the
 tokenizer's ids and fingerprint, which the prepared data of a run that starts from the import must
-share. Without a tokenizer.model (BPE-only releases) `extra_tokens` rows are appended as asked.
+share. Without either file `extra_tokens` rows are appended as asked.
 
 The CLI and what it writes: synergen_jax/convert/hf_import.py. The workdir may be a bucket path
 (gs://...): Orbax writes the parameters there itself (tensorstore), the small files go whole through
@@ -31,7 +32,7 @@ from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import CheckpointError, ConfigError
 from synergen_jax.convert.hf_checkpoint import HFCheckpoint
 from synergen_jax.convert.hf_families import detect_family, global_names, llm_shape, read_layer
-from synergen_jax.data.tokenizers import TextTokenizer
+from synergen_jax.data.tokenizers import TextTokenizer, saved_tokenizer
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD
 
@@ -41,9 +42,9 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def release_tokenizer(hf_dir: str, config) -> TextTokenizer | None:
   """The text tokenizer a run from this import trains with, read as prepare reads
-  `--config.data.tokenizer=<import>/hf_files` (the same files, config.data.reserved_tokens); None
-  when the folder has no SentencePiece tokenizer.model."""
-  if not os.path.exists(os.path.join(hf_dir, "tokenizer.model")):
+  `--config.data.tokenizer=<import>/hf_files` (the same files, config.data.reserved_tokens): a
+  SentencePiece tokenizer.model or an HF tokenizer.json (BPE); None when the folder has neither."""
+  if saved_tokenizer(hf_dir) is None:
     return None
   return TextTokenizer.load(hf_dir, config.data.reserved_tokens)
 
@@ -56,7 +57,7 @@ def vocab_rows(rows: int, tokenizer: TextTokenizer | None, extra_tokens: int, wh
   if tokenizer is None:
     return rows + extra_tokens
   if extra_tokens:
-    raise ConfigError(f"--extra_tokens={extra_tokens}: {where} has a SentencePiece tokenizer.model, "
+    raise ConfigError(f"--extra_tokens={extra_tokens}: {where} has a tokenizer ({tokenizer.backend}), "
                       f"which sizes the vocabulary itself ({tokenizer.vocab_size} ids with "
                       f"config.data.reserved_tokens); --extra_tokens is for folders without one")
   if tokenizer.release_size > rows:

@@ -7,8 +7,8 @@ tokenizer sits beside it (`<cache entry>/vq`) unless `config.vq.workdir` names o
 checked against what the data was prepared with, so a swapped tokenizer fails loudly.
 
 A workdir written by `convert.hf_import` has no prepared data: its text tokenizer is the imported
-SentencePiece `hf_files/tokenizer.model` when there is one (else there is none: `score` takes ids), and
-its image tokenizer is the one `config.vq.workdir` names.
+tokenizer in `hf_files` (tokenizer.model or tokenizer.json) when there is one (else there is none:
+`score` takes ids), and its image tokenizer is the one `config.vq.workdir` names.
 
 The workdir (and the prepared data it names) may be a bucket path (gs://...): its small files are read
 through etils.epath, its checkpoint by Orbax, which reads buckets itself.
@@ -32,7 +32,7 @@ from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import DataError
 from synergen_jax.data.layout import SpecialTokens
 from synergen_jax.data.mixture import parse_mixture
-from synergen_jax.data.tokenizers import TextTokenizer
+from synergen_jax.data.tokenizers import TextTokenizer, saved_tokenizer
 from synergen_jax.infer.decode import Decoder
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.mesh import make_mesh
@@ -59,8 +59,9 @@ class Loaded:
 
   def tokenizer(self) -> TextTokenizer:
     if self.text_tokenizer is None:
-      raise DataError(f"{self.workdir} has no text tokenizer (an import without a SentencePiece "
-                      "tokenizer.model); pass token ids, or train on prepared data first")
+      raise DataError(f"{self.workdir} has no text tokenizer (an import whose hf_files hold neither "
+                      "tokenizer.model nor tokenizer.json); pass token ids, or train on prepared "
+                      "data first")
     return self.text_tokenizer
 
   @functools.cached_property
@@ -70,23 +71,31 @@ class Loaded:
   @functools.cached_property
   def image_tokenizer(self) -> ImageTokenizer:
     data_dir = prepared_dir(self.config)
-    if not data_dir and not self.config.vq.workdir:
-      raise DataError(f"{self.workdir} names no image tokenizer (an imported LLM): set "
-                      "config.vq.workdir in its config.json to a trained or imported tokenizer")
-    vq_dir = self.config.vq.workdir or os.fspath(storage.path(data_dir).parent / "vq")
+    vq_dir = self.image_tokenizer_dir()
     tok = ImageTokenizer.load(vq_dir)
     if "image_tokenizer" in self.meta and tok.fingerprint != self.meta["image_tokenizer"]:
       raise DataError(f"image tokenizer in {vq_dir} ({tok.fingerprint}) is not the one {data_dir} was "
                       f"prepared with ({self.meta['image_tokenizer']}); set --config.vq.workdir")
     return tok
 
+  def image_tokenizer_dir(self) -> str:
+    """The image tokenizer's workdir: config.vq.workdir, else `vq` beside the prepared data."""
+    data_dir = prepared_dir(self.config)
+    if not data_dir and not self.config.vq.workdir:
+      raise DataError(f"{self.workdir} names no image tokenizer (an imported LLM): set "
+                      "config.vq.workdir in its config.json to a trained or imported tokenizer")
+    return self.config.vq.workdir or os.fspath(storage.path(data_dir).parent / "vq")
+
   def encode_text(self, text: str) -> list[int]:
     return self.tokenizer().encode(text)
 
 
 def _imported_tokenizer(workdir: str, config) -> TextTokenizer | None:
-  path = storage.path(workdir) / HF_FILES / "tokenizer.model"
-  return TextTokenizer.load(os.fspath(path), config.data.reserved_tokens) if path.exists() else None
+  """The import's tokenizer (hf_files: tokenizer.model or tokenizer.json), None without one."""
+  folder = storage.path(workdir) / HF_FILES
+  if not saved_tokenizer(os.fspath(folder)):
+    return None
+  return TextTokenizer.load(os.fspath(folder), config.data.reserved_tokens)
 
 
 def prepared_dir(config) -> str | None:
@@ -133,10 +142,9 @@ def _load(workdir: str) -> Loaded:
     raise DataError(f"{workdir}/config.json names data.path={data_dir!r}, which holds no meta.json; "
                     "the prepared data (and its tokenizers) must be where training left them")
   meta = json.loads(meta_file.read_text())
-  text_tok = TextTokenizer.load(os.fspath(meta_file.parent / "tokenizer.model"),
-                                config.data.reserved_tokens)
+  text_tok = TextTokenizer.load(os.fspath(meta_file.parent), config.data.reserved_tokens)
   if text_tok.fingerprint != meta["text_tokenizer"]:
-    raise DataError(f"{data_dir}/tokenizer.model does not match meta.json's text_tokenizer "
+    raise DataError(f"{data_dir}'s tokenizer does not match meta.json's text_tokenizer "
                     f"({text_tok.fingerprint} != {meta['text_tokenizer']})")
 
   params, step = checkpoint.restore_on_device(workdir, mc)

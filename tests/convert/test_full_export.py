@@ -175,3 +175,122 @@ def test_bad_input_fails_before_writing(tiny_workdir, exported, tmp_path, monkey
   with pytest.raises(OSError, match="disk full"):
     full_export.export_full(tiny_workdir, str(tmp_path / "half"))
   assert sorted(os.listdir(tmp_path)) == ["bare"]
+
+
+# -- the processor, the image tokenizer in PyTorch, the text tokenizer, bfloat16, the round trip --
+
+BF16_BOUND = 0.02      # max |bf16 export - float32| / max |float32| logits (measured 0.004; docs/export.md)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_workdir, exported):
+  """The export loaded with the Auto classes, and our loaded workdir."""
+  out, _ = exported
+  torch.set_num_threads(1)
+  model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+  processor = transformers.AutoProcessor.from_pretrained(out, trust_remote_code=True)
+  return model, processor, loader.load(tiny_workdir)
+
+
+def _digit_image():
+  pixels = np.full((20, 12, 3), 255, np.uint8)     # not the tokenizer's size: fitted as prepare fits
+  pixels[4:16, 5:8] = 0
+  return pixels
+
+
+def test_processor_captions_and_draws_as_we_do(hf):
+  from synergen_jax.infer import tasks
+  model, processor, loaded = hf
+  pixels = _digit_image()
+  codes = tasks.image_codes(loaded, pixels)
+  inputs = processor(images=pixels, text="", return_tensors="pt")
+  # The prompt slot for slot: ours (tasks.answer_prompt, the caption prompt) left-padded.
+  want = left_pad([tasks.answer_prompt(loaded, codes, None, chat=False)])
+  for ours, theirs in (("text_tokens", "input_ids"), ("image_codes", "image_codes"),
+                       ("window_ids", "window_ids"), ("modality", "modality"),
+                       ("segment_ids", "attention_mask")):
+    np.testing.assert_array_equal(inputs[theirs].numpy(), want[ours], err_msg=theirs)
+  ours = tasks.caption(loaded, [codes], max_new_tokens=12, sampling=GREEDY)[0]
+  ids = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+  assert processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:])[0] == ours
+  # Drawing: the processor's prompts (the caption prompt's text, and the unconditional one).
+  ours = tasks.generate_codes(loaded, ["seven", "a one"], cfg_scale=3.0, sampling=GREEDY)
+  inputs = processor(text=["seven", "a one"], generate_image=True, return_tensors="pt")
+  theirs = model.generate_images(**inputs, cfg_scale=3.0, temperature=0.0)
+  np.testing.assert_array_equal(theirs.numpy(), ours)
+
+
+def test_generate_reuses_its_kv_cache(hf):
+  """One slot per step after the prompt: generate() keeps the cache forward() fills."""
+  model, processor, _ = hf
+  inputs = processor(images=_digit_image(), text="", return_tensors="pt")
+  seen, forward = [], model.forward
+  model.forward = lambda *a, **k: seen.append(k["input_ids"].shape[1]) or forward(*a, **k)
+  try:
+    model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+  finally:
+    del model.forward
+  assert seen == [inputs["input_ids"].shape[1], 1, 1, 1]
+
+
+def test_image_tokenizer_port_encodes_and_decodes_as_ours(hf, tiny_data):
+  _, processor, _ = hf
+  tok = tiny_data["image_tokenizer"]
+  assert processor.image_tokenizer.family == "synergen"
+  rng = np.random.default_rng(3)
+  noise = rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)
+  strokes = np.full((8, 16, 16, 1), 255, np.uint8)
+  for i in range(8):
+    strokes[i, 2 + i % 4:14, 4 + i:7 + i] = 0
+  pixels = np.concatenate([noise, strokes])
+  codes = tok.encode(pixels)
+  np.testing.assert_array_equal(processor.image_tokenizer.encode(pixels).numpy(), codes)
+  diff = processor.decode_images(codes).astype(int) - tok.decode(codes).astype(int)
+  assert np.abs(diff).max() <= 1
+
+
+def test_auto_tokenizer_gives_our_ids(hf, exported):
+  _, _, loaded = hf
+  tok = transformers.AutoTokenizer.from_pretrained(exported[0], trust_remote_code=True)
+  ours = loaded.tokenizer()
+  texts = ["a photo of the digit seven", "Here is a random image <UNCOND>:", "seven <boi> x<eoi>",
+           " two  words\nnew line ", "<s>seven</s>"]
+  for text in texts:
+    assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text), text
+  assert tok("seven")["input_ids"] == [loaded.special.bos] + ours.encode("seven")
+
+
+def test_bfloat16_export_within_the_stated_bound(tiny_workdir, hf, tmp_path):
+  model32, processor, _ = hf
+  full_export.export_full(tiny_workdir, str(tmp_path / "bf16"), dtype="bfloat16")
+  model16 = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "bf16"), trust_remote_code=True, dtype=torch.bfloat16).eval()
+  assert model16.text_embed.embedding.dtype == torch.bfloat16
+  inputs = processor(images=_digit_image(), text="seven", return_tensors="pt")
+  with torch.no_grad():
+    ours, theirs = model32(**inputs).logits.numpy(), model16(**inputs).logits.float().numpy()
+  rel = np.abs(theirs - ours).max() / np.abs(ours).max()
+  print(f"bfloat16 export: max relative logit difference {rel:.4f}")
+  assert rel <= BF16_BOUND
+
+
+def test_text_path_round_trips_through_hf_import_bit_for_bit(tiny_workdir, tmp_path):
+  """Export (text path) then hf_import: the same text-path tensors as the PyTorch model names them
+  (the new tokens' rows live in their own parameters here and in the tables after the import)."""
+  from synergen_jax.convert.exporter import export_checkpoint
+  from synergen_jax.convert.importer import import_checkpoint
+  from synergen_jax.core.config import validate_config
+  from synergen_jax.train.checkpoint import read_config, restore_on_device
+  export_checkpoint(tiny_workdir, str(tmp_path / "llm"), dtype="float32")
+  import_checkpoint(str(tmp_path / "llm"), str(tmp_path / "back"), read_config(tiny_workdir))
+
+  def tensors(workdir):
+    mc = validate_config(read_config(workdir))
+    return dict(full_export.model_tensors(mc, restore_on_device(workdir, mc)[0]))
+
+  ours, back = tensors(tiny_workdir), tensors(str(tmp_path / "back"))
+  text_path = [k for k in ours if not any(s in k for s in ("vision", "fold", "unfold"))]
+  assert {"text_embed.embedding", "lm_head.kernel"} <= set(text_path)
+  assert any("text_gate" in k for k in text_path)
+  for k in text_path:
+    np.testing.assert_array_equal(back[k], ours[k], err_msg=k)

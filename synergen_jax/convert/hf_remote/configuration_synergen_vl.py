@@ -2,6 +2,8 @@
 
 Sizes and names follow synergen_jax's config.model (ModelConfig); `unfold` is the unfold head's
 stack shape as a dict. Token ids are the run's own (`special`: pad, bos, eos, boi, eoi, uncond).
+image_fit / background / max_tiles / thumbnail: how the processor fits images (as prepare did);
+trained_on_chat: whether the run learned the chat template (the processor then prompts through it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ class SynerGenVLConfig(PretrainedConfig):
                codebook_size: int = 32, code_embed_dim: int = 16, code_grid=(4, 4), fold=(2, 2),
                fold_mlp_hidden: int = 64, unfold: dict | None = None, special: dict | None = None,
                generation_prompt: str = "", uncond_prompt: str = "<UNCOND>",
-               caption_prompt: str = "", **kwargs):
+               caption_prompt: str = "", image_fit: str = "resize", background: int = 255,
+               max_tiles: int = 1, thumbnail: bool = False, trained_on_chat: bool = False,
+               **kwargs):
     self.text_vocab, self.vocab_size = text_vocab, text_vocab
     self.num_layers, self.num_hidden_layers, self.d_model, self.hidden_size = (
         num_layers, num_layers, d_model, d_model)
@@ -35,6 +39,9 @@ class SynerGenVLConfig(PretrainedConfig):
     self.special = dict(special or dict(pad=0, bos=1, eos=2, boi=3, eoi=4, uncond=5))
     self.generation_prompt, self.uncond_prompt = generation_prompt, uncond_prompt
     self.caption_prompt = caption_prompt
+    # The processor's image fitting (prepare's), and whether prompts go through the chat template.
+    self.image_fit, self.background, self.max_tiles = image_fit, background, max_tiles
+    self.thumbnail, self.trained_on_chat = thumbnail, trained_on_chat
     kwargs.setdefault("pad_token_id", self.special["pad"])
     kwargs.setdefault("bos_token_id", self.special["bos"])
     kwargs.setdefault("eos_token_id", self.special["eos"])

@@ -29,6 +29,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .configuration_synergen_vl import SynerGenVLConfig
 
 TEXT, IMAGE = 0, 1
+# transformers >= 5 passes the KV cache to forward() and reads it back from the output as `cache`;
+# earlier releases as `past_key_values`. generate() keeps the cache only under the name it expects,
+# so a wrong name silently recomputes the whole sequence at every step.
+CACHE_FIELD = ("cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+               else "past_key_values")
 
 
 def _param(*shape):
@@ -286,7 +291,10 @@ class SynerGenVLForCausalLM(SynerGenVLPreTrainedModel, GenerationMixin):
 
   def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
               image_codes=None, window_ids=None, modality=None, use_cache=None, labels=None,
-              logits_to_keep: int = 0, **kwargs):
+              logits_to_keep: int = 0, cache=None, **kwargs):
+    """Logits of the new slots; `cache` (or `past_key_values`): a transformers Cache that the new
+    slots' keys and values are appended to, returned in the output's cache field."""
+    past_key_values = cache if cache is not None else past_key_values
     if use_cache and past_key_values is None:
       past_key_values = DynamicCache()
     h = self.hidden_states(input_ids, image_codes, window_ids, modality, attention_mask,
@@ -299,13 +307,15 @@ class SynerGenVLForCausalLM(SynerGenVLPreTrainedModel, GenerationMixin):
     if labels is not None:
       loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                              ignore_index=-100)
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values,
-                                  hidden_states=(h,))
+    return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=(h,),
+                                  **{CACHE_FIELD: past_key_values})
 
   def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                     image_codes=None, window_ids=None, modality=None,
-                                    use_cache=True, **kwargs):
-    """The prompt (with its image slots) first; then one new text slot per step."""
+                                    use_cache=True, cache=None, **kwargs):
+    """The prompt (with its image slots) first; then one new text slot per step, its keys and
+    values appended to the cache that generate() made (the prompt's are computed once)."""
+    past_key_values = cache if cache is not None else past_key_values
     past = past_key_values.get_seq_length() if past_key_values is not None else 0
     if past:
       input_ids = input_ids[:, past:]
@@ -316,9 +326,9 @@ class SynerGenVLForCausalLM(SynerGenVLPreTrainedModel, GenerationMixin):
       attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long,
                                   device=input_ids.device)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-    return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, image_codes=image_codes, window_ids=window_ids,
-                modality=modality, use_cache=use_cache)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            CACHE_FIELD: past_key_values, "image_codes": image_codes, "window_ids": window_ids,
+            "modality": modality, "use_cache": use_cache}
 
   # -- images ------------------------------------------------------------------------------------
 
