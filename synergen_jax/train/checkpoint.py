@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from synergen_jax.core import batch as batch_lib
-from synergen_jax.core import storage
+from synergen_jax.core import keys, storage
 from synergen_jax.core.errors import ConfigError
 from synergen_jax.model.synergen_vl import SynerGenVL
 from synergen_jax.parallel.distributed import barrier
@@ -152,7 +152,19 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError(f"{workdir} is not a training workdir (no config.json); give the --workdir of "
                       "a train run")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = json.loads(path.read_text())
+  _fill_defaults(saved, keys.defaults(keys.ExperimentKeys))
+  return ml_collections.ConfigDict(saved)
+
+
+def _fill_defaults(values: dict, defaults: dict) -> None:
+  """Keys declared after a workdir was written take their defaults (a newer framework reads an
+  older run); every key the run recorded keeps its value."""
+  for k, v in defaults.items():
+    if k not in values:
+      values[k] = v
+    elif isinstance(v, dict) and isinstance(values[k], dict):
+      _fill_defaults(values[k], v)
 
 
 def restore_on_device(workdir: str, mc, device=None) -> tuple[dict, int]:

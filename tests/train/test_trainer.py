@@ -240,3 +240,20 @@ def test_an_error_in_the_final_heldout_pass_keeps_the_final_checkpoint(tiny_data
   mngr = checkpoint.manager(str(tmp_path), config.train)
   assert mngr.latest_step() == 2
   mngr.close()
+
+
+def test_a_workdir_written_before_newer_keys_loads_with_their_defaults(tiny_data, tmp_path):
+  """config.json of an older run lacks keys declared since (data.code_cache, data.components):
+  inference and export still read it, each missing key at its default, every recorded value kept."""
+  from synergen_jax.core.config import validate_config
+  from synergen_jax.train import checkpoint
+
+  config = _config(tiny_data, steps=0)
+  config.data.seq_len = 48
+  saved = json.loads(config.to_json_best_effort())
+  del saved["data"]["code_cache"], saved["data"]["components"], saved["train"]["events_every_secs"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = checkpoint.read_config(str(tmp_path))
+  assert loaded.data.code_cache is None and tuple(loaded.data.components) == ()
+  assert loaded.train.events_every_secs == 60.0 and loaded.data.seq_len == 48
+  validate_config(loaded)
