@@ -5,6 +5,7 @@
   importer.py       HF LLM -> a workdir (CLI: hf_import.py)
   exporter.py       a workdir -> HF LLM folder, the text path (CLI: hf_export.py --text_only)
   full_export.py    a workdir -> the whole SynerGen-VL for transformers (CLI: hf_export.py)
+  safetensors_out.py  safetensors shards written one tensor at a time (the exports' writer)
   hf_remote/        the PyTorch configuration / modeling / processor code a full export carries
   vq_export.py      a run's image tokenizer -> the export's image_tokenizer/ (PyTorch formats)
   vq_weights.py     VQGAN-style state dicts <-> vq/autoencoder.py

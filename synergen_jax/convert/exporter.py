@@ -1,15 +1,14 @@
 """A workdir's text model -> HF tensors, config.json and safetensors shards.
 
 The CLI and what it writes: synergen_jax/convert/hf_export.py. The workdir and the output folder
-may be bucket paths (gs://...): a shard is written to a local temporary file (safetensors writes only
-local files) and uploaded whole, so the local disk holds at most one shard.
+may be bucket paths (gs://...): shards are written one tensor at a time (convert/safetensors_out.py),
+to a local temporary file and uploaded whole for a bucket, so the local disk holds at most one shard.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import numpy as np
 from synergen_jax.core import storage
 from synergen_jax.core.config import validate_config
 from synergen_jax.core.errors import ConfigError
+from synergen_jax.convert import safetensors_out
 from synergen_jax.convert.hf_families import FAMILIES, LLMShape, global_names, hf_config, write_layer
 from synergen_jax.train.checkpoint import HF_FILES, IMPORT_RECORD, read_config, restore_on_device
 
@@ -61,59 +61,10 @@ def hf_tensors(mc, params: dict, family: str):
     yield from write_layer(leaves, family, i, shape).items()
 
 
-def _save_shard(tensors: dict, target, dtype) -> int:
-  """One safetensors file at target (a local path or a bucket object, whole either way); returns
-  its size in bytes."""
-  from safetensors.flax import save_file   # the `hf` extra
-
-  def save(local: str) -> int:
-    with jax.default_device(jax.devices("cpu")[0]):
-      save_file({k: jnp.asarray(v, dtype) for k, v in tensors.items()}, local,
-                metadata={"format": "pt"})
-    return os.path.getsize(local)
-
-  if not storage.is_remote(target):
-    return save(os.fspath(target))
-  with tempfile.TemporaryDirectory() as tmp:     # safetensors writes only local files
-    local = os.path.join(tmp, target.name)
-    size = save(local)
-    storage.upload(local, target)
-  return size
-
-
 def _write_shards(tensors, out, dtype, max_shard_bytes: int) -> list[str]:
-  """Groups tensors into shards of at most max_shard_bytes and writes each as it fills."""
-  shards, current, size = [], {}, 0
-
-  def flush():
-    nonlocal current, size
-    if current:
-      path = out / f"shard-{len(shards):05d}.safetensors"
-      shards.append((path, list(current), _save_shard(current, path, dtype)))
-      current, size = {}, 0
-
-  itemsize = jnp.dtype(dtype).itemsize
-  for name, value in tensors:
-    if size and size + value.size * itemsize > max_shard_bytes:
-      flush()
-    current[name] = value
-    size += value.size * itemsize
-  flush()
-  # HF's file names: model.safetensors, or model-0000i-of-0000n.safetensors with an index. The count
-  # is known only now, so shards are renamed (on a bucket: a copy inside the bucket).
-  weight_map, total = {}, 0
-  final = []
-  for i, (path, names, bytes_) in enumerate(shards):
-    name = ("model.safetensors" if len(shards) == 1
-            else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
-    path.rename(out / name)
-    final.append(name)
-    weight_map.update({n: name for n in names})
-    total += bytes_
-  if len(shards) > 1:
-    storage.write_text(out / "model.safetensors.index.json", json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-  return final
+  """Safetensors shards of at most max_shard_bytes, one tensor in memory at a time
+  (convert/safetensors_out.py); HF's file names and index."""
+  return safetensors_out.write_shards(tensors, out, np.dtype(dtype), max_shard_bytes)
 
 
 def export_checkpoint(workdir: str, out: str, *, family: str | None = None, dtype: str = "float32",

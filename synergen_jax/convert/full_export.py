@@ -66,35 +66,49 @@ CHAT_TEMPLATE = (
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
+  """Dotted name -> (array, layer index or None). nn.scan's stacked layers become layer_i entries
+  that point into the stacked array: nothing is sliced (copied) until it is written."""
   out = {}
   for k, v in tree.items():
     name = f"{prefix}.{k}" if prefix else k
     if isinstance(v, dict):
       if k == "layers":             # nn.scan's stacked layers -> layer_i
         stacked = _flat(v)
-        n = next(iter(stacked.values())).shape[0]
+        n = next(iter(stacked.values()))[0].shape[0]
         for i in range(n):
-          out.update({f"{prefix}.layer_{i}.{rel}": a[i] for rel, a in stacked.items()})
+          out.update({f"{prefix}.layer_{i}.{rel}": (a, i) for rel, (a, _) in stacked.items()})
       else:
         out.update(_flat(v, name))
     else:
-      out[name] = v
+      out[name] = (v, None)
   return out
 
 
-def model_tensors(mc, params: dict):
-  """Yields (name, float32 numpy array) as the PyTorch model (hf_remote) names them."""
+def model_tensors(mc, params: dict, dtype=np.float32):
+  """Yields (name, numpy array in `dtype`) as the PyTorch model (hf_remote) names them, one at a
+  time: beside the parameters, at most one vocabulary table is held (the embedding and head tables
+  are copied only to write the new-token rows in), so an export needs the model's memory plus its
+  largest tensor."""
+  dtype = np.dtype(dtype)
   p = params["params"] if "params" in params else params
-  embed = np.array(p["text_embed"]["embedding"], np.float32)
-  kernel = embed.T.copy() if mc.tie_embeddings else np.array(p["lm_head"]["kernel"], np.float32)
-  for i, token in enumerate(mc.new_tokens):
-    embed[token] = np.asarray(p["new_token_embed"][i], np.float32)
-    kernel[:, token] = np.asarray(p["new_token_head"][:, i], np.float32)
+  new = list(enumerate(mc.new_tokens))
+  embed = np.asarray(p["text_embed"]["embedding"]).astype(dtype, copy=bool(new))
+  for i, token in new:
+    embed[token] = np.asarray(p["new_token_embed"][i]).astype(dtype)
   yield "text_embed.embedding", embed
+  del embed
+  if mc.tie_embeddings:
+    kernel = np.ascontiguousarray(np.asarray(p["text_embed"]["embedding"]).T, dtype=dtype)
+  else:
+    kernel = np.asarray(p["lm_head"]["kernel"]).astype(dtype, copy=bool(new))
+  for i, token in new:
+    kernel[:, token] = np.asarray(p["new_token_head"][:, i]).astype(dtype)
   yield "lm_head.kernel", kernel
+  del kernel
   skip = {"text_embed", "lm_head", "new_token_embed", "new_token_head"}
-  for name, value in _flat({k: v for k, v in p.items() if k not in skip}).items():
-    yield name, np.asarray(value, np.float32)
+  for name, (value, layer) in _flat({k: v for k, v in p.items() if k not in skip}).items():
+    value = np.asarray(value)          # a host view of the parameter, not a copy
+    yield name, (value if layer is None else value[layer]).astype(dtype, copy=False)
 
 
 def check_supported(mc) -> None:
@@ -221,7 +235,8 @@ def export_full(workdir: str, out: str, *, dtype: str = "float32",
   else:
     work = final
   try:
-    files = _write_shards(model_tensors(mc, params), work, jax.numpy.dtype(dtype), max_shard_bytes)
+    out_dtype = jax.numpy.dtype(dtype)
+    files = _write_shards(model_tensors(mc, params, out_dtype), work, out_dtype, max_shard_bytes)
     storage.write_text(work / "config.json", json.dumps(hf_config(
         mc, config, special, dtype, loaded.meta.get("background", 255), chat_run), indent=1))
     for name in REMOTE_FILES:
