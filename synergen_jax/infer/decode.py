@@ -153,9 +153,10 @@ class Decoder:
     # Jitted per instance, not with `self` as a static argument of a class-level jit: the global
     # jit cache would then keep every Decoder, and its parameters, alive after it is dropped.
     self._text = jax.jit(self._text_fn, static_argnums=(3, 4, 5))
-    self._images = jax.jit(self._images_fn, static_argnums=(3, 4, 5))
+    self._images = jax.jit(self.images_fn, static_argnums=(3, 4, 5))
 
-  def _under_mesh(self):
+  def under_mesh(self):
+    """The mesh and logical-axis rules the decoder's programs run under (nothing without a mesh)."""
     stack = contextlib.ExitStack()
     if self.mesh is not None:
       stack.enter_context(jax.set_mesh(self.mesh))
@@ -175,6 +176,16 @@ class Decoder:
     sizing = {k: jnp.zeros((rows, length, r) if k == "image_codes" else (rows, length), jnp.int32)
               for k in PROMPT_FIELDS + ("segment_ids",)}
     return _empty_cache(self.model, params, (sizing,), SynerGenVL.hidden_states)
+
+  def prefill(self, params, batch, length: int):
+    """The LLM over a batch of prompts into a fresh KV cache of `length` slots: (last slot's hidden
+    [B, D], cache). With `extend`, what a caller stepping text itself (the server) builds on."""
+    rows = batch["text_tokens"].shape[0]
+    return self._slots(params, batch, self._llm_cache(params, rows, length))
+
+  def extend(self, params, cache, position, token):
+    """One text slot per row (`token` [B] at `position` [B]) appended to `cache`: (hidden, cache)."""
+    return self._slots(params, self._one_slot(token.shape[0], position, token=token), cache)
 
   def _unfold_cache(self, params, rows: int):
     r = self.mc.fold_ratio
@@ -226,7 +237,7 @@ class Decoder:
     `seed`: one for the batch, or one per prompt (see row_keys)."""
     stops = tuple(stop_tokens if stop_tokens is not None else (self.special.eos,))
     batch = jax.tree.map(jnp.asarray, left_pad(prompts, pad_to))
-    with self._under_mesh():
+    with self.under_mesh():
       out = np.asarray(self._text(self.params, batch, _keys(seed, len(prompts)), max_new_tokens, stops,
                                   sampling))
     results = []
@@ -238,7 +249,9 @@ class Decoder:
 
   # -- images -------------------------------------------------------------------------------------
 
-  def _images_fn(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
+  def images_fn(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
+    """Window codes [rows, N, r] of one image per prompt row; the pure function `generate_images`
+    jits (rows, cfg_scale and sampling static), public for callers keeping their own programs."""
     total, length = batch["text_tokens"].shape
     guided = total == 2 * rows           # second half: the unconditional prompts
     n_windows, r = self.mc.windows_per_image, self.mc.fold_ratio
@@ -298,7 +311,7 @@ class Decoder:
     if guided:
       laid += [generation_prompt(uncond_prompt, fold, special)] * len(prompts)
     batch = jax.tree.map(jnp.asarray, left_pad(laid, pad_to))
-    with self._under_mesh():
+    with self.under_mesh():
       windows = self._images(self.params, batch, _keys(seed, len(prompts)), len(prompts),
                              float(cfg_scale), sampling)
     return np.asarray(windows_to_grid(np.asarray(windows), self.mc.code_grid, self.mc.fold))

@@ -94,7 +94,7 @@ class Engine:
       self._programs.move_to_end(group)
       return self._programs[group]
     if group[0] == IMAGE:
-      program = jax.jit(self.loaded.decoder._images_fn, static_argnums=(3, 4, 5))
+      program = jax.jit(self.loaded.decoder.images_fn, static_argnums=(3, 4, 5))
     else:
       program = TextStepper(self.loaded.decoder, self.rows, self.chat_prompt_len, self.max_tokens,
                             group[1])
@@ -126,7 +126,7 @@ class Engine:
     if cfg != 1.0:
       laid += [generation_prompt(self._uncond, mc.fold, special)] * self.rows
     batch = jax.tree.map(jnp.asarray, left_pad(laid, self.image_prompt_len))
-    with d._under_mesh():
+    with d.under_mesh():
       windows = self._program(self.image_group(cfg))(
           d.params, batch, row_keys(seeds), self.rows, cfg, self.settings.image_sampling)
     return windows_to_grid(np.asarray(windows), mc.code_grid, mc.fold)[:real]

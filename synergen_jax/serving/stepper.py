@@ -34,13 +34,13 @@ class TextStepper:
 
   def _prefill_fn(self, params, batch, keys):
     d = self.decoder
-    h, cache = d._slots(params, batch, d._llm_cache(params, self.rows, self.prompt_len + self.max_new))
+    h, cache = d.prefill(params, batch, self.prompt_len + self.max_new)
     keys, key = split_key(keys)
     return sample_logits(self._logits(params, h), key, self.sampling), cache, keys
 
   def _step_fn(self, params, cache, token, position, keys):
     d = self.decoder
-    h, cache = d._slots(params, d._one_slot(self.rows, position, token=token), cache)
+    h, cache = d.extend(params, cache, position, token)
     keys, key = split_key(keys)
     return cache, sample_logits(self._logits(params, h), key, self.sampling), keys
 
@@ -52,7 +52,7 @@ class TextStepper:
       raise ValueError(f"TextStepper: {len(prompts)} prompts / {len(seeds)} seeds for {self.rows} rows")
     d = self.decoder
     batch = jax.tree.map(jnp.asarray, left_pad(prompts, self.prompt_len))
-    with d._under_mesh():
+    with d.under_mesh():
       token, cache, keys = self._prefill(d.params, batch, row_keys(seeds))
       start = batch["positions"][:, -1] + 1
       for i in range(self.max_new):
