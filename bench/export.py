@@ -50,7 +50,7 @@ rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
 base = rss() - model_bytes       # the process before the parameters (they are all resident)
 with tempfile.TemporaryDirectory() as tmp:
   t0 = time.time()
-  files = _write_shards(full_export.model_tensors(mc, params), storage.path(tmp),
+  files = _write_shards(full_export.model_tensors(mc, params, jnp.dtype(sys.argv[2])), storage.path(tmp),
                         jnp.dtype(sys.argv[2]), 5000 << 20)
   seconds = time.time() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
