@@ -228,3 +228,23 @@ def two_processes(command, tmp_path, **env):
         p.wait()
     for log in logs:
       log.close()
+
+
+def write_webdataset(path, n: int = 12) -> str:
+  """n noise images of a few sizes and aspect ratios with captions ("noise k"), as one webdataset
+  shard (KEY.png + KEY.txt), for runs that read web-scale data."""
+  import io
+  import tarfile
+
+  from PIL import Image as PILImage
+  with tarfile.open(path, "w") as tar:
+    for k in range(n):
+      rng = np.random.default_rng(k)
+      pixels = rng.integers(0, 256, (16 + 8 * (k % 3), 16 + 8 * (k % 2)), dtype=np.uint8)
+      buf = io.BytesIO()
+      PILImage.fromarray(pixels).save(buf, format="PNG")
+      for name, data in ((f"{k:05d}.png", buf.getvalue()), (f"{k:05d}.txt", f"noise {k}".encode())):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  return str(path)

@@ -1,12 +1,9 @@
 """Image codes cached across prepares: a second stage encodes only the tiles it has not seen, and its
 examples equal those of a prepare without the cache."""
 
-import io
 import json
-import tarfile
 
-import numpy as np
-from PIL import Image as PILImage
+from helpers import write_webdataset
 
 from synergen_jax.prepare.writer import prepare
 
@@ -31,24 +28,9 @@ class CountingTokenizer:
     return self.vq.encode(pixels)
 
 
-def _webdataset(path, n: int = 12):
-  """n digit-like noise images of several aspect ratios with captions, as one webdataset shard."""
-  with tarfile.open(path, "w") as tar:
-    for k in range(n):
-      rng = np.random.default_rng(k)
-      pixels = rng.integers(0, 256, (16 + 8 * (k % 3), 16 + 8 * (k % 2)), dtype=np.uint8)
-      buf = io.BytesIO()
-      PILImage.fromarray(pixels).save(buf, format="PNG")
-      for name, data in ((f"{k:05d}.png", buf.getvalue()), (f"{k:05d}.txt", f"noise {k}".encode())):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-  return str(path)
-
-
 def test_a_later_stage_encodes_only_new_tiles_and_writes_the_same_examples(tiny_data, tmp_path):
   base = tiny_data["config"].copy_and_resolve_references()
-  base.data.update(name="webdataset", path=_webdataset(tmp_path / "00000.tar"), eval_count=0,
+  base.data.update(name="webdataset", path=write_webdataset(tmp_path / "00000.tar"), eval_count=0,
                    code_cache=str(tmp_path / "codes"))
   base.data.tokenizer = f"{tiny_data['data_dir']}/tokenizer.model"   # no retraining per prepare
   s1, s2 = base.copy_and_resolve_references(), base.copy_and_resolve_references()

@@ -51,3 +51,46 @@ def test_a_command_line_value_that_disagrees_is_refused_naming_both(tiny_data):
   with pytest.raises(ConfigError, match=r"--config.model.codebook_size=32768 disagrees with the "
                                         r"prepared data at .*which has \d+"):
     image_side.follow(config, explicit={"model.codebook_size"})
+
+
+def test_prepare_and_train_commands_on_an_imported_tokenizer_need_no_image_side_flags(
+    tiny_data, tmp_path):
+  """The run a new user tries: a config file written for another tokenizer, an image tokenizer
+  given to prepare, webdataset shards and no eval path. prepare takes the image side from the
+  tokenizer, train from the prepared data; each says so, and training runs with held-out metrics
+  off to its final checkpoint."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  from helpers import ROOT, config_path, write_webdataset
+
+  other = tmp_path / "other_tokenizer.py"        # tiny.py as written for a 32x32-code, RGB tokenizer
+  other.write_text(
+      "from synergen_jax.core.config import load_config\n"
+      "def get_config(arg=None):\n"
+      f"  config = load_config({config_path('tiny.py')!r})\n"
+      "  config.model.update(code_grid=(32, 32), codebook_size=32768)\n"
+      "  config.vq.update(channels=3, downsample=8)\n"
+      "  return config\n")
+  run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                                     timeout=600, cwd=ROOT)
+  prepared, workdir = tmp_path / "prepared", tmp_path / "run"
+  done = run("synergen_jax.prepare", "--config", str(other), "--out", str(prepared),
+             "--vq_workdir", tiny_data["vq_dir"], "--config.data.name=webdataset",
+             f"--config.data.path={write_webdataset(tmp_path / 'a.tar')}",
+             f"--config.data.tokenizer={tiny_data['data_dir']}")
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "prepare: config.model.code_grid: (32, 32) -> (4, 4) (from the image tokenizer at" in done.stdout
+  done = run("synergen_jax.train", "--config", str(other), "--workdir", str(workdir),
+             f"--config.data.path={prepared}", "--config.train.steps=2", "--config.train.log_every=1")
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "train: config.vq.channels: 3 -> 1 (from the prepared data at" in done.stdout
+  assert "held-out metrics and previews are off" in done.stdout
+  assert "train: done at step 2" in done.stdout
+  saved = json.loads((workdir / "config.json").read_text())
+  vq = tiny_data["image_tokenizer"]
+  assert tuple(saved["model"]["code_grid"]) == (vq.grid, vq.grid)
+  assert saved["model"]["codebook_size"] == vq.codebook_size and saved["vq"]["channels"] == vq.channels
+  assert "2" in os.listdir(workdir / "checkpoints")
