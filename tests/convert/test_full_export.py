@@ -294,3 +294,55 @@ def test_text_path_round_trips_through_hf_import_bit_for_bit(tiny_workdir, tmp_p
   assert any("text_gate" in k for k in text_path)
   for k in text_path:
     np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
+
+
+def test_a_chat_trained_run_answers_through_its_template_in_both_frameworks(tiny_data, tmp_path):
+  """A tiny run trained on conversations (its tokenizer has the chat pieces): the export's
+  processor lays out the question through the chat template slot for slot as we do, and greedy
+  answers, stopped at <|im_end|>, are the same ids in both frameworks."""
+  from PIL import Image as PILImage
+
+  from synergen_jax.infer import chat as chat_lib
+  from synergen_jax.infer import tasks
+  from synergen_jax.prepare.writer import prepare
+  from synergen_jax.train.loop import train
+
+  rng = np.random.default_rng(0)
+  records = []
+  for k in range(24):
+    PILImage.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    records.append(json.dumps({"image": f"{k}.png", "conversations": [
+        {"from": "human", "value": "<image>\nwhat is it?"},
+        {"from": "gpt", "value": f"noise number {k % 4}"}]}))
+  (tmp_path / "chat.jsonl").write_text("\n".join(records) + "\n")
+  config = tiny_data["config"].copy_and_resolve_references()
+  config.data.update(name="chat", path=str(tmp_path / "chat.jsonl"), eval_count=0, tokenizer=None)
+  config.vq.workdir = tiny_data["vq_dir"]
+  config.stage = "sft"
+  prepare(config, str(tmp_path / "prepared"), tiny_data["image_tokenizer"])
+  config.data.path = str(tmp_path / "prepared")
+  config.data.seq_len = 48
+  config.train.update(steps=4, log_every=2)
+  config.optim.update(learning_rate=1e-2, warmup_steps=0, schedule="constant")
+  workdir = str(tmp_path / "run")
+  train(config, workdir)
+  out = str(tmp_path / "export")
+  full_export.export_full(workdir, out)
+  loaded = loader.load(workdir)
+  assert chat_lib.trained_on_chat(loaded)
+  model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+  processor = transformers.AutoProcessor.from_pretrained(out, trust_remote_code=True)
+  pixels = np.asarray(PILImage.open(tmp_path / "3.png").convert("RGB"))
+  codes = tasks.image_codes(loaded, pixels)
+  inputs = processor(images=pixels, text="what is it?", return_tensors="pt")
+  want = left_pad([tasks.answer_prompt(loaded, codes, "what is it?", chat=True)])
+  np.testing.assert_array_equal(inputs["input_ids"].numpy(), want["text_tokens"])
+  np.testing.assert_array_equal(inputs["image_codes"].numpy(), want["image_codes"])
+  ours = tasks.caption(loaded, [codes], question="what is it?", max_new_tokens=6, sampling=GREEDY)[0]
+  new = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+  new = new.tolist()
+  stops = chat_lib.stop_ids(loaded)
+  # generate() stops at <|im_end|> too (generation_config's end tokens) and keeps it, as HF does.
+  answer = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
+  assert len(answer) < len(new) and new[len(answer)] == loaded.tokenizer().pieces["<|im_end|>"]
+  assert processor.batch_decode([answer])[0] == ours and ours

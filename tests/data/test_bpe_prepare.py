@@ -62,3 +62,42 @@ def test_ablation_config_prepares_with_a_bpe_folder(tiny_data, tmp_path):
                       tok.encode(config.data.uncond_prompt))
   uncond = tok.encode(config.data.uncond_prompt)
   assert uncond.count(tok.special.uncond) == 1 and tok.special.uncond >= tok.release_size
+
+
+def test_ablation_stand_in_prepares_trains_and_evaluates_with_a_bpe_tokenizer(tiny_data, tmp_path):
+  """configs/qwen2_0p5b_ablation.py:tiny with a Qwen2-like BPE folder: prepare, 3 training steps,
+  and the caption suite, whose answers decode with the same BPE ids the run trained on."""
+  import json
+
+  from helpers import write_webdataset
+  from synergen_jax.eval import suites
+  from synergen_jax.infer.jobs import JobSettings
+  from synergen_jax.train.loop import train
+
+  release = write_release(tmp_path / "qwen2", byte_level_bpe(QWEN_ADDED), bos_token=None,
+                          eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+  config = load_config(config_path("qwen2_0p5b_ablation.py") + ":tiny,stage=sft")
+  vq = tiny_data["image_tokenizer"]
+  config.model.update(code_grid=(vq.grid, vq.grid), codebook_size=vq.codebook_size)
+  config.vq.update(channels=vq.channels, workdir=tiny_data["vq_dir"])
+  config.data.update(name="webdataset", path=write_webdataset(tmp_path / "00000.tar"),
+                     tokenizer=release, seq_len=64)
+  prepared = str(tmp_path / "prepared")
+  prepare(config, prepared, vq)
+  config.data.update(path=prepared, tokenizer=None)
+  config.train.update(steps=3, log_every=1, batch_size=8)
+  losses = train(config, str(tmp_path / "run"))["losses"]
+  assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+  images = tmp_path / "images"
+  images.mkdir()
+  records = []
+  for k in range(2):
+    PILImage.fromarray(np.full((16, 16), 40 * k, np.uint8)).save(images / f"{k}.png")
+    records.append(json.dumps({"id": str(k), "image": f"images/{k}.png", "captions": ["noise"]}))
+  (tmp_path / "captions.jsonl").write_text("\n".join(records) + "\n")
+  report = suites.caption(str(tmp_path / "run"), str(tmp_path / "captions.jsonl"),
+                          JobSettings(max_new_tokens=4, batch_size=2), log=lambda line: None)
+  assert report["step"] == 3 and set(report) >= {"cider", "bleu_4"}
+  tok = TextTokenizer.load(prepared, config.data.reserved_tokens)
+  assert tok.meta()["backend"] != "sentencepiece" and tok.fingerprint == TextTokenizer.load(
+      release, config.data.reserved_tokens).fingerprint
