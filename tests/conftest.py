@@ -18,6 +18,26 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+# The longest tests (over a minute each on 2 cores: clusters, fresh processes, the demo) start
+# first: pytest-xdist hands out tests in collection order, and one of these drawn last would leave
+# the other worker idle for its whole length.
+SLOW_FIRST = (
+    "tests/cluster/test_slurm.py::test_preempted_job_requeues_and_equals_an_uninterrupted_run",
+    "tests/kernels/test_flash_mgpu.py::test_interpret_mode_checks_pass_in_a_fresh_process",
+    "tests/parallel/test_multiprocess.py::test_a_process_frozen_longer_than_gloo_s_timeout_is_waited_for",
+    "tests/cluster/test_tpu_pod.py::test_up_then_train_on_two_workers_equals_one_process",
+    "tests/cluster/test_tpu_pod.py::test_run_recovers_from_capacity_preemption_and_suspension_by_itself",
+    "tests/test_demo.py::test_demo_chains_stages_evaluates_and_resumes",
+    "tests/parallel/test_failures.py::test_sigterm_to_one_of_two_processes_stops_both_at_one_step",
+    "tests/test_sweep.py::test_sweep_runs_points_resumes_and_summarises",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {node: i for i, node in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))   # stable: the rest keep their order
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

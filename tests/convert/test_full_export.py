@@ -92,9 +92,16 @@ def _perturbed(params, seed=1):
                                    for x, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("arg", ["fold=1x1", "fold=2x2", "fold=2x4,scan=true"])
+@pytest.mark.parametrize("arg", ["fold=1x1", "fold=2x2", "fold=2x4,scan=true", "demo:fold=2x4"])
 def test_logits_equal_ours_at_each_fold(arg):
-  config, mc = tiny(arg)
+  """The tiny model at each fold, and the demo model (4 layers, d_model 256, 8x8 codes) at 2x4."""
+  if arg.startswith("demo:"):
+    from helpers import config_path
+    from synergen_jax.core.config import load_config, validate_config
+    config = load_config(config_path("demo.py") + ":" + arg[5:])
+    mc = validate_config(config)
+  else:
+    config, mc = tiny(arg)
   rng = np.random.default_rng(0)
   batch = _prompts(mc, rng)
   params = _perturbed(init_params(mc, batch_lib.zeros(1, 8, mc.fold_ratio, jnp)))
