@@ -129,12 +129,8 @@ BENCHMARKS = {
 def scores(pairs: Sequence[tuple[str, Sequence[str]]], benchmark: str) -> dict:
   """The benchmark's mean score over (prediction, human answers) pairs, named and explained."""
   rule = BENCHMARKS[benchmark]
-  if not pairs:
-    raise ValueError("no (prediction, answers) pairs to score")
+  vqa.check_pairs(pairs)
   for prediction, answers in pairs:
-    if not isinstance(prediction, str) or not answers:
-      raise ValueError(f"need a string prediction and a non-empty answer list, got "
-                       f"{prediction!r}, {answers!r}")
     if rule.answers is not None and len(answers) != rule.answers:
       raise ValueError(f"{benchmark} scores {rule.answers} human answers per question, got "
                        f"{len(answers)}: {answers!r}")

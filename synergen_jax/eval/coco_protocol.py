@@ -28,7 +28,6 @@ The same model's COCO FID moves by 2x with the choices below, so each one is mad
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 
@@ -37,6 +36,7 @@ from PIL import Image
 
 from synergen_jax.core import storage
 from synergen_jax.core.errors import DataError
+from synergen_jax.eval.fid import read_rgb   # the generated side's reader opens files the same way
 from synergen_jax.eval.inception import INPUT_SIZE, resize_like_torch
 
 DEFAULT_COUNT = 30_000
@@ -135,13 +135,7 @@ def reference_reader(size: tuple[int, int]):
   """file -> the network's input for a reference image, as if it had been saved as a PNG at the
   generated size and then read as pytorch-fid reads a folder."""
   def read(path: str) -> np.ndarray:
-    try:
-      source = io.BytesIO(storage.path(path).read_bytes()) if storage.is_remote(path) else path
-      with Image.open(source) as image:
-        pixels = np.asarray(image.convert("RGB"), np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-      raise DataError(f"{path}: cannot read the image: {e}") from e
-    small = centre_crop_resize(pixels, size).astype(np.float32) / np.float32(255)
+    small = centre_crop_resize(read_rgb(path), size).astype(np.float32) / np.float32(255)
     return resize_like_torch(small[None], INPUT_SIZE)[0]
   return read
 

@@ -108,14 +108,19 @@ def image_files(folder: str) -> list[str]:
   return files
 
 
-def read_image(path: str) -> np.ndarray:
-  """One file -> float32 [299, 299, 3] in [0, 1], the network's input as pytorch-fid makes it."""
+def read_rgb(path: str) -> np.ndarray:
+  """One image file (local or on a bucket) -> uint8 [H, W, 3]; a DataError naming it if unreadable."""
   try:
     source = io.BytesIO(storage.path(path).read_bytes()) if storage.is_remote(path) else path
     with Image.open(source) as image:
-      pixels = np.asarray(image.convert("RGB"), np.uint8)
+      return np.asarray(image.convert("RGB"), np.uint8)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f"{path}: cannot read the image: {e}") from e
+
+
+def read_image(path: str) -> np.ndarray:
+  """One file -> float32 [299, 299, 3] in [0, 1], the network's input as pytorch-fid makes it."""
+  pixels = read_rgb(path)
   return resize_like_torch(pixels[None].astype(np.float32) / np.float32(255), INPUT_SIZE)[0]
 
 

@@ -142,14 +142,19 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESH
   return 0.0 if similarity < threshold else similarity
 
 
-def scores(pairs: Sequence[tuple[str, Sequence[str]]]) -> dict:
-  """Means over (prediction, human answers) pairs: accuracy (VQA), exact_match, anls, and count."""
+def check_pairs(pairs: Sequence[tuple[str, Sequence[str]]]) -> None:
+  """(prediction, human answers) pairs to score: at least one, each a string and a non-empty list."""
   if not pairs:
     raise ValueError("no (prediction, answers) pairs to score")
   for prediction, answers in pairs:
     if not isinstance(prediction, str) or not answers:
       raise ValueError(f"need a string prediction and a non-empty answer list, got "
                        f"{prediction!r}, {answers!r}")
+
+
+def scores(pairs: Sequence[tuple[str, Sequence[str]]]) -> dict:
+  """Means over (prediction, human answers) pairs: accuracy (VQA), exact_match, anls, and count."""
+  check_pairs(pairs)
   n = len(pairs)
   return dict(accuracy=sum(vqa_accuracy(p, a) for p, a in pairs) / n,
               exact_match=sum(exact_match(p, a) for p, a in pairs) / n,
