@@ -248,3 +248,20 @@ def write_webdataset(path, n: int = 12) -> str:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
   return str(path)
+
+
+def remote_module(name: str):
+  """A module of the export's remote code (synergen_jax/convert/hf_remote/NAME.py), imported as
+  transformers imports it: a package of its own, relative imports and all."""
+  import importlib
+  import importlib.util
+  import sys
+
+  from synergen_jax.convert import full_export
+  package = "synergen_export_remote_code"
+  if package not in sys.modules:
+    folder = full_export.REMOTE_DIR
+    spec = importlib.util.spec_from_file_location(package, os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+  return importlib.import_module(f"{package}.{name}")

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from helpers import init_params, tiny  # noqa: E402
+from helpers import init_params, remote_module, tiny  # noqa: E402
 from synergen_jax.convert import full_export  # noqa: E402
 from synergen_jax.core import batch as batch_lib  # noqa: E402
 from synergen_jax.core.errors import ConfigError, DataError  # noqa: E402
@@ -28,16 +28,8 @@ SPECIAL = SpecialTokens()
 
 def _torch_model(mc, config, params):
   """The PyTorch model built from the export's config and tensors, without files in between."""
-  import importlib.util
-  import sys
-  folder = full_export.REMOTE_DIR
-  package = "synergen_export_test"
-  if package not in sys.modules:
-    spec = importlib.util.spec_from_file_location(package, os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
-    sys.modules[package] = importlib.util.module_from_spec(spec)
-  conf = importlib.import_module(f"{package}.configuration_synergen_vl")
-  modeling = importlib.import_module(f"{package}.modeling_synergen_vl")
+  conf = remote_module("configuration_synergen_vl")
+  modeling = remote_module("modeling_synergen_vl")
   c = full_export.hf_config(mc, config, SPECIAL.__dict__, "float32")
   model = modeling.SynerGenVLForCausalLM(conf.SynerGenVLConfig(**c)).eval()
   state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in full_export.model_tensors(mc, params)}
@@ -45,8 +37,6 @@ def _torch_model(mc, config, params):
   assert not unexpected and not missing
   return model
 
-
-import importlib  # noqa: E402
 
 
 def _prompts(mc, rng):

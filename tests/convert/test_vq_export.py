@@ -4,11 +4,6 @@ one as transformers' own Emu3VQVAE, a MoVQ one as diffusers' VQModel; through th
 one uint8 level. Small random tokenizers, imported as tests/convert/test_vq_release.py imports them.
 (The project's own tokenizer: tests/convert/test_full_export.py.)"""
 
-import importlib
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -16,30 +11,19 @@ torch = pytest.importorskip("torch", reason="needs the hf extra: pip install -e 
 diffusers = pytest.importorskip("diffusers", reason="needs the hf extra: pip install -e '.[hf]'")
 transformers = pytest.importorskip("transformers")
 
-from synergen_jax.convert import full_export, vq_export  # noqa: E402
+from helpers import remote_module  # noqa: E402
+from synergen_jax.convert import vq_export  # noqa: E402
 from synergen_jax.convert.vq_release import import_release  # noqa: E402
 from synergen_jax.core import storage  # noqa: E402
 from synergen_jax.vq.tokenizer import ImageTokenizer  # noqa: E402
+
+from test_vq_release import _perturb  # noqa: E402  (the random-weight tokenizers' recipe)
 
 SIZE = 16
 
 
 def _loader():
-  package = "synergen_vq_export_test"
-  if package not in sys.modules:
-    folder = full_export.REMOTE_DIR
-    spec = importlib.util.spec_from_file_location(package, os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
-    sys.modules[package] = importlib.util.module_from_spec(spec)
-  return importlib.import_module(f"{package}.image_tokenizer_synergen_vl").load_image_tokenizer
-
-
-def _perturb(model, seed=0):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn(p.shape, generator=g))
-  return model
+  return remote_module("image_tokenizer_synergen_vl").load_image_tokenizer
 
 
 def _round_trip(hf_dir, tmp_path):
