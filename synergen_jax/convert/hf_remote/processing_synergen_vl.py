@@ -59,7 +59,9 @@ def to_rgb(image) -> np.ndarray:
 
 
 def fit(image: np.ndarray, size: int, channels: int, mode: str, background: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [size, size, channels] (resize: stretch; pad: centre on background)."""
+  """uint8 [H, W, 3] -> uint8 [size, size, channels] (resize: stretch; pad: centre on background).
+  A copy of synergen_jax/data/images.py's fitting: remote code travels without synergen_jax, and
+  tests/convert/test_full_export.py holds the two to the same prompts."""
   h, w = image.shape[:2]
   if mode == "exact":
     if (h, w) != (size, size):
