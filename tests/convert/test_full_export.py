@@ -32,7 +32,7 @@ def _torch_model(mc, config, params):
   modeling = remote_module("modeling_synergen_vl")
   c = full_export.hf_config(mc, config, SPECIAL.__dict__, "float32")
   model = modeling.SynerGenVLForCausalLM(conf.SynerGenVLConfig(**c)).eval()
-  state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in full_export.model_tensors(mc, params)}
+  state = {k: torch.from_numpy(np.array(v)) for k, v in full_export.model_tensors(mc, params)}
   missing, unexpected = model.load_state_dict(state, strict=False)
   assert not unexpected and not missing
   return model
@@ -82,9 +82,10 @@ def _perturbed(params, seed=1):
                                    for x, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("arg", ["fold=1x1", "fold=2x2", "fold=2x4,scan=true", "demo:fold=2x4"])
+@pytest.mark.parametrize("arg", ["fold=1x1", "fold=2x2", "fold=2x4,scan=true",
+                                 "demo:fold=1x1", "demo:fold=2x2", "demo:fold=2x4"])
 def test_logits_equal_ours_at_each_fold(arg):
-  """The tiny model at each fold, and the demo model (4 layers, d_model 256, 8x8 codes) at 2x4."""
+  """The tiny and the demo model (4 layers, d_model 256, 8x8 codes) at folds 1x1, 2x2 and 2x4."""
   if arg.startswith("demo:"):
     from helpers import config_path
     from synergen_jax.core.config import load_config, validate_config
