@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 from synergen_jax.core import cli
 from synergen_jax.core.errors import ConfigError
-from synergen_jax.planning import layouts, planner, prices as prices_lib
+from synergen_jax.planning import layouts, memory, planner, prices as prices_lib
 from synergen_jax.planning.calibrate import read_device_check
 from synergen_jax.planning.facts import facts
 from synergen_jax.planning.prepare_cost import prepare_cost
@@ -130,8 +130,9 @@ def run(config):
     print(f"   prepare: {prep.tiles_per_image} tile(s) x {prep.flops_per_image / prep.tiles_per_image / 1e12:.2f}"
           f" TFLOP per image, {prep.images_per_second_per_chip:.1f} images/s per chip, "
           f"{prep.images:,} images: {prep.hours:.1f} h")
-  print("\n(* the config's own layout; fits = predicted <= "
-        f"{(1 - planner.MARGIN) * 100:.0f}% of HBM; winners first)")
+  bounds = ", ".join(f"{(1 - b) * 100:.0f}% with remat {policy}" for policy, b in memory.ERROR_BOUND.items())
+  print(f"\n(* the config's own layout; fits = predicted <= {(1 - memory.DEFAULT_ERROR_BOUND) * 100:.0f}% "
+        f"of HBM ({bounds}: the memory model's error bounds); winners first)")
   if FLAGS.json:
     with open(FLAGS.json, "w") as out:
       json.dump([r.as_dict() for r in everything], out, indent=1)

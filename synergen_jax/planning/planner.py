@@ -2,9 +2,10 @@
 time, throughput, MFU, hours and cost, ranked; and `summarize`, one target's answer as a dict
 (what launch/sweep.py prints per sweep point and the launch scripts check).
 
-A layout fits when the predicted bytes per chip stay under (1 - MARGIN) of HBM: the memory model
-is held to 10% of AOT compiles, so a prediction within that margin of the limit is no answer
-(`--verify` compiles the winner to settle it).
+A layout fits when the predicted bytes per chip stay under (1 - margin) of HBM, the margin being
+the memory model's error against AOT compiles for its remat policy (memory.ERROR_BOUND): a
+prediction within that margin of the limit is no answer (`--verify` compiles the winner to settle
+it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from synergen_jax.core.errors import ConfigError
 from synergen_jax.kernels.attention import auto_impl
 from synergen_jax.planning import layouts
 from synergen_jax.planning.facts import Facts, facts
-from synergen_jax.planning.memory import memory
+from synergen_jax.planning.memory import error_bound, memory
 from synergen_jax.planning.prepare_cost import prepare_cost
 from synergen_jax.planning.prices import PRICES
 from synergen_jax.planning.roofline import EFFICIENCY, _segments, step_time
 from synergen_jax.planning.targets import Target, parse_target
-
-MARGIN = 0.10
 
 
 @dataclasses.dataclass
@@ -34,6 +33,7 @@ class Row:
   configured: bool                 # the layout the config itself asks for
   predicted_bytes_per_chip: int
   hbm_bytes_per_chip: int
+  fit_limit_bytes_per_chip: int    # HBM less the memory model's error bound for this layout
   dominant_term: str
   step_seconds: float
   bound: str
@@ -82,12 +82,14 @@ def plan_target(config, f: Facts, target: Target, steps: int, prices: dict,
     if f.batch_size % (layout.replicas * layout.grad_accum):
       continue
     mem = memory(f, layout, target.platform, target.hbm_bytes)
+    limit = int((1 - error_bound(layout)) * target.hbm_bytes)
     st = step_time(f, layout, target, efficiency)
     hours = steps * st.seconds / 3600
     rows.append(Row(
         target=target.name, layout=layout.describe(), mesh=layout.mesh_text(),
-        fits=mem.total <= (1 - MARGIN) * target.hbm_bytes, configured=layout == configured,
+        fits=mem.total <= limit, configured=layout == configured,
         predicted_bytes_per_chip=mem.total, hbm_bytes_per_chip=target.hbm_bytes,
+        fit_limit_bytes_per_chip=limit,
         dominant_term=mem.dominant()[0], step_seconds=st.seconds, bound=st.bound(),
         tokens_per_second_per_chip=st.tokens_per_second_per_chip, mfu=st.mfu, steps=steps,
         hours=hours, cost=(hours * target.chips * price) if price is not None else float("nan"),
@@ -103,7 +105,7 @@ def no_fit_message(rows: list[Row]) -> str:
   best = min(rows, key=lambda r: r.predicted_bytes_per_chip)
   return (f"fits nowhere: the smallest layout ({best.target}, {best.layout}) needs "
           f"{best.predicted_bytes_per_chip / 2**30:.1f} GiB per chip of {best.hbm_bytes_per_chip / 2**30:.0f}"
-          f" GiB (fit limit {(1 - MARGIN) * best.hbm_bytes_per_chip / 2**30:.1f}); its largest "
+          f" GiB (fit limit {best.fit_limit_bytes_per_chip / 2**30:.1f}); its largest "
           f"term is {best.dominant_term}")
 
 

@@ -47,7 +47,12 @@ def test_plan_ranks_layouts_writes_rows_and_plot_and_calibrates_from_a_device_ch
       assert x["hours"] == pytest.approx(1000 * x["step_seconds"] / 3600)
       assert x["cost"] == pytest.approx(x["hours"] * parse_target(target).chips *
                                         (4.20 if target == "v5p-128" else 11.06))
-      assert x["fits"] == (x["predicted_bytes_per_chip"] <= 0.9 * x["hbm_bytes_per_chip"])
+      # The fit margin is the memory model's error bound: 10%, 40% without remat (only a config's
+      # own layout may go without: the planner does not search it).
+      margin = 0.40 if " none " in f" {x['layout']} " else 0.10
+      assert margin == 0.10 or x["configured"]
+      assert x["fit_limit_bytes_per_chip"] == int((1 - margin) * x["hbm_bytes_per_chip"])
+      assert x["fits"] == (x["predicted_bytes_per_chip"] <= x["fit_limit_bytes_per_chip"])
   assert png.read_bytes()[:4] == b"\x89PNG"
   assert "prepare:" in r.stdout and "images/s per chip" in r.stdout
   # The device check's ceiling replaces the published one for H100s: the same layout, another time.
