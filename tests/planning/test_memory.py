@@ -1,6 +1,6 @@
 """The planner's memory model against AOT compiles: the recorded paper-scale table (v5p, v5e, H100;
 stages 1, 2, sft; held-out rows with other remat policies, tensor and data parallelism) within
-10%, its calibration reproducible from the fitted rows, and one live compile
+the model's error bounds, its calibration reproducible from the fitted rows, and one live compile
 of the tiny config that keeps the recorded path (aot.compile_report's figures) honest."""
 
 import json
@@ -28,7 +28,7 @@ def test_the_table_covers_three_devices_and_all_stages():
 def test_held_out_rows_test_layouts_the_calibration_never_saw():
   """Rows marked held_out are not fitted on (the fit without them is the same), and they are the
   only rows with another remat policy, tensor or data parallelism: the model's form meets them
-  through the 10% test below."""
+  through the error-bound test below."""
   fitted = [r for r in ROWS if not r.get("held_out")]
   held = [r for r in ROWS if r.get("held_out")]
   assert fit_memory(ROWS) == fit_memory(fitted)
