@@ -136,7 +136,7 @@ def main(argv):
   heldout = trained.pop("heldout")                  # sorted by digit, as MNIST-5k is: spread the picks
   heldout = [heldout[i * len(heldout) // FLAGS.heldout] for i in range(min(FLAGS.heldout, len(heldout)))]
   asked = ask_both(run, os.path.join(FLAGS.workdir, "export"), heldout)
-  print(f"| SFT steps | final loss | held-out digits asked | identical answers | right digit, ours "
+  print("| SFT steps | final loss | held-out digits asked | identical answers | right digit, ours "
         "| right digit, export | ours (batched, compile included) | export (generate, one by one) |")
   print("|---|---|---|---|---|---|---|---|")
   print(f"| {trained['steps']} | {trained['final_loss']:.3f} | {asked['asked']} | {asked['same']} "

@@ -16,10 +16,8 @@ from synergen_jax.planning.targets import Target
 
 TPU_ATTENTION = ("pallas_tpu", "xla")
 GPU_ATTENTION = ("pallas_mgpu", "cudnn", "xla")
-# Remat policies the planner searches. Not "none": compiles of the paper config without remat need
-# 13% (accumulation 1) and 38% (accumulation 2) more than the memory model says
-# (docs/results/planner.md); a config that asks for it is still planned, as its own layout, with
-# that error as its fit margin (memory.ERROR_BOUND).
+# Remat policies the planner searches. Not "none": the memory model is far under the compiles
+# without remat (memory.ERROR_BOUND); a config that asks for it is still planned, as its own layout.
 REMAT = ("full", "save_attention_out", "dots")
 UNFOLD_CHUNKS = (128, 256, 512)
 

@@ -38,7 +38,6 @@ def _torch_model(mc, config, params):
   return model
 
 
-
 def _prompts(mc, rng):
   """A caption prompt (image, question, answer) and a generation prompt (text, <boi>, an image),
   of different lengths, left-padded together."""
