@@ -189,16 +189,9 @@ queued_state() { describe_state queued-resources 'value(state.state)'; }
 # The slice in one word: its queued resource's state when that is neither ACTIVE nor absent, else
 # its TPU's. Both are read: a queued resource can stay ACTIVE while its TPU is PREEMPTED.
 slice_state() {
-  local queued node
+  local queued
   queued="$(queued_state)" || return
-  case "$queued" in ACTIVE|NOT_FOUND) ;; *) echo "$queued"; return 0 ;; esac
-  node="$(node_state)" || return
-  # The TPU can vanish between the two reads (a suspension deletes it): the queued resource says why.
-  if [[ "$node" == NOT_FOUND && "$queued" == ACTIVE ]]; then
-    queued="$(queued_state)" || return
-    case "$queued" in ACTIVE|NOT_FOUND) ;; *) echo "$queued"; return 0 ;; esac
-  fi
-  echo "$node"
+  case "$queued" in ACTIVE|NOT_FOUND) node_state ;; *) echo "$queued" ;; esac
 }
 
 # States a slice never trains again from: what is left of it must be deleted and created afresh.
