@@ -42,7 +42,7 @@ def test_held_out_rows_test_layouts_the_calibration_never_saw():
                          + "-".join(f"{k.split('.')[1]}{v}" for k, v in r["overrides"].items()
                                     if k != "model.attention_impl"))
 def test_prediction_within_its_error_bound_of_the_compiled_step(row):
-  """10%; 40% without remat (memory.ERROR_BOUND), which the planner keeps as its fit margin."""
+  """10%; 45% without remat (memory.ERROR_BOUND), which the planner keeps as its fit margin."""
   f, layout, target = aot_case(row)
   m = memory.memory(f, layout, target.platform, target.hbm_bytes)
   assert m.total == pytest.approx(row["total_bytes"], rel=memory.error_bound(layout))

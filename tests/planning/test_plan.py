@@ -47,9 +47,9 @@ def test_plan_ranks_layouts_writes_rows_and_plot_and_calibrates_from_a_device_ch
       assert x["hours"] == pytest.approx(1000 * x["step_seconds"] / 3600)
       assert x["cost"] == pytest.approx(x["hours"] * parse_target(target).chips *
                                         (4.20 if target == "v5p-128" else 11.06))
-      # The fit margin is the memory model's error bound: 10%, 40% without remat (only a config's
+      # The fit margin is the memory model's error bound: 10%, 45% without remat (only a config's
       # own layout may go without: the planner does not search it).
-      margin = 0.40 if " none " in f" {x['layout']} " else 0.10
+      margin = 0.45 if " none " in f" {x['layout']} " else 0.10
       assert margin == 0.10 or x["configured"]
       assert x["fit_limit_bytes_per_chip"] == int((1 - margin) * x["hbm_bytes_per_chip"])
       assert x["fits"] == (x["predicted_bytes_per_chip"] <= x["fit_limit_bytes_per_chip"])
@@ -115,8 +115,8 @@ def test_summarize_for_a_sweep_point():
 
 
 def test_layouts_without_remat_are_planned_only_when_the_config_asks_for_them():
-  """The memory model is 13-38% under the compiles without remat: the planner does not search that
-  policy, but a config whose own layout goes without is still planned, with the 40% margin."""
+  """The memory model is 12-43% under the compiles without remat: the planner does not search that
+  policy, but a config whose own layout goes without is still planned, with the 45% margin."""
   config = load_config(PAPER)
   target = parse_target("v5p-128")
   f = facts(config)
@@ -125,5 +125,5 @@ def test_layouts_without_remat_are_planned_only_when_the_config_asks_for_them():
   rows = planner.plan_target(config, facts(config), target, 10, load_prices(None, []))
   mine = [r for r in rows if " none " in f" {r.layout} "]
   assert len(mine) == 1 and mine[0].configured
-  assert mine[0].fit_limit_bytes_per_chip == int(0.60 * target.hbm_bytes)
+  assert mine[0].fit_limit_bytes_per_chip == int(0.55 * target.hbm_bytes)
 
