@@ -98,7 +98,9 @@ class BpeTokenizer(TextTokenizer):
         added[i]["content"], added[i]["special"] = piece, True; changed = True
     for k, piece in enumerate(res.appended):
       doc.setdefault("added_tokens", []).append(_added_entry(piece, release_size + k)); changed = True
-    self.text = json.dumps(doc, ensure_ascii=False, indent=2) if changed else text
+    # Compact: json's C encoder does not indent, and the indenting Python one takes seconds over a
+    # real vocabulary and its merges (Qwen2: 151k of each).
+    self.text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) if changed else text
     self.hf = _parse(self.text, where) if changed else release
     wrong = {p: self.hf.token_to_id(p) for p, i in res.ids.items()
              if p not in own_spelled and self.hf.token_to_id(p) != i}
