@@ -1,11 +1,13 @@
 """The paper's ablation config (Qwen2-0.5B, configs/qwen2_0p5b_ablation.py) prepares a tiny webdataset
-with a BPE tokenizer.json folder: ids from the release, the folder it writes loads back alone."""
+with a BPE tokenizer.json folder (a small Qwen2-like one, and Qwen2's real vocabulary): ids from the
+release, the folder it writes loads back alone."""
 
 import io
 import os
 import tarfile
 
 import numpy as np
+import pytest
 from grain.sources import ArrayRecordDataSource
 from PIL import Image as PILImage
 
@@ -14,7 +16,7 @@ from synergen_jax.core.config import load_config
 from synergen_jax.data.records import TASK_IDS, decode_record
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.prepare.writer import prepare
-from test_bpe import QWEN_ADDED, byte_level_bpe, write_release
+from test_bpe import QWEN_ADDED, byte_level_bpe, qwen2_release, write_release  # noqa: F401 (fixture)
 
 
 def _png(seed):
@@ -24,9 +26,13 @@ def _png(seed):
   return buf.getvalue()
 
 
-def test_ablation_config_prepares_with_a_bpe_folder(tiny_data, tmp_path):
-  release = write_release(tmp_path / "qwen2", byte_level_bpe(QWEN_ADDED), bos_token=None,
-                          eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+@pytest.mark.parametrize("vocabulary", ["qwen2_like", "qwen2_real"])
+def test_ablation_config_prepares_with_a_bpe_folder(vocabulary, tiny_data, tmp_path, request):
+  if vocabulary == "qwen2_real":
+    release = request.getfixturevalue("qwen2_release")
+  else:
+    release = write_release(tmp_path / "qwen2", byte_level_bpe(QWEN_ADDED), bos_token=None,
+                            eos_token="<|endoftext|>", pad_token="<|endoftext|>")
   with tarfile.open(tmp_path / "00000.tar", "w") as tar:
     for k in range(6):
       for name, data in ((f"{k:05d}.png", _png(k)), (f"{k:05d}.txt", f"a noise number {k}".encode())):
