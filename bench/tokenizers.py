@@ -9,8 +9,8 @@ line per text, as prepare encodes captions and document spans one at a time. Two
 trains without config.data.tokenizer) and a byte-level BPE in a tokenizer.json (Qwen2's and Llama 3's
 kind). Each is timed through `TextTokenizer.encode` (one text per call, with the named-piece handling
 prepare uses) and, for tokenizer.json, `encode_batch` too (the Rust tokenizer's threads). `--tokenizer`
-adds released folders (read with TextTokenizer.load). Best of `--repeats` passes; tokens/s counts the
-ids produced.
+adds released folders (read with TextTokenizer.load, whose time is printed). Best of `--repeats`
+passes; tokens/s counts the ids produced.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def main(argv):
   runs = [("SentencePiece (trained)", sp, "encode"), ("tokenizer.json BPE (trained)", bpe, "encode"),
           ("tokenizer.json BPE (trained)", bpe, "encode_batch")]
   for path in FLAGS.tokenizer:
+    start = time.perf_counter()
     tok = TextTokenizer.load(path)
+    print(f"{path}: loaded in {time.perf_counter() - start:.1f} s ({tok.release_size:,} release ids, "
+          f"{len(tok.appended)} appended)")
     runs.append((f"{os.path.basename(path.rstrip('/'))} ({tok.backend})", tok, "encode"))
     if hasattr(tok, "encode_batch"):
       runs.append((f"{os.path.basename(path.rstrip('/'))} ({tok.backend})", tok, "encode_batch"))
