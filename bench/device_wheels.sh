@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fetches, on this machine, the wheels the lent GPU machines lack into .whl/ (Python 3.12,
-# manylinux x86_64, no dependencies pulled: the machine has the rest). bench/device_check.sh installs
-# whatever .whl/ holds with `pip --no-deps --target /tmp/site` before it runs.
+# manylinux x86_64, no dependencies pulled: the machine has the rest). bench/device_check.sh
+# installs whatever .whl/ holds with `pip --no-deps --target /tmp/site` before it runs.
 #
 #   bench/device_wheels.sh            ml_collections: all the device check imports beyond that image
 #   bench/device_wheels.sh --train    also grain, array_record, portpicker and tensorboardX, for
-#                                     training from prepared data there (python -m synergen_jax.train)
+#                                     training from prepared data there
 #
 # Versions are constraints.txt's (portpicker: grain's own dependency, unpinned there).
 set -euo pipefail

@@ -39,7 +39,7 @@ CALIBRATION = {"tpu_large": (0.949, -0.82), "tpu_small": (1.193, -5.16), "gpu": 
 SMALL_HBM = 40 * 2**30          # below this a TPU compiler schedules for memory ("tpu_small")
 # How far a prediction may be from the compiled step (tests/planning/test_memory.py holds every
 # recorded compile to it). Without remat the LLM's layers match the compiles at accumulation 1 (3%
-# per layer), but the whole step comes out 12-13% under at accumulation 1 and 39-43% under at 2 and
+# per layer), but the whole step comes out 12-13% under at accumulation 1 and 38-43% under at 2 and
 # 4: with accumulation the compiler keeps more than one micro-batch's layer activations
 # (docs/results/planner.md). The planner does not search that policy (layouts.REMAT).
 ERROR_BOUND = {"none": 0.45}

@@ -35,7 +35,8 @@ def write_release(path, tok: Tokenizer, **config) -> str:
   added = json.loads(tok.to_str())["added_tokens"]
   decoder = {str(t["id"]): dict(content=t["content"], special=True) for t in added}
   config = dict(dict(tokenizer_class="PreTrainedTokenizerFast"), **config)
-  (path / "tokenizer_config.json").write_text(json.dumps(dict(added_tokens_decoder=decoder, **config)))
+  (path / "tokenizer_config.json").write_text(
+      json.dumps(dict(added_tokens_decoder=decoder, **config)))
   return str(path)
 
 

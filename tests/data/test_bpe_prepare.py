@@ -16,7 +16,8 @@ from synergen_jax.core.config import load_config
 from synergen_jax.data.records import TASK_IDS, decode_record
 from synergen_jax.data.tokenizers import TextTokenizer
 from synergen_jax.prepare.writer import prepare
-from test_bpe import QWEN_ADDED, byte_level_bpe, qwen2_release, write_release  # noqa: F401 (fixture)
+from test_bpe import (QWEN_ADDED, byte_level_bpe, qwen2_release,  # noqa: F401 (a fixture)
+                      write_release)
 
 
 def _png(seed):
