@@ -7,7 +7,7 @@ the device's ceiling). bench/device_check.sh runs it; alone:
       --layers 4 --rows 2 --steps 5 --attention pallas_mgpu] [--step_seconds S]
 
 --step_seconds re-scores a time measured elsewhere without running anything (no accelerator
-needed). --merge KEY=FILE (repeatable) adds other parts of the device check (kernel tests,
+needed); --build_only checks that the reduced config builds on one device (shapes only). --merge KEY=FILE (repeatable) adds other parts of the device check (kernel tests,
 attention timings) under KEY.
 """
 
@@ -30,6 +30,8 @@ flags.DEFINE_string("attention", "pallas_mgpu", "attention implementation")
 flags.DEFINE_float("step_seconds", None, "score this measured step time instead of running")
 flags.DEFINE_multi_string("merge", [], "KEY=FILE: a part of the device check to include")
 flags.DEFINE_string("out", "device_check.json", "where the JSON goes")
+flags.DEFINE_boolean("build_only", False, "build the reduced step on the first device (shapes only, "
+                     "no step run, no JSON): that the config is accepted there")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +40,8 @@ def reduced_config():
   config = load_config(FLAGS.config)
   with config.unlocked():
     config.model.update(num_layers=FLAGS.layers, attention_impl=FLAGS.attention)
-    config.train.update(batch_size=FLAGS.rows, grad_accum=1)
+    # One device holds every parameter: the replication guard, meant for meshes, would refuse it.
+    config.train.update(batch_size=FLAGS.rows, grad_accum=1, max_replicated_fraction=1.0)
     config.mesh.update(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
   return config
 
@@ -71,6 +74,8 @@ def measure(config) -> tuple[float, str]:
   mesh = make_mesh(config.mesh, devices)
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
     plan = build_train_step(config, mc, mesh)
+    if FLAGS.build_only:
+      return 0.0, devices[0].device_kind
     state = jax.jit(lambda: init_state(plan.model, plan.tx, plan.example, 0),
                     out_shardings=plan.shardings)()
     batch = jax.device_put(dict(synthetic_batch(mc, FLAGS.rows, config.data.seq_len)),
@@ -91,6 +96,9 @@ def main(argv):
     seconds, kind = FLAGS.step_seconds, "NVIDIA H100 80GB HBM3 (given)"
   else:
     seconds, kind = measure(config)
+    if FLAGS.build_only:
+      print(f"the reduced step builds on one {kind} device")
+      return
   from synergen_jax.core.hardware import peak_flops
   from synergen_jax.planning.roofline import row_flops
   ceiling_1, f = predicted_mfu(config, kind)

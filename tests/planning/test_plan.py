@@ -3,6 +3,7 @@ a prices file without a target's price, a config that fits nowhere), `summarize`
 the device check's CPU-safe parts (its argument parsing, its JSON, `plan --calibration` reading it)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,6 +83,24 @@ def test_device_check_json_and_arguments(device_check, tmp_path):
   (tmp_path / "broken.json").write_text(json.dumps({"device_kind": "H100"}))
   with pytest.raises(ConfigError, match="not a device check report"):
     read_device_check(str(tmp_path / "broken.json"))
+
+
+def test_device_step_builds_the_paper_step_on_one_device_and_runs_a_small_one(tmp_path):
+  """What the device check runs on its one GPU, on one CPU device: the paper config's reduced step
+  is accepted there (its replication guard is for meshes), and the measuring path runs end to end
+  on the tiny config (the paper step's activations do not fit this host's memory)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  build = subprocess.run([sys.executable, "bench/device_step.py", "--build_only"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+  assert build.returncode == 0 and "the reduced step builds on one cpu device" in build.stdout, \
+      build.stderr[-2000:]
+  out = tmp_path / "step.json"
+  run = subprocess.run([sys.executable, "bench/device_step.py", "--config", "configs/tiny.py",
+                        "--layers", "1", "--rows", "2", "--steps", "2", "--attention", "xla",
+                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-2000:]
+  step = json.load(open(out))["train_step"]
+  assert step["step_seconds"] > 0 and step["model_flops"] > 0 and step["layers"] == 1
 
 
 def test_bad_input_names_what_is_wrong(tmp_path):
