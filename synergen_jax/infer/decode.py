@@ -67,22 +67,48 @@ def sample_logits(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.
   """[N, V] float logits -> [N] int32 ids; `rng` is one key or [N] per-row keys (row_keys)."""
   if sampling.temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / sampling.temperature
-  masked = jnp.finfo(logits.dtype).min
-  if sampling.top_k:
-    kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][..., -1:]
-    logits = jnp.where(logits < kth, masked, logits)
+  logits = _top_k(logits / sampling.temperature, sampling.top_k)
   if sampling.top_p < 1.0:
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-    drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= sampling.top_p
-    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
-    logits = jnp.where(drop, masked, logits)
+    drop = _outside_nucleus(logits, sampling.top_p)
+    logits = jnp.where(drop, jnp.finfo(logits.dtype).min, logits)
   if rng.ndim:
     return jax.vmap(jax.random.categorical)(rng, logits).astype(jnp.int32)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                top_k: int = 0) -> jax.Array:
+  """[N, V] float logits -> [N] int32 ids, each row with its own temperature and top-p ([N] arrays,
+  traced: one compiled program serves every setting; temperature 0 = greedy) and its own key; top_k
+  is one static value. Each row's id is `sample_logits`'s for that row's Sampling."""
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  divisor = jnp.where(temperature > 0, temperature, 1.0)[:, None].astype(logits.dtype)
+  scaled = _top_k(logits / divisor, top_k)
+  nucleus = top_p < 1.0
+
+  def cut(x):
+    drop = _outside_nucleus(x, top_p[:, None].astype(x.dtype)) & nucleus[:, None]
+    return jnp.where(drop, jnp.finfo(x.dtype).min, x)
+  scaled = jax.lax.cond(jnp.any(nucleus), cut, lambda x: x, scaled)   # no sort when nobody asks
+  sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled, greedy)
+
+
+def _top_k(logits: jax.Array, k: int) -> jax.Array:
+  if not k:
+    return logits
+  kth = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][..., -1:]
+  return jnp.where(logits < kth, jnp.finfo(logits.dtype).min, logits)
+
+
+def _outside_nucleus(logits: jax.Array, top_p) -> jax.Array:
+  """[N, V] bool: the tokens past the smallest prefix (by probability) whose mass reaches top_p
+  (a float or an [N, 1] array; the most probable token is always kept)."""
+  order = jnp.argsort(-logits, axis=-1)
+  probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+  drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= top_p
+  rows = jnp.arange(logits.shape[0])[:, None]
+  return jnp.zeros_like(drop_sorted).at[rows, order].set(drop_sorted)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,7 +277,9 @@ class Decoder:
 
   def images_fn(self, params, batch, rng, rows: int, cfg_scale: float, sampling: Sampling):
     """Window codes [rows, N, r] of one image per prompt row; the pure function `generate_images`
-    jits (rows, cfg_scale and sampling static), public for callers keeping their own programs."""
+    jits (rows, cfg_scale and sampling static), public for callers keeping their own programs.
+    cfg_scale may also be a [rows] array, one guidance per row (traced: one program for every
+    value)."""
     total, length = batch["text_tokens"].shape
     guided = total == 2 * rows           # second half: the unconditional prompts
     n_windows, r = self.mc.windows_per_image, self.mc.fold_ratio
@@ -259,10 +287,12 @@ class Decoder:
     unfold_empty = self._unfold_cache(params, total)
     both = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
 
+    scale = cfg_scale[:, None] if jnp.ndim(cfg_scale) else cfg_scale
+
     def pick(logits, key):
       if guided:
         cond, uncond = logits[:rows], logits[rows:]
-        logits = uncond + cfg_scale * (cond - uncond)
+        logits = uncond + scale * (cond - uncond)
       return sample_logits(logits, key, sampling)
 
     def unfold(method, ucache, *args):

@@ -147,9 +147,10 @@ async def images(request: web.Request) -> web.Response:
   req = image_request(await _body(request), settings.model_name, engine.image_size,
                       settings.max_images)
   ids = engine.image_prompt(req.prompt)
-  group, loop = engine.image_group(req.guidance_scale), asyncio.get_running_loop()
+  (group, cfg), loop = engine.image_group(req.guidance_scale), asyncio.get_running_loop()
   # Image k of a request with seed s is the image a request with seed s + k gets first.
-  jobs = [Job(group, ids, (req.seed + k) % 2**32, asyncio.Queue(), loop) for k in range(req.n)]
+  jobs = [Job(group, ids, (req.seed + k) % 2**32, asyncio.Queue(), loop, settings=(cfg,))
+          for k in range(req.n)]
   app["batcher"].submit(jobs)
   try:
     pngs = [(await _next(job, deadline))[1] for job in jobs]
@@ -171,9 +172,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
   slots = len(prompt["text_tokens"])
   budget = engine.answer_budget(slots, req.max_tokens)
   tok = engine.loaded.tokenizer()
-  job = Job(engine.chat_group(req.temperature, req.top_p, req.top_k), prompt, req.seed,
-            asyncio.Queue(), loop, answer=Answer(tok.decode, prompt_lib.stop_ids(
-                engine.loaded, settings.chat_template), req.stop, budget))
+  job = Job(engine.chat_group(req.top_k), prompt, req.seed, asyncio.Queue(), loop,
+            answer=Answer(tok.decode, prompt_lib.stop_ids(engine.loaded, settings.chat_template),
+                          req.stop, budget),
+            settings=(req.temperature, req.top_p))
   app["batcher"].submit([job])
   head = dict(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()),
               model=settings.model_name, system_fingerprint=f"step-{engine.loaded.step}")

@@ -3,7 +3,8 @@
 Each request becomes one or more jobs (one per image, one per chat answer). Jobs wait in one bounded
 FIFO queue (a submit that would overflow it is refused with 429). The batching loop takes the oldest
 job, waits up to `window_s` from its arrival for more jobs of its group (the same compiled program:
-same kind and sampling settings) until `max_batch` of them are there, and runs them as one batch in
+the same kind, and for chat the same top-k; temperature, top-p and guidance are per row) until
+`max_batch` of them are there, and runs them as one batch in
 the model thread while new jobs queue. A cancelled job (timeout, client gone) leaves the queue at
 once; in a running batch its row stops counting, and a batch whose rows are all gone stops.
 """
@@ -29,6 +30,7 @@ class Job:
   events: asyncio.Queue            # what the model thread reports, read by the request's handler
   loop: asyncio.AbstractEventLoop
   answer: Any = None               # chat: completion.Answer
+  settings: tuple = ()             # the row's own sampling: chat (temperature, top_p); image (cfg,)
   cancelled: bool = False
   arrived: float = dataclasses.field(default_factory=time.monotonic)
 

@@ -2,9 +2,10 @@
 
 Every batch has the same shapes: `rows` rows (a short batch is filled up with copies of its first
 row), generation prompts left-padded to the longest prompt the context admits, chat prompts to the
-context less one slot. So each program compiles once per group (kind and sampling settings), and a
-row's result depends only on its own prompt and seed, not on what else shares its batch (the rows
-sample from their own keys, decode.row_keys). The few most recent groups' programs are kept.
+context less one slot, and temperature, top-p and guidance are per-row inputs, not constants. So
+each program compiles once per group (images with or without guidance; chat per top-k), and a row's
+result depends only on its own prompt, seed and settings, not on what else shares its batch (the
+rows sample from their own keys, decode.row_keys). The few most recent groups' programs are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image as PILImage
 
 from synergen_jax.core.batch import windows_to_grid
 from synergen_jax.infer import tasks
-from synergen_jax.infer.decode import GREEDY, Sampling, generation_prompt, left_pad, row_keys
+from synergen_jax.infer.decode import Sampling, generation_prompt, left_pad, row_keys
 from synergen_jax.infer.loader import Loaded
 from synergen_jax.serving.batcher import Job
 from synergen_jax.serving.errors import bad
@@ -68,12 +69,14 @@ class Engine:
                 "prompt", "context_length_exceeded")
     return ids
 
-  def image_group(self, cfg_scale: float | None) -> tuple:
-    return (IMAGE, float(self.settings.cfg_scale if cfg_scale is None else cfg_scale))
+  def image_group(self, cfg_scale: float | None) -> tuple[tuple, float]:
+    """(the group, the row's guidance): guided rows share programs whatever their scale; a scale of
+    1 needs no unconditional half, a program of its own."""
+    cfg = float(self.settings.cfg_scale if cfg_scale is None else cfg_scale)
+    return (IMAGE, cfg != 1.0), cfg
 
-  def chat_group(self, temperature: float, top_p: float, top_k: int) -> tuple:
-    sampling = GREEDY if temperature == 0 else Sampling(temperature, top_k, top_p)
-    return (CHAT, sampling)
+  def chat_group(self, top_k: int) -> tuple:
+    return (CHAT, int(top_k))
 
   def answer_budget(self, prompt_slots: int, max_tokens: int | None) -> int:
     """The answer's token budget; a prompt past the context is refused."""
@@ -94,45 +97,51 @@ class Engine:
       self._programs.move_to_end(group)
       return self._programs[group]
     if group[0] == IMAGE:
-      program = jax.jit(self.loaded.decoder.images_fn, static_argnums=(3, 4, 5))
+      program = jax.jit(self.loaded.decoder.images_fn, static_argnums=(3, 5))
     else:
       program = TextStepper(self.loaded.decoder, self.rows, self.chat_prompt_len, self.max_tokens,
-                            group[1])
+                            top_k=group[1])
     self._programs[group] = program
     if len(self._programs) > self.settings.programs:
       self._programs.popitem(last=False)
     return program
 
-  def _filled(self, jobs: list[Job]) -> tuple[list, list[int]]:
-    fill = self.rows - len(jobs)
-    return ([j.payload for j in jobs] + [jobs[0].payload] * fill,
-            [j.seed for j in jobs] + [jobs[0].seed] * fill)
+  def _filled(self, jobs: list[Job]) -> tuple[list, list[int], list[tuple]]:
+    """Payloads, seeds and settings of `rows` rows: the jobs', then copies of the first job's."""
+    jobs = jobs + [jobs[0]] * (self.rows - len(jobs))
+    return [j.payload for j in jobs], [j.seed for j in jobs], [j.settings for j in jobs]
 
   def _run_images(self, group: tuple, jobs: list[Job]) -> None:
-    cfg = group[1]
-    grids = self.image_codes([j.payload for j in jobs], [j.seed for j in jobs], cfg)
+    grids = self.image_codes([j.payload for j in jobs], [j.seed for j in jobs],
+                             [j.settings[0] for j in jobs])
     pixels = self.loaded.image_tokenizer.decode(grids)
     for job, image in zip(jobs, pixels):
       if not job.cancelled:
         job.send(("image", png(image)))
 
-  def image_codes(self, prompts: list[list[int]], seeds: list[int], cfg: float) -> np.ndarray:
-    """Code grids of up to `rows` prompts, at the batch's fixed shapes."""
+  def image_codes(self, prompts: list[list[int]], seeds: list[int],
+                  cfgs: list[float]) -> np.ndarray:
+    """Code grids of up to `rows` prompts, each with its own guidance (all 1, or none 1), at the
+    batch's fixed shapes."""
     d, mc, special = self.loaded.decoder, self.loaded.mc, self.loaded.special
     real = len(prompts)
     fill = self.rows - real
-    prompts, seeds = prompts + [prompts[0]] * fill, seeds + [seeds[0]] * fill
+    prompts, seeds, cfgs = (prompts + [prompts[0]] * fill, seeds + [seeds[0]] * fill,
+                            cfgs + [cfgs[0]] * fill)
+    group, _ = self.image_group(cfgs[0])
+    if any(self.image_group(c)[0] != group for c in cfgs):
+      raise ValueError(f"image rows with and without guidance in one batch: {cfgs}")
     laid = [generation_prompt(p, mc.fold, special) for p in prompts]
-    if cfg != 1.0:
+    if group[1]:
       laid += [generation_prompt(self._uncond, mc.fold, special)] * self.rows
     batch = jax.tree.map(jnp.asarray, left_pad(laid, self.image_prompt_len))
     with d.under_mesh():
-      windows = self._program(self.image_group(cfg))(
-          d.params, batch, row_keys(seeds), self.rows, cfg, self.settings.image_sampling)
+      windows = self._program(group)(d.params, batch, row_keys(seeds), self.rows,
+                                     jnp.asarray(cfgs, jnp.float32), self.settings.image_sampling)
     return windows_to_grid(np.asarray(windows), mc.code_grid, mc.fold)[:real]
 
   def _run_chat(self, group: tuple, jobs: list[Job]) -> None:
-    prompts, seeds = self._filled(jobs)
+    prompts, seeds, settings = self._filled(jobs)
 
     def on_tokens(tokens: np.ndarray) -> bool:
       live = False
@@ -145,17 +154,18 @@ class Engine:
         live |= job.answer.finish is None
       return live
 
-    self._program(group).run(prompts, seeds, on_tokens)
+    self._program(group).run(prompts, seeds, [t for t, _ in settings], [p for _, p in settings],
+                             on_tokens)
 
   def warm_up(self) -> None:
-    """Compiles the default groups (images at the default guidance, greedy and temperature-1 chat)
-    and the image tokenizer both ways, so that the first requests do not wait for it."""
-    grids = self.image_codes([self._prefix], [0], self.image_group(None)[1])
+    """Compiles the default groups (guided images, chat without top-k) and the image tokenizer both
+    ways, so that the first requests do not wait for it."""
+    grids = self.image_codes([self._prefix], [0], [self.image_group(None)[1]])
     tasks.image_codes(self.loaded, self.loaded.image_tokenizer.decode(grids)[0][..., :1].repeat(3, -1))
     prompt = generation_prompt(self._prefix, self.loaded.mc.fold, self.loaded.special)
-    for sampling in (GREEDY, Sampling()):
-      more = iter([True, False])         # the prefill and one step
-      self._program((CHAT, sampling)).run([prompt] * self.rows, [0] * self.rows, lambda t: next(more))
+    more = iter([True, False])           # the prefill and one step
+    self._program(self.chat_group(0)).run([prompt] * self.rows, [0] * self.rows, [1.0] * self.rows,
+                                          [1.0] * self.rows, lambda t: next(more))
 
 
 def png(image: np.ndarray) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from helpers import init_params, random_batch, tiny
 from synergen_jax.data.layout import Image, SpecialTokens, Text, layout_example
 from synergen_jax.infer.decode import (GREEDY, Decoder, Sampling, caption_prompt, generation_prompt,
-                                       left_pad, sample_logits)
+                                       left_pad, row_keys, sample_logits, sample_rows)
 from synergen_jax.model.synergen_vl import SynerGenVL
 
 SPECIAL = SpecialTokens()
@@ -190,6 +190,24 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens_and_follow_softmax():
   np.testing.assert_array_equal(sample_logits(logits[:3], keys, GREEDY), [0, 0, 0])
   with pytest.raises(ValueError, match="top_p"):
     Sampling(top_p=0.0)
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_per_row_settings_sample_what_each_rows_own_sampling_does(top_k):
+  """sample_rows (the server's one program for every temperature and top-p) gives each row the id
+  sample_logits gives it with that row's own Sampling and key, greedy rows included."""
+  settings = [(1.0, 1.0), (0.7, 1.0), (0.0, 1.0), (1.3, 0.9), (0.7, 0.6), (0.0, 0.5)] * 6
+  logits = jax.random.normal(jax.random.key(3), (len(settings), 50)) * 3
+  keys = row_keys(range(len(settings)))
+  got = np.asarray(sample_rows(logits, keys, jnp.asarray([t for t, _ in settings]),
+                               jnp.asarray([p for _, p in settings]), top_k))
+  want = [int(sample_logits(logits[i:i + 1], keys[i:i + 1], Sampling(t, top_k, p))[0])
+          for i, (t, p) in enumerate(settings)]
+  np.testing.assert_array_equal(got, want)
+  # the rows differ in their settings, so one shared setting would not give these ids
+  ones = jnp.ones(len(settings))
+  shared = np.asarray(sample_rows(logits, keys, ones, ones, top_k))
+  assert (shared != got).any()
 
 
 def test_decoding_under_a_mesh_matches_one_device():

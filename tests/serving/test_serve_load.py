@@ -1,5 +1,6 @@
 """Under load and abuse: 64 concurrent clients get exactly their own seeds' answers (nothing lost,
-nothing mixed up), and a few hundred malformed requests get 4xx errors and leave the server up."""
+nothing mixed up, though their temperatures, top-p and guidance differ within a batch), and a few
+hundred malformed requests get 4xx errors and leave the server up."""
 
 import asyncio
 import base64
@@ -20,12 +21,12 @@ PROMPTS = ("zero", "three", "seven", "a nine")
 
 def _image_request(seed):
   return dict(model="tiny", prompt=PROMPTS[seed % 4], n=1, response_format="b64_json",
-              extra_body={"seed": seed})
+              extra_body={"seed": seed, "guidance_scale": (3.0, 2.0, 4.5)[seed % 3]})
 
 
 def _chat_request(seed):
   return dict(model="tiny", messages=[{"role": "user", "content": PROMPTS[seed % 4]}], seed=seed,
-              temperature=1.0, max_tokens=8)
+              temperature=(1.0, 0.7, 0.0)[seed % 3], top_p=(1.0, 0.8)[seed % 2], max_tokens=8)
 
 
 async def _both(client, seed):
