@@ -82,10 +82,12 @@ def test_credentials_and_permission_errors_say_what_to_do():
 
 
 def test_the_emulator_host_reaches_every_client(monkeypatch):
-  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
-  monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL", raising=False)
-  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://mine:1")        # a user's own wins
+  # A plain dict for os.environ: the process's real environment (which tensorstore's threads read,
+  # for the session's emulator) never sees this test's closed port.
+  env = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
+         "CLOUD_STORAGE_EMULATOR_ENDPOINT": "http://mine:1"}                  # a user's own wins
+  monkeypatch.setattr(os, "environ", env)
   storage.use_emulator_from_env()
-  assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == "http://127.0.0.1:9"
-  assert os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] == "http://mine:1"
-  assert os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
+  assert env["TENSORSTORE_GCS_HTTP_URL"] == "http://127.0.0.1:9"
+  assert env["CLOUD_STORAGE_EMULATOR_ENDPOINT"] == "http://mine:1"
+  assert env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
