@@ -3,7 +3,8 @@
 # minutes on one H100, with the JAX already installed there (only missing wheels are installed, from
 # .whl/ when present: bench/device_wheels.sh fetches them): the GPU kernel tests, bench/attention.py
 # at 4k / 8k / 16k, and the paper config's train step at reduced depth (bench/device_step.py: step
-# time, MFU, and the roofline's prediction), all in one JSON that `python -m synergen_jax.plan --calibration FILE` reads.
+# time, MFU, and the roofline's prediction), all in one JSON that
+# `python -m synergen_jax.plan --calibration FILE` reads.
 #
 #   bench/device_check.sh [--dry-run] [OUT_DIR]      (default OUT_DIR: device_check/)
 #

