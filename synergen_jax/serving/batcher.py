@@ -4,8 +4,9 @@ Each request becomes one or more jobs (one per image, one per chat answer). Jobs
 FIFO queue (a submit that would overflow it is refused with 429). The batching loop takes the oldest
 job, waits up to `window_s` from its arrival for more jobs of its group (the same compiled program:
 the same kind, and for chat the same top-k; temperature, top-p and guidance are per row) until
-`max_batch` of them are there, and runs them as one batch in the model thread while new jobs queue. A cancelled job (timeout, client gone) leaves the queue at
-once; in a running batch its row stops counting, and a batch whose rows are all gone stops.
+`max_batch` of them are there, and runs them as one batch in the model thread while new jobs
+queue. A cancelled job (timeout, client gone) leaves the queue at once; in a running batch its row
+stops counting, and a batch whose rows are all gone stops.
 """
 
 from __future__ import annotations
