@@ -31,8 +31,8 @@ flags.DEFINE_string("attention", "pallas_mgpu", "attention implementation")
 flags.DEFINE_float("step_seconds", None, "score this measured step time instead of running")
 flags.DEFINE_multi_string("merge", [], "KEY=FILE: a part of the device check to include")
 flags.DEFINE_string("out", "device_check.json", "where the JSON goes")
-flags.DEFINE_boolean("build_only", False, "build the reduced step on the first device (shapes only, "
-                     "no step run, no JSON): that the config is accepted there")
+flags.DEFINE_boolean("build_only", False, "build the reduced step on the first device (shapes "
+                     "only, no step run, no JSON): that the config is accepted there")
 FLAGS = flags.FLAGS
 
 
